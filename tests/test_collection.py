@@ -101,4 +101,16 @@ def test_the_default_grid_is_the_studys_nine_methods_and_all_adds_the_extras(ben
     ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-suite", "tiny", "--mb-models", "tiny-llama",
                                         "--mb-tasks", "toy_math", "--mb-methods", "all"))
     methods_all = {i.removeprefix("tiny-llama-").removesuffix("-toy_math") for i in ids}
-    assert methods_all - methods == {"della", "breadcrumbs", "model_stock", "tsv", "iso_c", "iso_cts"}  # slerp: 2 experts only
+    # slerp: 2 experts only; mtl: the multi-task baseline, a row of its own
+    assert methods_all - methods == {"della", "breadcrumbs", "model_stock", "tsv", "iso_c", "iso_cts", "mtl"}
+
+
+def test_the_multi_task_baseline_is_selected_by_name_and_needs_a_model_that_has_one(bench):
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-suite", "tiny", "--mb-models", "tiny-llama",
+                                        "--mb-tasks", "toy_math", "--mb-methods", "mtl,soup"))
+    assert ids == ["tiny-llama-soup-toy_math", "tiny-llama-mtl-toy_math"]
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-models", "smollm2-135m-instruct", "--mb-methods", "mtl"))
+    assert ids and all(i.startswith("smollm2-135m-instruct-mtl-") for i in ids)
+    result = bench.runpytest("--collect-only", "-q", "--mb-models", "llama-3.2-3b", "--mb-methods", "mtl")
+    result.stderr.fnmatch_lines(["*model 'llama-3.2-3b' has no multi-task baseline; models with one: *smollm2-135m-instruct*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -51,3 +51,17 @@ def test_an_unreachable_hub_model_fails_the_case_with_the_fix(bench, monkeypatch
     result = bench.runpytest_subprocess("--mb-models", "gemma-2-2b-it", "--mb-methods", "soup", "--mb-tasks", "toy_math")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*HubUnavailableError: cannot fetch google/gemma-2-2b-it from the Hugging Face Hub*--mb-model-root DIR*"])
+
+
+def test_the_multi_task_baseline_is_trained_once_and_scored_like_a_merge(bench, tmp_path):
+    args = ["--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-tasks", "toy_math,toy_coding", "--mb-methods", "mtl"]
+    result = bench.runpytest_subprocess(*args, "--mb-json", str(tmp_path / "r.json"))
+    result.assert_outcomes(passed=2)
+    assert result.stdout.str().count("[built] multi-task model tiny-llama") == 1
+    cases = {c["task"]: c for c in json.loads((tmp_path / "r.json").read_text())["cases"]}
+    for case in cases.values():
+        assert case["method"] == "mtl" and case["params"] == {"recipe": "synthetic-mtl"}
+        assert case["merge_seconds"] > 0, "the baseline's cost is its training time"
+        assert case["normalized"] == pytest.approx(case["expert"]["score"] / case["merged"]["score"])  # bits per byte: lower is better
+    assert cases["toy_math"]["keys"]["merged"] == cases["toy_coding"]["keys"]["merged"]
+    result.stdout.fnmatch_lines(["*each expert vs the base on its own domain*"])

@@ -62,3 +62,18 @@ def test_json_round_trip(tmp_path):
     path = write_json(results, tmp_path / "out" / "r.json", meta={"tag": "x"})
     assert read_json(path) == results
     assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def test_expert_table_shows_each_experts_gain_over_the_base_in_the_metrics_direction():
+    from mergebench.report import expert_gain, render_session
+
+    results = [
+        case("gsm8k_bpb_mini", "math", 0.9, expert=0.8, base=1.0, higher=False),  # bits per byte: 20% lower = +20%
+        case("harmbench_mini", "safety", 0.5, expert=0.75, base=0.25, higher=True),  # refusal rate tripled: +200%
+        case("ifeval_mini", "instruction", 0.3, expert=0.25, base=0.5, higher=True),  # worse than the base: -50%
+    ]
+    assert expert_gain(results[0].base, results[0].expert, False) == pytest.approx(0.2)
+    assert expert_gain(results[1].base, results[1].expert, True) == pytest.approx(2.0)
+    text = render_session(results)
+    table = text.split("each expert vs the base on its own domain", 1)[1].split("normalized performance", 1)[0]
+    assert "+20.0%" in table and "+200.0%" in table and "-50.0% (not better)" in table

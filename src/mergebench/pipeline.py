@@ -60,6 +60,9 @@ class ModelRef:
 CHECKPOINT_METHOD = "checkpoint"
 """Method label of cases that evaluate an existing merged checkpoint (``--mb-checkpoint``)."""
 
+MTL_METHOD = "mtl"
+"""Method label of the multi-task baseline's cases: the model trained on every domain's data, scored like a merge."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -137,8 +140,15 @@ class Pipeline:
         return ModelRef(key, artifact.path, label)
 
     def expert(self, model: ModelSpec, domain: str, base: ModelRef | None = None) -> ModelRef:
-        source = model.expert(domain)
-        label = f"expert {model.name}/{domain}"
+        return self._trained(model, model.expert(domain), f"expert {model.name}/{domain}", base)
+
+    def mtl(self, model: ModelSpec, base: ModelRef | None = None) -> ModelRef:
+        """The multi-task baseline of ``model``: fetched or trained like an expert, on every domain's data."""
+        if model.mtl is None:
+            raise UsageError(f"model {model.name!r} has no multi-task baseline (ModelSpec.mtl); drop 'mtl' from --mb-methods")
+        return self._trained(model, model.mtl, f"multi-task model {model.name}", base)
+
+    def _trained(self, model: ModelSpec, source, label: str, base: ModelRef | None) -> ModelRef:
         if source.hub_id:
             from mergebench import hub
 
@@ -152,7 +162,7 @@ class Pipeline:
             "base": base.key.digest,
             "recipe": recipe_spec.name,
             "recipe_version": recipe_spec.version,
-            "domain": domain,
+            "domain": source.domain,
             "fingerprint": recipe.fingerprint(),
             "seed": self.context.seed,
         })
@@ -352,6 +362,10 @@ class Pipeline:
         if case.checkpoint:
             method, params = None, {"path": str(Path(case.checkpoint).resolve())}
             merged, merge_seconds = self.checkpoint(case.checkpoint), 0.0
+        elif case.method == MTL_METHOD:  # its "merge time" is its training time, the cost of having it
+            method, params = None, {"recipe": model.mtl.recipe or model.mtl.hub_id} if model.mtl else {}
+            merged = self.mtl(model)
+            merge_seconds = _build_seconds(merged.path)
         else:
             method = self.registries.methods.get(case.method)
             params = method.resolve_params(dict(case.params))
@@ -376,7 +390,7 @@ class Pipeline:
         return CaseResult(
             case_id=case.id,
             model=model.name,
-            method=method.name if method else CHECKPOINT_METHOD,
+            method=method.name if method else case.method,
             task=task.name,
             domain=task.domain,
             metric=task.metric,

@@ -1,6 +1,7 @@
 """Rich tables of a run, laid out like the study's: tasks as rows, methods as columns.
 
 * per model, raw scores per task with base and expert columns (the study's Tables 10-17);
+* per model, each expert against the base on its own domain (the sanity check users asked for);
 * per model, normalized performance per domain and overall (the "Avg. Norm" rows);
 * across models, overall normalized multi-task performance (Table 8) and forgetting (Table 9);
 * what the cache reused.
@@ -60,6 +61,31 @@ def per_task_table(results: Sequence[CaseResult], model: str) -> Table:
         arrow = "↑" if first.higher_is_better else "↓"
         table.add_row(f"{task}\n[dim]{first.metric} {arrow} ({first.merged.n})[/]", _score(first.base), _score(first.expert),
                       *[_score(by_method[m].merged) if m in by_method else "" for m in methods])
+    return table
+
+
+def expert_gain(base: Score | None, expert: Score | None, higher_is_better: bool) -> float | None:
+    """The expert's relative improvement over the base (positive = better, also for lower-is-better metrics)."""
+    if base is None or expert is None or base.score == 0:
+        return None
+    change = (expert.score - base.score) / abs(base.score)
+    return change if higher_is_better else -change
+
+
+def expert_table(results: Sequence[CaseResult], model: str) -> Table | None:
+    """Each expert against the base on its own domain's tasks: normalized scores mean nothing if an expert is no better."""
+    rows = {r.task: r for r in results if r.model == model and r.domain != GENERAL and r.expert is not None}
+    if not rows:
+        return None
+    table = Table(title=f"{model}: each expert vs the base on its own domain (sanity check)", title_justify="left")
+    for column in ("domain", "task"):
+        table.add_column(column, no_wrap=True)
+    for column in ("base", "expert", "expert gain"):
+        table.add_column(column, justify="right")
+    for task, r in sorted(rows.items(), key=lambda item: (item[1].domain, item[0])):
+        gain = expert_gain(r.base, r.expert, r.higher_is_better)
+        verdict = "—" if gain is None else (f"[green]+{100 * gain:.1f}%[/]" if gain > 0 else f"[red]{100 * gain:.1f}% (not better)[/]")
+        table.add_row(r.domain, f"{task} {'↑' if r.higher_is_better else '↓'}", _score(r.base), _score(r.expert), verdict)
     return table
 
 
@@ -171,9 +197,9 @@ def render_session(results: Sequence[CaseResult], *, width: int = 120, color: bo
     models = list(dict.fromkeys(r.model for r in results))
     for model in models:
         console.print(per_task_table(results, model))
-        table = domain_table(results, model)
-        if table is not None:
-            console.print(table)
+        for table in (expert_table(results, model), domain_table(results, model)):
+            if table is not None:
+                console.print(table)
     for forgetting in (False, True):
         table = summary_table(results, forgetting=forgetting)
         if table is not None and (forgetting or len(models) > 1):

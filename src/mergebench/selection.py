@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mergebench.errors import UsageError
-from mergebench.pipeline import CHECKPOINT_METHOD, Case
+from mergebench.pipeline import CHECKPOINT_METHOD, MTL_METHOD, Case
 from mergebench.plugins import Registries
 from mergebench.registry import suggest
 
@@ -90,7 +90,12 @@ def select_cases(
     method_names = split_names(methods)
     if checkpoint:
         return _checkpoint_cases(checkpoint, model_specs, task_specs, bool(task_names), method_names, list(params))
-    if method_names == [ALL]:
+    with_mtl = method_names == [ALL] or MTL_METHOD in method_names
+    only_mtl = method_names == [MTL_METHOD]
+    method_names = [n for n in method_names if n != MTL_METHOD]
+    if only_mtl:
+        method_specs = []
+    elif method_names == [ALL]:
         method_specs = registries.methods.specs()
     elif method_names:
         method_specs = registries.methods.select(method_names)
@@ -109,6 +114,13 @@ def select_cases(
                 if not task_names and not (task.suites & model.suites):
                     continue  # a suite's tasks go with that suite's models unless named explicitly
                 cases.append(Case(model.name, method.name, task.name, chosen_params, suite))
+        if with_mtl:
+            if model.mtl is None and method_names != [ALL]:
+                raise UsageError(f"--mb-methods mtl: model {model.name!r} has no multi-task baseline; "
+                                 "models with one: " + (", ".join(m.name for m in registries.models.specs() if m.mtl) or "none"))
+            if model.mtl is not None:
+                cases += [Case(model.name, MTL_METHOD, task.name, (), suite) for task in task_specs
+                          if task_names or task.suites & model.suites]
     return cases
 
 

