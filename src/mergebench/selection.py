@@ -109,7 +109,8 @@ def select_cases(
         for method in method_specs:
             if method_names in ([], [ALL]) and not _fits(method, len(model.experts)):
                 continue  # e.g. SLERP (two experts) on a five-expert model; named explicitly, it fails with the reason
-            chosen_params = tuple(sorted(overrides.get(method.name, {}).items()))
+            own = {k: v for k, v in model.param_defaults if any(hp.name == k for hp in method.hyperparams)}
+            chosen_params = tuple(sorted({**own, **overrides.get(method.name, {})}.items()))
             for task in task_specs:
                 if not task_names and not (task.suites & model.suites):
                     continue  # a suite's tasks go with that suite's models unless named explicitly

@@ -207,6 +207,9 @@ class ModelSpec:
     options: tuple[tuple[str, Any], ...] = field(default=())
     mtl: ExpertSource | None = None
     """The multi-task baseline (one model trained on all domains' data), when the model has one."""
+    param_defaults: tuple[tuple[str, Any], ...] = ()
+    """Hyperparameter defaults for this model's merges, over the methods' own (e.g. fewer statistics
+    samples on a CPU-sized model); ``--mb-param`` still overrides them. They land in each case's params."""
 
     def expert(self, domain: str) -> ExpertSource:
         for source in self.experts:

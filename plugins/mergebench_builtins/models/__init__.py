@@ -28,7 +28,8 @@ EMBEDDED_DOMAINS = DOMAINS
 
 def hub_experts(hub_id: str) -> tuple[ExpertSource, ...]:
     base_name = hub_id.split("/")[-1]
-    return tuple(ExpertSource(domain=d, hub_id=f"MergeBench/{base_name}_{d}") for d in DOMAINS)
+    # recipe: what each released expert was trained on, where data-aware methods take their samples
+    return tuple(ExpertSource(domain=d, hub_id=f"MergeBench/{base_name}_{d}", recipe=f"study-{d}") for d in DOMAINS)
 
 
 @hookimpl

@@ -30,6 +30,12 @@ def mergebench_register_recipes(register):
     for domain, cls, summary, stand_in_for in MINI_RECIPES:
         register(RecipeSpec(name=f"mini-{domain}", impl=f"{MINI}:{cls}", domain=domain, suites=frozenset({"mini"}),
                             summary=summary, stand_in_for=stand_in_for))
+    from mergebench_builtins.recipes.study import STUDY_RECIPES  # light: no torch or datasets at import
+
+    for domain, (sft_sets, grpo_sets, summary) in STUDY_RECIPES.items():
+        register(RecipeSpec(name=f"study-{domain}", impl="mergebench_builtins.recipes.study:StudySFT", domain=domain,
+                            suites=frozenset({"full"}), summary=summary,
+                            options=(("datasets", sft_sets), ("grpo", grpo_sets))))
     register(RecipeSpec(name="mini-mtl", impl=f"{MINI}:MiniMTL", domain="mtl", suites=frozenset({"mini"}),
                         summary="the multi-task baseline: one SFT run on the five mini recipes' examples, interleaved",
                         stand_in_for="the study's MTL model (all five training sets mixed)"))
