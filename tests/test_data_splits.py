@@ -7,9 +7,9 @@ they are content-addressed and SHA-256-verified, so sharing that cache with real
 from __future__ import annotations
 
 import pytest
-from mergebench_builtins.data import splits
 
 from mergebench.cache import ArtifactCache
+from mergebench_builtins.data import splits
 
 CONTENT = {
     "gsm8k": lambda d: d["question"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mergebench_builtins.data.splits import split_ids
 from mergebench_builtins.tasks.gsm8k import extract_answer, reference_solution
 

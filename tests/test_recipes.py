@@ -10,12 +10,12 @@ import random
 from types import SimpleNamespace
 
 import pytest
-from mergebench_builtins.data import eval_framework, splits, verifiable
-from mergebench_builtins.recipes import mini
-from mergebench_builtins.tasks.safety import harmbench_prompt
 
 from mergebench import plugins
 from mergebench.cache import ArtifactCache
+from mergebench_builtins.data import eval_framework, splits, verifiable
+from mergebench_builtins.recipes import mini
+from mergebench_builtins.tasks.safety import harmbench_prompt
 
 DOMAIN_RECIPES = ("instruction", "math", "multilingual", "coding", "safety")
 

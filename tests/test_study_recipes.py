@@ -6,10 +6,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from mergebench_builtins.recipes.study import GLOBAL_BATCH, STUDY_RECIPES, parameter_count
 
 from mergebench import plugins
 from mergebench.errors import HubUnavailableError, UsageError
+from mergebench_builtins.recipes.study import GLOBAL_BATCH, STUDY_RECIPES, parameter_count
 
 
 def recipe(domain: str):

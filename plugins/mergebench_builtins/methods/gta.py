@@ -21,7 +21,6 @@ from mergebench.merging.api import MergeMethod, TensorSource, task_vectors
 from mergebench.merging.sparsify import keep_above
 from mergebench.merging.topk import MagnitudeSelector, kth_largest_abs, topk_count
 
-
 HOLD_ELEMENTS = 8 * 1024 * 1024
 """Up to this many entries (all experts together) a tensor's sparsified task vectors stay in memory."""
 

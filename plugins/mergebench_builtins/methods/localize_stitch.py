@@ -16,8 +16,8 @@ from typing import Sequence
 
 import torch
 
-from mergebench_builtins.methods.dataless_localize_stitch import stitch
 from mergebench_builtins.methods.datafed import StatisticMethod
+from mergebench_builtins.methods.dataless_localize_stitch import stitch
 
 
 class LocalizeStitch(StatisticMethod):

@@ -152,7 +152,7 @@ class GridMerger:
             method.prepare(source)
             merged_set = set(source.names())
             with torch.inference_mode():
-                merged = dict(zip(source.names(), source.map(lambda n, b, e: method.merge_tensor(n, b, e))))
+                merged = dict(zip(source.names(), source.map(lambda n, b, e, m=method: m.merge_tensor(n, b, e))))
             yield dict(params), {name: self._out(name, merged[name]) if name in merged_set else self._out(name, t)
                                  for name, t in self.base.items()}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-
 if TYPE_CHECKING:
     import torch
 

@@ -267,7 +267,7 @@ def ensure_statistics(
                              base_key or checkpoint_identity(Path(base_dir)))
         builder = BUILDERS[kind]
         artifact = cache.get_or_build(
-            key, lambda out, d=expert_dir, r=rows: builder(Path(base_dir), Path(d), r, params, merged, device, out),
+            key, lambda out, d=expert_dir, r=rows, build=builder: build(Path(base_dir), Path(d), r, params, merged, device, out),
             label=f"{kind} statistics of {label}",
         )
         if not artifact.hit:
