@@ -114,3 +114,18 @@ def test_the_multi_task_baseline_is_selected_by_name_and_needs_a_model_that_has_
     result = bench.runpytest("--collect-only", "-q", "--mb-models", "llama-3.2-3b", "--mb-methods", "mtl")
     result.stderr.fnmatch_lines(["*model 'llama-3.2-3b' has no multi-task baseline; models with one: *smollm2-135m-instruct*"])
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_models_own_hyperparameter_defaults_apply_to_methods_that_have_them():
+    from mergebench_builtins.models import EMBEDDED_STATISTICS_SAMPLES
+
+    from mergebench import plugins
+    from mergebench.selection import select_cases
+
+    registries = plugins.registries()
+    cases = {c.method: dict(c.params) for c in select_cases(registries, suites=["mini"], tasks=["gsm8k_bpb_mini"])}
+    assert cases["fisher"] == {"samples": EMBEDDED_STATISTICS_SAMPLES} == cases["regmean"]
+    assert cases["ties"] == {} and cases["soup"] == {}
+    overridden = {c.method: dict(c.params) for c in select_cases(registries, suites=["mini"], tasks=["gsm8k_bpb_mini"],
+                                                                  params=["fisher.samples=32"])}
+    assert overridden["fisher"] == {"samples": 32} and overridden["regmean"] == {"samples": EMBEDDED_STATISTICS_SAMPLES}

