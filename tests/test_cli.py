@@ -62,3 +62,19 @@ def test_plugins_lists_every_kind_with_its_provider():
     for needle in ("builtin-methods", "Merge methods", "task_arithmetic", "Tasks", "gsm8k_mini", "Models",
                    "smollm2-135m-instruct", "Finetuning recipes", "mini-math", "mergebench 0.1.0"):
         assert needle in done.stdout, needle
+
+
+def test_finetune_builds_experts_the_mtl_model_and_a_named_recipe_once(tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    done = run("finetune", "--base", "tiny-llama", "--domain", "math", "--domain", "mtl", *cache)
+    assert done.returncode == 0, done.stderr
+    assert "math expert of tiny-llama:" in done.stdout and "mtl model of tiny-llama:" in done.stdout
+    assert "[built] expert tiny-llama/math" in done.stderr + done.stdout
+    again = run("finetune", "--base", "tiny-llama", "--domain", "math", *cache)
+    assert "[built]" not in again.stderr + again.stdout, "a finished expert is never trained twice"
+    named = run("finetune", "--base", "tiny-llama", "--domain", "coding", "--recipe", "synthetic-safety", *cache)
+    assert named.returncode == 0 and "coding expert of tiny-llama:" in named.stdout
+    both = run("finetune", "--base", "tiny-llama", "--recipe", "synthetic-math", *cache)
+    assert both.returncode != 0 and "--recipe trains one expert: name its domain with --domain" in both.stderr
+    typo = run("finetune", "--base", "tiny-llama", "--domain", "math", "--recipe", "synthetic-mth", *cache)
+    assert typo.returncode != 0 and "did you mean 'synthetic-math'" in typo.stderr

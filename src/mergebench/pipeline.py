@@ -140,15 +140,16 @@ class Pipeline:
         return ModelRef(key, artifact.path, label)
 
     def expert(self, model: ModelSpec, domain: str, base: ModelRef | None = None) -> ModelRef:
-        return self._trained(model, model.expert(domain), f"expert {model.name}/{domain}", base)
+        return self.trained(model, model.expert(domain), f"expert {model.name}/{domain}", base)
 
     def mtl(self, model: ModelSpec, base: ModelRef | None = None) -> ModelRef:
         """The multi-task baseline of ``model``: fetched or trained like an expert, on every domain's data."""
         if model.mtl is None:
             raise UsageError(f"model {model.name!r} has no multi-task baseline (ModelSpec.mtl); drop 'mtl' from --mb-methods")
-        return self._trained(model, model.mtl, f"multi-task model {model.name}", base)
+        return self.trained(model, model.mtl, f"multi-task model {model.name}", base)
 
-    def _trained(self, model: ModelSpec, source, label: str, base: ModelRef | None) -> ModelRef:
+    def trained(self, model: ModelSpec, source, label: str, base: ModelRef | None = None) -> ModelRef:
+        """A model of ``source``: fetched when it names a hub id, else trained by its recipe on the base (cached)."""
         if source.hub_id:
             from mergebench import hub
 
