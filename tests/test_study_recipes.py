@@ -77,3 +77,22 @@ def test_settings_follow_the_study_by_base_size(tiny_llama):
     settings = recipe("coding").settings(tiny_llama)  # a small base: the 2B/3B settings
     assert (settings.learning_rate, settings.max_length, settings.epochs) == (1e-5, 4096, 2)
     assert settings.batch_size * settings.grad_accum == GLOBAL_BATCH
+
+
+def test_full_suite_surrogates_are_sized_by_their_spec_and_read_ifeval_like_data_locally(tmp_path, monkeypatch):
+    from mergebench.cache import ArtifactCache
+
+    registries = plugins.registries()
+    context = SimpleNamespace(cache=ArtifactCache(tmp_path / "cache"), seed=0)
+    lambada = registries.tasks.get("val_lambada")
+    assert lambada.role == "validation" and lambada.load()(lambada, context).limit == 200
+    assert registries.tasks.get("val_lambada_mini").load()(registries.tasks.get("val_lambada_mini"), context).limit == 48
+    monkeypatch.setenv("MERGEBENCH_DATA_ROOT", str(tmp_path))
+    write_rows(tmp_path, "argilla/ifeval-like-data", [
+        {"key": 7, "prompt": "Say hi in lowercase.", "instruction_id_list": ["change_case:english_lowercase"],
+         "kwargs": ['{"num_words": null}']},
+    ], config="filtered")
+    spec = registries.tasks.get("val_ifeval_like")
+    (doc,) = spec.load()(spec, context).docs()
+    assert doc == {"key": 7, "prompt": "Say hi in lowercase.", "instruction_id_list": ["change_case:english_lowercase"],
+                   "kwargs": [{}]}

@@ -139,6 +139,31 @@ def validation_tasks() -> list[TaskSpec]:
     ]
 
 
+def full_validation_tasks() -> list[TaskSpec]:
+    """The study's validation surrogates (Appendix B.2) for the full suite, disjoint from its test tasks."""
+    full = frozenset({"full"})
+    return [
+        TaskSpec(name="val_ifeval_like", impl=f"{T}.ifeval:HubIFEvalLike", domain="instruction",
+                 metric="prompt_level_strict_acc", suites=full, role="validation", needs_chat_template=True,
+                 summary="IFEval-like data (argilla/ifeval-like-data), 200 prompts, lm-eval's checkers",
+                 options=(("dataset", "argilla/ifeval-like-data"), ("limit", 200), ("max_new_tokens", 512),
+                          ("name", "filtered"), ("split", "train"))),
+        _mini("val_mmlu_stem", "forgetting:MMLUStem", "math", "acc_norm", role="validation", suites=full, limit=200,
+              summary="MMLU STEM questions from MMLU's validation split (200), cloze accuracy; the test task uses the test split"),
+        _mini("val_conala_like", "forgetting:BasicSkillsCoding", "coding", "acc", role="validation", suites=full, limit=200,
+              summary="OLMES basic-skills coding (200), a CoNaLa stand-in", stand_in_for="CoNaLa"),
+        _mini("val_lambada", "forgetting:Lambada", "multilingual", "acc", role="validation", suites=full, limit=200,
+              summary="LAMBADA last-word accuracy (200 reserved items), as in the study"),
+        TaskSpec(name="val_wildjailbreak", impl="mergebench_builtins.tasks.safety_full:HubRefusal", domain="safety",
+                 metric="accuracy", suites=full, role="validation", needs_chat_template=True,
+                 summary="WildJailbreak eval set (200): refuse adversarial harmful prompts, answer adversarial benign ones",
+                 options=(("dataset", "allenai/wildjailbreak"), ("label_field", "data_type"), ("limit", 200),
+                          ("load_kwargs", (("delimiter", "\t"), ("keep_default_na", False))), ("name", "eval"),
+                          ("prompt_field", "adversarial"), ("refuse_labels", ("adversarial_harmful",)),
+                          ("split", "train"))),
+    ]
+
+
 def forgetting_tasks() -> list[TaskSpec]:
     """The study's forgetting suite (Section 4.2), normalized by the base model."""
     return [
@@ -210,7 +235,7 @@ def evalplus_tasks() -> list[TaskSpec]:
 def mergebench_register_tasks(register):
     for spec in [*study_tasks(), *evalplus_tasks(), *safety_tasks(), *forgetting_tasks(), *leaderboard_tasks()]:
         register(spec)
-    for spec in [*mini_tasks(), *validation_tasks()]:
+    for spec in [*mini_tasks(), *validation_tasks(), *full_validation_tasks()]:
         register(spec)
     for domain in DOMAINS:
         register(

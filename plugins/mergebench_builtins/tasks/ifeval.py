@@ -118,3 +118,31 @@ class IFEvalLike(IFEvalMini):
 
     part = "validation"
     default_limit = 8
+
+
+class HubIFEvalLike(IFEvalMini):
+    """The study's instruction-following surrogate on the full suite: ``argilla/ifeval-like-data``.
+
+    IFEval-style prompts with instruction ids and arguments, disjoint from IFEval's 541 (which the
+    full suite's ``ifeval`` test task scores in full), scored by the same lm-eval checkers.
+    """
+
+    def partition(self):
+        raise NotImplementedError("a hub dataset, not an offline partition; see docs()")
+
+    def fingerprint(self) -> dict:
+        return {"limit": self.limit, "options": self.options, "max_new_tokens": int(self.options.get("max_new_tokens", 64))}
+
+    def docs(self) -> list[dict]:
+        import json
+
+        from mergebench.finetune.hub_data import load_rows
+
+        rows = load_rows(self.options["dataset"], self.options.get("name"), self.options.get("split", "train"))
+        docs = []
+        for index, row in enumerate(rows):
+            kwargs = [json.loads(k) if isinstance(k, str) else k for k in row["kwargs"]]
+            kwargs = [{k: v for k, v in (kw or {}).items() if v is not None} for kw in kwargs]
+            docs.append({"key": row.get("key", index), "prompt": row["prompt"],
+                         "instruction_id_list": list(row["instruction_id_list"]), "kwargs": kwargs})
+        return docs[self.start: self.limit]

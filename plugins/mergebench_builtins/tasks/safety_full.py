@@ -34,7 +34,8 @@ class HubRefusal(Task):
 
         options = self.options
         try:
-            data = datasets.load_dataset(options["dataset"], options.get("name"), split=options.get("split", "test"))
+            data = datasets.load_dataset(options["dataset"], options.get("name"), split=options.get("split", "test"),
+                                         **dict(options.get("load_kwargs", ())))
         except Exception as exc:  # offline, gated, renamed: say which dataset and how to fix it
             raise DataUnavailableError(
                 f"could not load {options['dataset']!r} ({type(exc).__name__}: {str(exc)[:200]}); it comes from the "

@@ -124,8 +124,9 @@ class Task(ABC):
     def __init__(self, spec: TaskSpec, context: Any, limit: int | None = None) -> None:
         self.spec = spec
         self.context = context
-        self.limit = limit if limit is not None else self.default_limit
         self.options = dict(spec.options)
+        # a spec may size its task (option ``limit``: the same class serves the mini and full suites)
+        self.limit = limit if limit is not None else self.options.get("limit", self.default_limit)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data this task scores (part of the evaluation cache key)."""
