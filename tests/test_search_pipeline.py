@@ -57,5 +57,11 @@ def test_a_case_with_search_records_validation_time_and_the_chosen_params(pipeli
 
 
 def test_a_model_without_surrogates_cannot_be_searched(pipeline):
+    import dataclasses
+
+    gemma = pipeline.registries.models.get("gemma-2-2b")
+    assert [t.name for t in pipeline.surrogates(gemma)] == [
+        "val_ifeval_like", "val_mmlu_stem", "val_conala_like", "val_lambada", "val_wildjailbreak"]
+    leaderboard_only = dataclasses.replace(gemma, suites=frozenset({"leaderboard"}))
     with pytest.raises(UsageError, match="no validation task .* covers 'gemma-2-2b'"):
-        pipeline.surrogates(pipeline.registries.models.get("gemma-2-2b"))
+        pipeline.surrogates(leaderboard_only)
