@@ -31,7 +31,8 @@ relay_key = pytest.StashKey[Any]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mergebench", "mergebench: benchmark merging methods")
     group.addoption("--mb-suite", action="append", default=None, metavar="NAME",
-                    help="suite(s) to run: mini (embedded model, default), full (the study's 8 models), tiny (tests), all")
+                    help="suite(s) to run: mini (embedded model, default), mini-gemma (the mini tasks on Gemma-3-270m), "
+                         "full (the study's 8 models), tiny (tests), all")
     group.addoption("--mb-models", action="append", default=None, metavar="NAMES", help="comma-separated model names")
     group.addoption("--mb-methods", action="append", default=None, metavar="NAMES", help="comma-separated merge methods, or all (default: the study's nine and installed plugins' methods)")
     group.addoption("--mb-tasks", action="append", default=None, metavar="NAMES", help="comma-separated tasks")
@@ -210,7 +211,7 @@ def pytest_report_collectionfinish(config: pytest.Config, items) -> str | None:
         return None
     registries = plugins.registries()
     hints = []
-    for suite in ("mini", "full", "tiny"):
+    for suite in ("mini", "mini-gemma", "full", "tiny"):
         if suite in (config.getoption("mb_suite") or ["mini"]):
             continue
         try:

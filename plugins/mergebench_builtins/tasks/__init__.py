@@ -3,7 +3,8 @@
 Suites: ``full`` (the study, hub + GPU), ``leaderboard`` (Open LLM Leaderboard preset),
 ``mini`` (the default on the embedded model, item counts sized for ~45 s a model on two idle cores), ``mini-gen``
 (the heavier generative metrics of the same domains on the embedded model: GSM8K exact match,
-executed HumanEval/MBPP), ``tiny`` (tests). Tasks of role ``validation`` are surrogates for
+executed HumanEval/MBPP), ``mini-gemma`` (the ``mini`` tasks on the second embedded family,
+Gemma-3-270m), ``tiny`` (tests). Tasks of role ``validation`` are surrogates for
 hyperparameter search and are never selected as benchmark cases.
 """
 
@@ -44,7 +45,8 @@ def study_tasks() -> list[TaskSpec]:
 
 
 
-MINI = frozenset({"mini"})
+MINI = frozenset({"mini", "mini-gemma"})
+"""The default suite's tasks, shared by the second embedded family's suite (``mini-gemma``)."""
 MINI_GEN = frozenset({"mini-gen"})
 T = "mergebench_builtins.tasks"
 
