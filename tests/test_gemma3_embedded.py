@@ -131,7 +131,8 @@ def test_the_registry_entry():
     assert (spec.family, spec.size, spec.instruct, spec.source) == ("gemma3", "270M", False, "builder")
     assert spec.impl == "mergebench_builtins.models.embedded:build_gemma3_270m"
     assert spec.suites == frozenset({"mini-gemma"})
-    assert spec.experts == smollm2.experts and {e.recipe for e in spec.experts} == {"mini-math", "mini-coding"}
+    assert spec.experts == smollm2.experts and {e.recipe for e in spec.experts} == {f"mini-{d}" for d in smollm2.domains}
+    assert spec.mtl == smollm2.mtl and spec.param_defaults == smollm2.param_defaults
     for expert in spec.experts:
         registries.recipes.get(expert.recipe)
 
