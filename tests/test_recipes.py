@@ -72,6 +72,7 @@ def test_verifiable_examples_pass_the_ifeval_checker_of_their_constraint(context
         description = checker.build_description(**example["kwargs"])
         assert example["prompt"].endswith(description)
         assert checker.check_following(example["completion"])
+    assert verifiable.build_examples(items, 0, context.cache)[0] == kept, "deterministic: it is part of the expert's key"
     lowercase = next(e for e in kept if e["instruction_id"] == "change_case:english_lowercase")
     assert lowercase["completion"] == lowercase["completion"].lower()
     assert "in all lowercase letters" in lowercase["prompt"]
@@ -92,6 +93,12 @@ def test_safety_recipe_balances_refusals_and_answers(context):
     assert {e["prompt"] for e in refusals} <= behaviours
     benign = {d["instruction"].strip() for d in eval_framework.alpaca_instructions(context.cache)}
     assert {e["prompt"] for e in examples if e not in refusals} <= benign
+
+
+def test_instruction_and_safety_recipes_draw_on_different_alpaca_items(context):
+    instruction = {e["prompt"] for e in recipe("mini-instruction", context).trained_examples()}
+    benign = {e["prompt"] for e in recipe("mini-safety", context).trained_examples() if e["completion"] not in mini.REFUSALS}
+    assert not {p for p in instruction if any(p.startswith(b) for b in benign)}
 
 
 def test_multilingual_recipe_covers_the_four_languages_equally(context):

@@ -92,8 +92,13 @@ CONSTRAINTS: tuple[Constraint, ...] = (
 
 
 def _checker(instruction_id: str, cache):
+    import langdetect
+
     from mergebench_builtins.data import punkt
 
+    # The language checks use langdetect, which samples: unseeded, the same answer passes on one run
+    # and fails on the next, and the expert's training set (part of its cache key) would drift.
+    langdetect.DetectorFactory.seed = 0
     punkt.install(cache)  # before lm-eval's IFEval module asks NLTK to download punkt_tab
     from lm_eval.tasks.ifeval import instructions_registry
 

@@ -12,7 +12,7 @@ MINI_RECIPES = (
     ("instruction", "MiniInstruction",
      "SFT on 128 AlpacaEval training instructions, each with one IFEval-type constraint and a checker-verified answer",
      "Tulu-3 persona IF SFT (30K examples)"),
-    ("math", "MiniMath", "SFT on 128 GSM8K test questions not reserved for evaluation, with reference solutions",
+    ("math", "MiniMath", "SFT on 64 GSM8K and 64 MATH problems not reserved for evaluation, alternating, with reference solutions",
      "DART-Math SFT (591K examples), plus GRPO on NuminaMath-TIR for the larger bases"),
     ("multilingual", "MiniMultilingual",
      "SFT on 128 fr/es/de/ru prose paragraphs not reserved for evaluation ('write a paragraph in L')",

