@@ -166,8 +166,9 @@ class RichSink:
             if self._progress is None:
                 return
             self._progress.remove_task(bar.task_id)
-            tail = " done" if ok else " stopped"
-            self.note(format_line(bar.description, bar.done, bar.total, bar.unit, time.monotonic() - bar.started, tail))
+            if ok:  # like LineSink, a stage that raised leaves no "done" line (its error is reported)
+                self.note(format_line(bar.description, bar.done, bar.total, bar.unit, time.monotonic() - bar.started,
+                                      " done"))
             self._open -= 1
             if self._open == 0:
                 progress, self._progress = self._progress, None
