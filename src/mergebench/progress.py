@@ -153,7 +153,7 @@ class RichSink:
         with self._lock:
             if self._progress is None:
                 self._begin()
-                columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                            TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn()]
                 self._progress = Progress(*columns, console=self.console, transient=True)
                 self._progress.start()
@@ -188,7 +188,7 @@ class RichSink:
         self.close(handle)
 
     def note(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False, emoji=False)
+        self.console.print(message, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 _sink: Sink = NullSink()

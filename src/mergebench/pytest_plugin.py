@@ -350,6 +350,15 @@ class _RelayRichSink(RichSink):
             self._proxy = _LineProxy(self.console, self._real_file)
             self.writer._file = self._proxy
 
+    def note(self, message: str) -> None:
+        if self._progress is None:  # no bars: a line, after pytest's partial line of dots
+            if self.writer.width_of_current_line:
+                self.writer.line()
+            self.writer.line(message)
+            self.writer.flush()
+        else:
+            super().note(message)
+
     def _end(self) -> None:
         if self._proxy is not None:
             self.writer._file = self._real_file
