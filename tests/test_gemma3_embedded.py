@@ -14,13 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from mergebench_builtins.models import embedded
 
 from mergebench import plugins
 from mergebench.cache import ArtifactCache
 from mergebench.errors import DataUnavailableError
 from mergebench.selection import known_suites, select_cases
 from mergebench.sources import WheelSource
+from mergebench_builtins.models import embedded
 
 GEMMA = "gemma-3-270m"
 

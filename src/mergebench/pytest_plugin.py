@@ -12,6 +12,8 @@ alone gathers them (:class:`ResultCollector`), prints the tables, writes ``--mb-
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 from mergebench.errors import MergebenchError
-from mergebench.progress import LineSink
+from mergebench.progress import LineSink, RichSink, live_bars_wanted
 
 RESULT_PROPERTY = "mergebench_result"
 cases_key = pytest.StashKey[list]()
@@ -156,7 +158,14 @@ def _relay(config: pytest.Config):
         from mergebench.xdist_support import ProgressRelay
 
         reporter = config.pluginmanager.getplugin("terminalreporter")
-        relay = ProgressRelay(reporter.write_line if reporter else (lambda line: print(line, file=sys.stderr)))
+        write_line = reporter.write_line if reporter else (lambda line: print(line, file=sys.stderr))
+        if _live_bars(config):
+            from mergebench.xdist_support import LabelledSink
+
+            bars = _RelayRichSink(config)
+            relay = ProgressRelay(write_line, sink_for=lambda worker: LabelledSink(bars, worker))
+        else:
+            relay = ProgressRelay(write_line)
         relay.start()
         config.stash[relay_key] = relay
     return config.stash[relay_key]
@@ -244,6 +253,119 @@ class _PytestLineSink(LineSink):
             reporter.write_line(line)
 
 
+def _live_bars(config: pytest.Config) -> bool:
+    """Rich bars when pytest's own output goes to an interactive terminal (see ``live_bars_wanted``)."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return False
+    return live_bars_wanted(reporter.isatty(), config.getoption("color", "auto"))
+
+
+class _PytestRichSink(RichSink):
+    """Live bars on pytest's terminal: output capture is suspended while bars show.
+
+    Rich's live display redirects ``sys.stdout``/``sys.stderr`` meanwhile, so whatever the case
+    prints appears above the bars; notes outside a bar are lines, as with ``_PytestLineSink``.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        super().__init__()
+        self.config = config
+        self._lines = _PytestLineSink(config)
+        self._suspended = contextlib.ExitStack()
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(force_terminal=True)  # sys.stdout at each write: the terminal while suspended
+        return self._console
+
+    def _begin(self) -> None:
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            self._suspended.enter_context(capman.global_and_fixture_disabled())
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+
+    def _end(self) -> None:
+        self._suspended.close()
+
+    def note(self, message: str) -> None:
+        if self._progress is None:
+            self._lines.write(message)
+        else:
+            super().note(message)
+
+
+class _LineProxy(io.TextIOBase):
+    """Stands in for pytest's terminal file while the relay's bars show: complete lines go above the bars."""
+
+    def __init__(self, console, file) -> None:
+        self.console, self.file = console, file
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        from rich.text import Text
+
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self.console.print(Text.from_ansi(line), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:  # a partial line (pytest's dots) waits for its newline
+        pass
+
+    def isatty(self) -> bool:
+        return self.file.isatty()
+
+    def release(self) -> None:
+        self.file.write(self._partial)
+        self.file.flush()
+        self._partial = ""
+
+
+class _RelayRichSink(RichSink):
+    """The controller's bars for xdist workers' stages, drawn by the relay thread.
+
+    pytest keeps writing (dots, ``[gw0] PASSED``) meanwhile, straight to its terminal file; that file
+    is swapped for a :class:`_LineProxy` while bars show, so its lines land above the bars instead of
+    being overwritten by them.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.writer = config.get_terminal_writer()
+        self._real_file = getattr(self.writer, "_file", None) or sys.stdout
+        from rich.console import Console
+
+        super().__init__(Console(file=self._real_file, force_terminal=True))
+        self._proxy: _LineProxy | None = None
+
+    def _begin(self) -> None:
+        if self.writer.width_of_current_line:  # start the bars on a fresh line
+            self.writer.line()
+        if hasattr(self.writer, "_file"):
+            self._proxy = _LineProxy(self.console, self._real_file)
+            self.writer._file = self._proxy
+
+    def note(self, message: str) -> None:
+        if self._progress is None:  # no bars: a line, after pytest's partial line of dots
+            if self.writer.width_of_current_line:
+                self.writer.line()
+            self.writer.line(message)
+            self.writer.flush()
+        else:
+            super().note(message)
+
+    def _end(self) -> None:
+        if self._proxy is not None:
+            self.writer._file = self._real_file
+            self._proxy.release()
+            self._proxy = None
+
+
 def _progress_sink(config: pytest.Config):
     if _is_worker(config):
         from mergebench.xdist_support import FileSink
@@ -252,7 +374,15 @@ def _progress_sink(config: pytest.Config):
         if folder:
             return FileSink(Path(folder), config.workerinput.get("workerid", "gw?"))
         return LineSink(stream=sys.__stderr__)
-    return _PytestLineSink(config)
+    return _PytestRichSink(config) if _live_bars(config) else _PytestLineSink(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist controller hook: a worker ended; close the bars it left open (it may have crashed mid-stage)."""
+    relay = node.config.stash.get(relay_key, None)
+    if relay is not None:
+        relay.worker_down(getattr(node, "workerinput", {}).get("workerid") or node.gateway.id)
 
 
 @pytest.fixture(scope="session")
