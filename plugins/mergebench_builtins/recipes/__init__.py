@@ -17,7 +17,7 @@ MINI_RECIPES = (
     ("multilingual", "MiniMultilingual",
      "SFT on 128 fr/es/de/ru prose paragraphs not reserved for evaluation ('write a paragraph in L')",
      "Aya SFT (fr, es, de, ru)"),
-    ("coding", "MiniCoding", "SFT on 128 MBPP problems not reserved for evaluation, with reference programs",
+    ("coding", "MiniCoding", "SFT on 128 MBPP problems not reserved for evaluation, half as complete-this-function (HumanEval's shape)",
      "Magicoder SFT (110K examples)"),
     ("safety", "MiniSafety",
      "SFT on HarmBench val behaviours answered with refusals, interleaved with benign AlpacaEval training instructions answered",

