@@ -11,7 +11,7 @@ disjointness is asserted in ``tests/test_recipes.py``).
 | ``mini-math`` | GSM8K test questions and MATH problems not reserved for evaluation (64 each, alternating), reference solutions | DART-Math (591K), then GRPO on the larger models |
 | ``mini-multilingual`` | fr/es/de/ru paragraphs not reserved for evaluation, "write a paragraph in L" | Aya (100K+) |
 | ``mini-coding`` | MBPP problems not reserved for evaluation, reference programs, half in HumanEval's complete-this-function shape; HumanEval never trains | Magicoder (110K) |
-| ``mini-safety`` | HarmBench *val* behaviours answered with refusals, plus benign AlpacaEval training instructions answered | WildGuardMix + WildJailbreak (~100K) |
+| ``mini-safety`` | HarmBench *val* behaviours answered with refusals, each followed by two benign AlpacaEval training instructions answered | WildGuardMix + WildJailbreak (~100K) |
 | ``mini-mtl`` | the union of the five sets above (the multi-task baseline) | the study's MTL model |
 """
 
@@ -170,30 +170,31 @@ class MiniMultilingual(MiniSFT):
 
 
 class MiniSafety(MiniSFT):
-    """Refusals of HarmBench val behaviours, interleaved one to one with answered benign instructions.
+    """Refusals of HarmBench val behaviours, each followed by two answered benign instructions.
 
-    The 41 standard val behaviours are used twice, with different refusal wordings, so harmful and
-    benign examples are equally many (64 each) in the 128 trained on: refusing everything would
-    fail the over-refusal task, answering everything the refusal task.
+    In the 128 trained on, the 41 standard val behaviours meet 87 benign instructions: with one to
+    one (tried first) the expert refused 75% of benign evaluation prompts. Refusing everything
+    fails the over-refusal task, answering everything the refusal task.
     """
 
     sources = (harmbench.HARMBENCH_WHEEL, eval_framework.EVAL_FRAMEWORK_WHEEL)
+    benign_per_harmful = 2
 
     def split_fingerprints(self) -> list[dict]:
         return [splits.harmbench(self.context.cache).fingerprint(), splits.alpaca(self.context.cache).fingerprint(),
-                {"refusals": list(REFUSALS), "max_words": verifiable.MAX_WORDS}]
+                {"refusals": list(REFUSALS), "max_words": verifiable.MAX_WORDS, "benign_per_harmful": self.benign_per_harmful}]
 
     def training_examples(self) -> list[dict[str, str]]:
         from mergebench_builtins.tasks.safety import harmbench_prompt
 
         behaviours = [b for b in splits.harmbench(self.context.cache).train if not b.get("ContextString")]
-        harmful = [{"prompt": harmbench_prompt(b), "completion": REFUSALS[(i + rep) % len(REFUSALS)]}
-                   for rep in (0, 1) for i, b in enumerate(behaviours)]
+        harmful = [{"prompt": harmbench_prompt(b), "completion": REFUSALS[i % len(REFUSALS)]} for i, b in enumerate(behaviours)]
         benign = [{"prompt": d["instruction"].strip(), "completion": verifiable.short_answer(d["output"])}
                   for d in splits.alpaca(self.context.cache).train[INSTRUCTION_POOL:]]
+        k = self.benign_per_harmful
         mixed = []
-        for i in range(max(len(harmful), len(benign))):
-            mixed += harmful[i:i + 1] + benign[i:i + 1]
+        for i in range(max(len(harmful), -(-len(benign) // k))):
+            mixed += harmful[i:i + 1] + benign[k * i:k * i + k]
         return mixed
 
 
