@@ -17,6 +17,8 @@ disjointness is asserted in ``tests/test_recipes.py``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -39,6 +41,11 @@ REFUSALS = (
 )
 
 
+def examples_digest(examples: list[dict[str, str]]) -> str:
+    """SHA-256 of the exact training examples: any change to how they are built retrains the expert."""
+    return hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 class MiniSFT(Recipe):
     """SFT on the first ``examples`` training items with ``settings`` (the same for every mini domain)."""
 
@@ -55,7 +62,8 @@ class MiniSFT(Recipe):
 
     def fingerprint(self) -> dict:
         return {"examples": self.examples, "settings": self.settings.as_dict(),
-                "sources": [s.sha256 for s in self.sources], "splits": self.split_fingerprints()}
+                "sources": [s.sha256 for s in self.sources], "splits": self.split_fingerprints(),
+                "data_sha256": examples_digest(self.trained_examples())}
 
     def trained_examples(self) -> list[dict[str, str]]:
         return self.training_examples()[: self.examples]
