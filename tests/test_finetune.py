@@ -46,7 +46,6 @@ def test_fast_loss_trains_exactly_like_trls_loss(tiny_llama, tmp_path):
     import dataclasses
 
     import torch
-
     from transformers import TrainerCallback
 
     logged: dict[str, set] = {}

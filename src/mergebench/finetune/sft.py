@@ -18,9 +18,10 @@ just the positions whose next token is a completion token, and take the cross-en
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mergebench import progress
 from mergebench.errors import UsageError
@@ -166,7 +167,12 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
         validate_examples(examples, None, None, description)
     import torch
     from datasets import Dataset
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        TrainerCallback,
+    )
     from trl import SFTConfig
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
