@@ -172,3 +172,97 @@ def test_a_base_without_chat_template_is_a_usage_error(tiny_llama, tmp_path):
     (base / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(UsageError, match="has no chat template.*add one to its tokenizer_config.json"):
         _sft(base, tmp_path)
+
+
+# -- GRPO ------------------------------------------------------------------------------------------------------
+
+def test_final_number_reward_is_exact_match_of_the_final_number():
+    from mergebench.finetune.grpo import final_number_reward
+
+    completions = [
+        "3 plus 4 is 7. The answer is 7.",          # right
+        "The answer is 7.0",                          # same number, normalized
+        "First 12, then 3, so 7",                      # last number counts
+        "The answer is 8. (not 7)",                   # the number after the last "answer is"
+        "I don't know",                               # no number
+        [{"role": "assistant", "content": "So the answer is 1,000."}],  # chat-format completion
+        "The answer is 1000",
+    ]
+    gold = ["7", "7", "7", "7", "7", "1000", "1,000"]
+    assert final_number_reward(completions, gold) == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+GRPO_ITEMS = [{"prompt": f"What is {a} plus {b}?", "answer": str(a + b)} for a in range(2) for b in range(2)]
+
+
+def _tiny_grpo():
+    from mergebench.finetune.grpo import GRPOSettings
+
+    return GRPOSettings(learning_rate=1e-3, max_steps=2, batch_size=4, num_generations=2, max_completion_length=6,
+                        save_steps=1)
+
+
+def test_two_grpo_steps_on_the_tiny_llama_write_a_full_checkpoint(tiny_llama, tmp_path):
+    from mergebench.finetune.grpo import run_grpo
+
+    seen: list[list[float]] = []
+
+    def reward(completions, answer, **kwargs):
+        assert len(completions) == 4 and len(answer) == 4  # 2 prompts x 2 generations per step
+        seen.append([float(len(c[0]["content"])) for c in completions])  # a reward that varies within a group
+        return seen[-1]
+
+    summary = run_grpo(tiny_llama, GRPO_ITEMS, tmp_path / "out", _tiny_grpo(), seed=0, work_dir=tmp_path / "work",
+                       description="test", reward=reward)
+    assert summary["steps"] == 2 and len(seen) == 2
+    base, trained = load_tensors(tiny_llama), load_tensors(tmp_path / "out")
+    _assert_same_layout(base, trained)
+
+
+def test_grpo_rejects_bad_items_and_batch_sizes(tiny_llama, tmp_path):
+    import dataclasses
+
+    from mergebench.finetune.grpo import run_grpo
+
+    with pytest.raises(UsageError, match="no GRPO prompts"):
+        run_grpo(tiny_llama, [], tmp_path / "o", _tiny_grpo(), seed=0, work_dir=tmp_path / "w", description="t")
+    with pytest.raises(UsageError, match="GRPO item 1 must be a dict with a string 'prompt' and an 'answer'"):
+        run_grpo(tiny_llama, [GRPO_ITEMS[0], {"prompt": "x"}], tmp_path / "o", _tiny_grpo(), seed=0,
+                 work_dir=tmp_path / "w", description="t")
+    with pytest.raises(UsageError, match="must be a multiple of num_generations"):
+        run_grpo(tiny_llama, GRPO_ITEMS, tmp_path / "o", dataclasses.replace(_tiny_grpo(), batch_size=3), seed=0,
+                 work_dir=tmp_path / "w", description="t")
+
+
+def test_sft_then_grpo_resumes_each_stage(tiny_llama, tmp_path):
+    """Killed during GRPO, the recipe reuses the finished SFT model and resumes GRPO from its checkpoint."""
+    import dataclasses
+
+    from mergebench.finetune.grpo import run_sft_then_grpo
+
+    work = tmp_path / "work"
+    sft = dataclasses.replace(FAST, max_steps=2)
+
+    def run(callbacks=()):
+        return run_sft_then_grpo(tiny_llama, EXAMPLES, GRPO_ITEMS, tmp_path / "out", sft, _tiny_grpo(), seed=0,
+                                 work_dir=work, description="test", callbacks=callbacks)
+
+    with pytest.raises(_Kill):
+        run([_KillInGRPO()])
+    assert (work / "sft-model" / "training_summary.json").is_file()
+    summary = run()
+    assert summary["sft"]["reused"] is True
+    assert summary["grpo"]["resumed_from"] == str(work / "grpo" / "checkpoint-1")
+    assert summary["grpo"]["steps"] == 2
+    _assert_same_layout(load_tensors(tiny_llama), load_tensors(tmp_path / "out"))
+
+
+def _KillInGRPO():
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if Path(args.output_dir).name == "grpo" and state.global_step >= 2:  # before step 2 is saved
+                raise _Kill("killed in GRPO at step 2")
+
+    return Kill()
