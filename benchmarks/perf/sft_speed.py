@@ -7,7 +7,8 @@ of ``--batch`` examples, in one process one after the other. Tokens/s counts eve
 token (prompt and completion, no padding) over the whole run's optimizer steps, the first
 included, and is compared with the plain loop measured in the same run:
 
-- plain loop: tokenize, pad, ``model(input_ids, labels=...)``, backward, AdamW step.
+- plain loop: tokenize, pad, ``model(input_ids, labels=...)`` (the model's own loss over full
+  logits), backward, fused AdamW step (what the Trainer uses too).
 - trl stock: trl's SFTTrainer as ``run_sft`` configured it before (``fast_loss=False``: trl's
   chunked LM head over every position, entropy and accuracy metrics each step).
 - run_sft: today's defaults (completion-only LM head loss).
@@ -47,7 +48,7 @@ def plain_loop(base_dir: Path, examples: list[dict], batch: int, max_length: int
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)  # the Trainer's default on torch >= 2.8
     seconds = 0.0
     for start in range(0, len(examples), batch):
         started = time.perf_counter()
