@@ -96,6 +96,50 @@ def sft_seconds(base_dir: Path, examples: list[dict], settings) -> float:
     return marks[-1] - marks[0]
 
 
+def loss_head_seconds(base_dir: Path, batch: int, length: int, completion_fraction: float, repeats: int = 5) -> dict:
+    """Forward+backward seconds (fastest of ``repeats``) of the loss head alone on the model's shapes:
+    the model's own full-logit cross-entropy, trl 1.x's chunked head as it runs off CUDA (every
+    position, entropy and top-1 for its logs, logits recomputed in backward) and ``run_sft``'s
+    completion-rows-only projection."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoConfig
+    from trl.kernels import ChunkedLogProbFunction
+
+    config = AutoConfig.from_pretrained(str(base_dir)).get_text_config()
+    vocab, hidden = config.vocab_size, config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    weight = (torch.randn(vocab, hidden, generator=generator) * 0.02).requires_grad_()
+    states = torch.randn(batch, length - 1, hidden, generator=generator)
+    labels = torch.randint(0, vocab, (batch, length - 1), generator=generator)
+    labels[:, : int((length - 1) * (1 - completion_fraction))] = -100
+    mask = labels != -100
+
+    def full_logits(h):
+        return F.cross_entropy((h @ weight.T).view(-1, vocab), labels.view(-1), ignore_index=-100)
+
+    def trl_chunked(h):
+        log_probs = ChunkedLogProbFunction.apply(h.reshape(-1, hidden), weight, None, labels.clamp(min=0).reshape(-1),
+                                                 1.0, 32768, None, 1.0, ("log_probs", "entropy", "is_top1"))[0]
+        return -log_probs.view(mask.shape).masked_fill(~mask, 0).sum() / mask.sum()
+
+    def completion_rows(h):
+        return F.cross_entropy(h[mask] @ weight.T, labels[mask])
+
+    times = {}
+    for name, loss in (("model's own loss (full logits)", full_logits), ("trl 1.x chunked head (CPU path)", trl_chunked),
+                       ("run_sft: completion rows only", completion_rows)):
+        spans = []
+        for _ in range(repeats + 1):
+            h = states.clone().requires_grad_()
+            started = time.perf_counter()
+            loss(h).backward()
+            spans.append(time.perf_counter() - started)
+            weight.grad = None
+        times[name] = min(spans[1:])
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -104,6 +148,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every configuration this many times, interleaved, and keep each one's fastest")
+    parser.add_argument("--only", default="",
+                        help="comma-separated row numbers to run (1 = the plain loop, always run); default all")
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
 
@@ -121,6 +167,9 @@ def main() -> None:
     tokens = sum(min(len(tokenizer.apply_chat_template(
         [{"role": "user", "content": e["prompt"]}, {"role": "assistant", "content": e["completion"]}],
         tokenize=True, return_dict=False)), args.max_length) for e in examples)
+    prompt_tokens = sum(min(len(tokenizer.apply_chat_template([{"role": "user", "content": e["prompt"]}], tokenize=True,
+                                                              add_generation_prompt=True, return_dict=False)),
+                            args.max_length) for e in examples)
 
     threads = torch.get_num_threads()
     default = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=args.batch, max_length=args.max_length,
@@ -134,6 +183,9 @@ def main() -> None:
         ("+ LoRA rank 16 (all linear)", dataclasses.replace(default, lora_rank=16)),
         ("+ frozen embeddings", dataclasses.replace(default, freeze_embeddings=True)),
     ]
+    if args.only:
+        keep = {1} | {int(i) for i in args.only.split(",")}
+        runs = [run for i, run in enumerate(runs, 1) if i in keep]
     print(f"{args.model}: {len(examples)} GSM8K chat examples, {tokens} tokens, {args.steps} steps of {args.batch}, "
           f"max_length {args.max_length}, float32, {threads} torch threads", flush=True)
     measured: dict[str, list[float]] = {name: [] for name, _ in runs}
@@ -150,6 +202,11 @@ def main() -> None:
     for name, seconds in best.items():
         spread = f" ({', '.join(f'{t:.1f}' for t in measured[name])})" if args.rounds > 1 else ""
         print(f"| {name} | {seconds:.1f}{spread} | {tokens / seconds:.0f} | {tokens / seconds / plain:.2f} |")
+    fraction = 1 - prompt_tokens / tokens
+    print(f"\nThe loss head alone, one batch ({args.batch} x {args.max_length} tokens, {fraction:.0%} completion "
+          "positions), forward+backward, fastest of 5:")
+    for name, seconds in loss_head_seconds(base_dir, args.batch, args.max_length, fraction).items():
+        print(f"  {name}: {seconds:.2f} s")
 
 
 if __name__ == "__main__":
