@@ -269,3 +269,13 @@ def _KillInGRPO():
                 raise _Kill("killed in GRPO at step 2")
 
     return Kill()
+
+
+def test_boxed_answer_reward_matches_the_last_box_with_balanced_braces():
+    from mergebench.evaluation.answers import boxed
+    from mergebench.finetune.grpo import boxed_answer_reward
+
+    assert boxed(r"so \boxed{1} then \boxed{\frac{63}{400}}.") == r"\frac{63}{400}"
+    assert boxed(r"\boxed{x + 1") is None and boxed("no box") is None
+    completions = [r"The answer is $\boxed{\frac{63}{400}}$", r"\boxed{ \frac{63} {400} }", r"\boxed{0.1575}", "63/400"]
+    assert boxed_answer_reward(completions, [r"\frac{63}{400}"] * 4) == [1.0, 1.0, 0.0, 0.0]

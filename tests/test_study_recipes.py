@@ -96,3 +96,24 @@ def test_full_suite_surrogates_are_sized_by_their_spec_and_read_ifeval_like_data
     (doc,) = spec.load()(spec, context).docs()
     assert doc == {"key": 7, "prompt": "Say hi in lowercase.", "instruction_id_list": ["change_case:english_lowercase"],
                    "kwargs": [{}]}
+
+
+def test_math_on_a_large_base_runs_grpo_after_sft_on_boxed_answers(tmp_path, monkeypatch, tiny_llama):
+    from mergebench.finetune import grpo
+    from mergebench_builtins.recipes import study
+
+    monkeypatch.setenv("MERGEBENCH_DATA_ROOT", str(tmp_path))
+    write_rows(tmp_path, "hkust-nlp/dart-math-hard", [{"query": "1+1?", "response": "2"}])
+    write_rows(tmp_path, "AI-MO/NuminaMath-TIR", [
+        {"messages": [{"role": "user", "content": "p1"}, {"role": "assistant", "content": r"so \boxed{\frac{1}{2}}"}]},
+        {"messages": [{"role": "user", "content": "p2"}, {"role": "assistant", "content": "no box"}]},
+    ])
+    calls = {}
+    monkeypatch.setattr(grpo, "run_sft_then_grpo", lambda *args, **kwargs: calls.update(args=args, kwargs=kwargs) or {})
+    monkeypatch.setattr(study, "LARGE_BASE_PARAMS", 0)  # the tiny model stands in for an 8B base
+    recipe("math").train(tiny_llama, tmp_path / "out", seed=0, work_dir=tmp_path / "work")
+    base, sft_examples, problems = calls["args"][:3]
+    assert sft_examples == [{"prompt": "1+1?", "completion": "2"}]
+    assert problems == [{"prompt": "p1", "answer": r"\frac{1}{2}"}]
+    assert calls["kwargs"]["reward"] is grpo.boxed_answer_reward
+    assert calls["args"][4].learning_rate == 5e-5  # the 8B/9B settings

@@ -14,7 +14,6 @@ of a new base.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -140,16 +139,13 @@ class StudySFT(Recipe):
         return self._sft_then_grpo(base_dir, examples, grpo_sets, out_dir, settings, seed=seed, work_dir=work_dir)
 
     def _sft_then_grpo(self, base_dir, examples, grpo_sets, out_dir, settings, *, seed, work_dir) -> dict:
-        from mergebench.finetune.grpo import GRPOSettings, boxed_answer, run_grpo
+        from mergebench.evaluation.answers import boxed
+        from mergebench.finetune.grpo import GRPOSettings, boxed_answer_reward, run_sft_then_grpo
 
-        problems = [{"prompt": e["prompt"], "answer": boxed_answer(e["completion"])} for d in grpo_sets for e in d.rows()]
-        problems = [p for p in problems if p["answer"]]
-        sft_dir = work_dir / "sft-result"
-        if not (sft_dir / "training_summary.json").is_file():
-            run_sft(base_dir, examples, sft_dir, settings, seed=seed, work_dir=work_dir / "sft", description=f"{self.spec.name} (SFT)")
-        summary = run_grpo(sft_dir, problems, out_dir, GRPOSettings(), seed=seed, work_dir=work_dir / "grpo",
-                           description=f"{self.spec.name} (GRPO)")
-        return {"sft": json.loads((sft_dir / "training_summary.json").read_text()), "grpo": summary}
+        problems = [{"prompt": e["prompt"], "answer": boxed(e["completion"])} for d in grpo_sets for e in d.rows()]
+        problems = [p for p in problems if p["answer"]]  # rows whose solution boxes no answer cannot be rewarded
+        return run_sft_then_grpo(base_dir, examples, problems, out_dir, settings, GRPOSettings(), seed=seed,
+                                 work_dir=work_dir, description=self.spec.name, reward=boxed_answer_reward)
 
 
 STUDY_RECIPES: dict[str, tuple[tuple[HubSet, ...], tuple[HubSet, ...], str]] = {

