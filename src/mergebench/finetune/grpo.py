@@ -23,7 +23,7 @@ from typing import Any
 from mergebench import progress
 from mergebench.errors import UsageError
 from mergebench.evaluation.answers import boxed, final_number
-from mergebench.finetune.sft import SFTSettings, _last_checkpoint, run_sft
+from mergebench.finetune.sft import SFTSettings, _last_checkpoint, quiet_logs, run_sft
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ def run_grpo(model_dir: Path, prompts_with_answers: Sequence[dict[str, Any]], ou
         with progress.progress(f"GRPO {description}", total=None, unit="steps") as bar:
             trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                                   processing_class=tokenizer, callbacks=[_Progress(), *callbacks])
+            quiet_logs(trainer)
             resume = _last_checkpoint(work_dir)
             trainer.train(resume_from_checkpoint=resume)
         trainer.model.save_pretrained(str(out_dir), safe_serialization=True)

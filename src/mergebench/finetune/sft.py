@@ -61,6 +61,13 @@ class SFTSettings:
         return asdict(self)
 
 
+def quiet_logs(trainer) -> None:
+    """Drop transformers' printer of raw log dicts (it prints when tqdm is off): our progress bar reports steps."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 def _last_checkpoint(work_dir: Path) -> str | None:
     """The newest complete checkpoint (``trainer_state.json`` is written last) in ``work_dir``."""
     checkpoints = [p for p in work_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
@@ -245,6 +252,7 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
                 model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                 callbacks=[_Progress(), *callbacks], peft_config=peft_config,
             )
+            quiet_logs(trainer)
             resume = _last_checkpoint(work_dir)
             trainer.train(resume_from_checkpoint=resume)
         trained = trainer.model
