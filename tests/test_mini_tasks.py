@@ -102,7 +102,10 @@ def test_harmful_refusals_and_benign_answers(context):
 def test_ifeval_mini_scores_every_prompt(context):
     task = make("ifeval_mini", context, limit=5)
     result = task.evaluate(ScriptedLM(generate=lambda p: ""))
-    assert result.n == 5 and result.score == 0.0 and result.extras["scorer_errors"] == 0
+    instructions = sum(len(d["instruction_id_list"]) for d in task.docs())
+    assert result.metric == "inst_level_strict_acc" and result.n == instructions > 5  # scored per instruction
+    assert result.extras["prompts"] == 5 and result.score == 0.0 and result.extras["scorer_errors"] == 0
+    assert result.extras["prompt_level_strict_acc"] == 0.0
 
 
 def test_multilingual_scores_each_language_equally(context):

@@ -98,8 +98,9 @@ def mini_tasks() -> list[TaskSpec]:
               summary="held-out fr/es/de/ru prose (2 paragraphs per language), bits per byte of the raw text",
               stand_in_for="M_MMLU / M_ARC / M_HellaSwag (fr, es, de, ru), which do not exist offline"),
         # instruction following
-        _mini("ifeval_mini", "ifeval:IFEvalMini", "instruction", "prompt_level_strict_acc", needs_chat_template=True,
-              summary="IFEval (8 of 100 reserved prompts whose length instructions fit 64 tokens), lm-eval's checkers",
+        _mini("ifeval_mini", "ifeval:IFEvalMini", "instruction", "inst_level_strict_acc", needs_chat_template=True, version="2",
+              summary="IFEval (16 of 100 reserved prompts whose length instructions fit 64 tokens), lm-eval's checkers, "
+              "instruction-level strict accuracy (prompt-level in the extras)",
               stand_in_for="IFEval prompt-level strict accuracy on all 541 prompts with full-length answers"),
         # forgetting (normalized by the base model)
         _mini("mmlu_mini", "forgetting:MMLU", "general", "acc_norm",
