@@ -85,11 +85,11 @@ def test_short_answer_keeps_whole_sentences_of_the_first_paragraph():
     assert verifiable.short_answer("A. B.\n\nC.") == "A. B."
 
 
-def test_safety_recipe_follows_each_refusal_with_two_answers(context):
+def test_safety_recipe_follows_each_refusal_with_three_answers(context):
     examples = recipe("mini-safety", context).trained_examples()
     refusals = [e for e in examples if e["completion"] in mini.REFUSALS]
-    assert len(refusals) == 41 and len(examples) - len(refusals) == 87
-    assert [e in refusals for e in examples[:6]] == [True, False, False, True, False, False]
+    assert len(refusals) == 32 and len(examples) - len(refusals) == 96
+    assert [e in refusals for e in examples[:8]] == [True, False, False, False, True, False, False, False]
     behaviours = {harmbench_prompt(b) for b in splits.harmbench(context.cache).train}
     assert {e["prompt"] for e in refusals} <= behaviours
     benign = {d["instruction"].strip() for d in eval_framework.alpaca_instructions(context.cache)}

@@ -20,7 +20,7 @@ MINI_RECIPES = (
     ("coding", "MiniCoding", "SFT on 128 MBPP problems not reserved for evaluation, half as complete-this-function (HumanEval's shape)",
      "Magicoder SFT (110K examples)"),
     ("safety", "MiniSafety",
-     "SFT on 41 HarmBench val behaviours answered with refusals, each followed by two benign AlpacaEval training instructions answered",
+     "SFT on 32 HarmBench val behaviours answered with refusals, each followed by three benign AlpacaEval training instructions answered",
      "WildGuardMix + WildJailbreak SFT"),
 )
 

@@ -190,15 +190,16 @@ class MiniMultilingual(MiniSFT):
 
 
 class MiniSafety(MiniSFT):
-    """Refusals of HarmBench val behaviours, each followed by two answered benign instructions.
+    """Refusals of HarmBench val behaviours, each followed by three answered benign instructions.
 
-    In the 128 trained on, the 41 standard val behaviours meet 87 benign instructions: with one to
-    one (tried first) the expert refused 75% of benign evaluation prompts. Refusing everything
-    fails the over-refusal task, answering everything the refusal task.
+    In the 128 trained on, 32 standard val behaviours meet 96 benign instructions. With one to one,
+    then two to one (tried first), the expert learned the canned refusals as its answer to
+    anything: it refused 75% of benign evaluation prompts. Refusing everything fails the
+    over-refusal task, answering everything the refusal task.
     """
 
     sources = (harmbench.HARMBENCH_WHEEL, eval_framework.EVAL_FRAMEWORK_WHEEL)
-    benign_per_harmful = 2
+    benign_per_harmful = 3
 
     def split_fingerprints(self) -> list[dict]:
         return [splits.harmbench(self.context.cache).fingerprint(), splits.alpaca(self.context.cache).fingerprint(),
