@@ -124,16 +124,3 @@ def test_samples_for_data_aware_methods_come_from_the_trained_examples(context):
     drawn = math.samples(10, seed=3)
     assert drawn == random.Random(3).sample(math.trained_examples(), 10)
     assert len(math.samples(10_000)) == 128
-
-
-def test_mbpp_programs_are_reindented_to_four_spaces_and_shaped_like_humaneval():
-    assert mini.four_space_indent("def f(x):\r\n  if x:\r\n    return 1\r\n  return 2") == \
-        "def f(x):\n    if x:\n        return 1\n    return 2"
-    assert mini.four_space_indent("def f():\n\treturn 1") == "def f():\n    return 1"
-    assert mini.four_space_indent("def f():\n  a = 1\n   b = 2") == "def f():\n  a = 1\n   b = 2"  # no common unit: unchanged
-    doc = {"code": "import math\ndef area(r):\n  return math.pi*r*r", "text": "Find the area.", "test_list": ["assert area(1)==3"]}
-    example = mini.function_completion(doc)
-    head = 'import math\ndef area(r):\n    """Find the area.\n    >>> area(1)==3\n    """\n'
-    assert example == {"prompt": f"Complete the following Python function.\n```python\n{head}```",
-                       "completion": f"```python\n{head}    return math.pi*r*r\n```"}
-    assert mini.function_completion({**doc, "code": "def a():\n  pass\ndef b():\n  pass"}) is None  # two functions

