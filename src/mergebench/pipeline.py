@@ -107,6 +107,9 @@ class Pipeline:
         self.context = context
         self.registries = registries
         self._models: OrderedDict[str, LanguageModel] = OrderedDict()
+        # Bases and trained models resolved in this session: their keys hash training data and
+        # weights, too costly to recompute for each of a session's cases (artifacts never change).
+        self._resolved: dict[Any, ModelRef] = {}
 
     @property
     def cache(self) -> ArtifactCache:
@@ -122,6 +125,11 @@ class Pipeline:
 
     # -- base and experts ------------------------------------------------------------------
     def base(self, model: ModelSpec) -> ModelRef:
+        if ("base", model) not in self._resolved:
+            self._resolved["base", model] = self._base(model)
+        return self._resolved["base", model]
+
+    def _base(self, model: ModelSpec) -> ModelRef:
         label = f"base {model.name}"
         if model.source == "hub":
             from mergebench import hub
@@ -150,6 +158,11 @@ class Pipeline:
 
     def trained(self, model: ModelSpec, source, label: str, base: ModelRef | None = None) -> ModelRef:
         """A model of ``source``: fetched when it names a hub id, else trained by its recipe on the base (cached)."""
+        if ("trained", model, source) not in self._resolved:
+            self._resolved["trained", model, source] = self._trained(model, source, label, base)
+        return self._resolved["trained", model, source]
+
+    def _trained(self, model: ModelSpec, source, label: str, base: ModelRef | None) -> ModelRef:
         if source.hub_id:
             from mergebench import hub
 

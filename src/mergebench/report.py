@@ -29,8 +29,30 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def _score(score: Score | None) -> str:
-    return "—" if score is None else f"{score.score:.3f} ±{score.stderr:.3f}"
+def _score(score: Score | None, stderr: bool = True) -> str:
+    if score is None:
+        return "—"
+    return f"{score.score:.3f} ±{score.stderr:.3f}" if stderr else f"{score.score:.3f}"
+
+
+TASK_COLUMN = 34
+"""Characters for the task column (name, metric, item count)."""
+
+
+def layout(width: int, methods: Sequence[str]) -> tuple[int, bool]:
+    """``(console width, show ±stderr)``: tables get the room their columns need instead of being squeezed.
+
+    A per-task cell needs 12 characters with the standard error and 5 without, or its method's
+    header if wider. A terminal too narrow for the former drops the standard errors (they stay in
+    the JSON); narrower still, the tables are drawn wider than the terminal rather than cut.
+    """
+    def needed(cell: int) -> int:
+        headers = [max(map(len, _header(m).split("\n"))) for m in methods]
+        return TASK_COLUMN + 2 * (cell + 3) + sum(max(cell, h) + 3 for h in headers) + 1
+
+    if width >= needed(12):
+        return width, True
+    return max(width, needed(5)), False
 
 
 def _header(name: str) -> str:
@@ -46,21 +68,23 @@ def _methods(results: Sequence[CaseResult]) -> list[str]:
     return list(dict.fromkeys(r.method for r in results))
 
 
-def per_task_table(results: Sequence[CaseResult], model: str) -> Table:
+def per_task_table(results: Sequence[CaseResult], model: str, stderr: bool = True) -> Table:
     rows = [r for r in results if r.model == model]
     methods = _methods(rows)
-    table = Table(title=f"{model}: scores per task (mean ±stderr)", title_justify="left")
+    title = "mean ±stderr" if stderr else "mean; standard errors in the JSON"
+    table = Table(title=f"{model}: scores per task ({title})", title_justify="left")
     table.add_column("task\n[dim]metric (items)[/]", no_wrap=True)
-    table.add_column("base", justify="right", style="dim")
-    table.add_column("expert", justify="right", style="dim")
+    table.add_column("base", justify="right", style="dim", no_wrap=True)
+    table.add_column("expert", justify="right", style="dim", no_wrap=True)
     for method in methods:
-        table.add_column(_header(method), justify="right", overflow="fold")
+        table.add_column(_header(method), justify="right", no_wrap=True)
     for task in dict.fromkeys(r.task for r in rows):
         by_method = {r.method: r for r in rows if r.task == task}
         first = next(iter(by_method.values()))
         arrow = "↑" if first.higher_is_better else "↓"
-        table.add_row(f"{task}\n[dim]{first.metric} {arrow} ({first.merged.n})[/]", _score(first.base), _score(first.expert),
-                      *[_score(by_method[m].merged) if m in by_method else "" for m in methods])
+        table.add_row(f"{task}\n[dim]{first.metric} {arrow} ({first.merged.n})[/]", _score(first.base, stderr),
+                      _score(first.expert, stderr),
+                      *[_score(by_method[m].merged, stderr) if m in by_method else "" for m in methods])
     return table
 
 
@@ -81,10 +105,14 @@ def expert_table(results: Sequence[CaseResult], model: str) -> Table | None:
     for column in ("domain", "task"):
         table.add_column(column, no_wrap=True)
     for column in ("base", "expert", "expert gain"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for task, r in sorted(rows.items(), key=lambda item: (item[1].domain, item[0])):
         gain = expert_gain(r.base, r.expert, r.higher_is_better)
-        verdict = "—" if gain is None else (f"[green]+{100 * gain:.1f}%[/]" if gain > 0 else f"[red]{100 * gain:.1f}% (not better)[/]")
+        if gain is None and r.base is not None and r.expert is not None:  # the base scored 0: say by how much, absolutely
+            change = (r.expert.score - r.base.score) * (1 if r.higher_is_better else -1)
+            verdict = f"[green]+{change:.3f} (from 0)[/]" if change > 0 else f"[red]{change:.3f} (not better)[/]"
+        else:
+            verdict = "—" if gain is None else (f"[green]+{100 * gain:.1f}%[/]" if gain > 0 else f"[red]{100 * gain:.1f}% (not better)[/]")
         table.add_row(r.domain, f"{task} {'↑' if r.higher_is_better else '↓'}", _score(r.base), _score(r.expert), verdict)
     return table
 
@@ -97,7 +125,7 @@ def domain_table(results: Sequence[CaseResult], model: str) -> Table | None:
     table = Table(title=f"{model}: normalized performance (% of the domain's expert)", title_justify="left")
     table.add_column("domain", no_wrap=True)
     for method in methods:
-        table.add_column(_header(method), justify="right", overflow="fold")
+        table.add_column(_header(method), justify="right", no_wrap=True)
     per_method = {m: {d.domain: d for d in domain_scores(g)} for (_, m), g in group_by_model_method(rows).items()}
     for domain in dict.fromkeys(r.domain for r in rows):
         cells = []
@@ -119,7 +147,7 @@ def summary_table(results: Sequence[CaseResult], *, forgetting: bool) -> Table |
     table = Table(title=title, title_justify="left")
     table.add_column("model", no_wrap=True)
     for method in methods:
-        table.add_column(_header(method), justify="right", overflow="fold")
+        table.add_column(_header(method), justify="right", no_wrap=True)
     for model in dict.fromkeys(r.model for r in rows):
         table.add_row(model, *[
             _pct(overall_normalized([r for r in rows if r.model == model and r.method == m], forgetting=forgetting))
@@ -193,10 +221,11 @@ def cache_summary(results: Sequence[CaseResult]) -> str:
 
 def render_session(results: Sequence[CaseResult], *, width: int = 120, color: bool = False) -> str:
     buffer = io.StringIO()
+    width, stderr = layout(width, _methods(results))
     console = Console(file=buffer, width=width, force_terminal=color, color_system="standard" if color else None)
     models = list(dict.fromkeys(r.model for r in results))
     for model in models:
-        console.print(per_task_table(results, model))
+        console.print(per_task_table(results, model, stderr))
         for table in (expert_table(results, model), domain_table(results, model)):
             if table is not None:
                 console.print(table)
