@@ -23,7 +23,7 @@ from typing import Any
 from mergebench import progress
 from mergebench.errors import UsageError
 from mergebench.evaluation.answers import boxed, final_number
-from mergebench.finetune.sft import SFTSettings, _last_checkpoint, quiet_logs, run_sft
+from mergebench.finetune.sft import SFTSettings, _last_checkpoint, common_arguments, progress_callback, quiet_logs, run_sft
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def run_grpo(model_dir: Path, prompts_with_answers: Sequence[dict[str, Any]], ou
                          f"num_generations ({settings.num_generations})")
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -125,34 +125,13 @@ def run_grpo(model_dir: Path, prompts_with_answers: Sequence[dict[str, Any]], ou
             beta=settings.beta,
             lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup_ratio,
-            seed=seed,
-            data_seed=seed,
             logging_steps=1,
-            save_strategy="steps",
-            save_steps=settings.save_steps,
-            save_total_limit=1,
-            report_to=[],
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            dataloader_num_workers=0,
+            **common_arguments(seed, settings.save_steps),
         )
         rewards: list[float] = []
-
-        class _Progress(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                bar.set_total(state.max_steps)
-
-            def on_step_end(self, args, state, control, **kwargs):
-                bar.advance()
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "reward" in logs:
-                    rewards.append(float(logs["reward"]))
-
         with progress.progress(f"GRPO {description}", total=None, unit="steps") as bar:
             trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
-                                  processing_class=tokenizer, callbacks=[_Progress(), *callbacks])
+                                  processing_class=tokenizer, callbacks=[progress_callback(bar, "reward", rewards), *callbacks])
             quiet_logs(trainer)
             resume = _last_checkpoint(work_dir)
             trainer.train(resume_from_checkpoint=resume)

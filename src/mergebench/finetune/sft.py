@@ -61,6 +61,33 @@ class SFTSettings:
         return asdict(self)
 
 
+def common_arguments(seed: int, save_steps: int) -> dict[str, Any]:
+    """The Trainer arguments SFT and GRPO share: seeding, checkpoints to resume from, a quiet CPU-friendly loop."""
+    import torch
+
+    return dict(seed=seed, data_seed=seed, save_strategy="steps", save_steps=save_steps, save_total_limit=1,
+                report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=False,
+                dataloader_num_workers=0)
+
+
+def progress_callback(bar, log_key: str, values: list[float]):
+    """A TrainerCallback that advances ``bar`` each optimizer step and collects ``logs[log_key]`` into ``values``."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            bar.set_total(state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            bar.advance()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and log_key in logs:
+                values.append(float(logs[log_key]))
+
+    return _Progress()
+
+
 def quiet_logs(trainer) -> None:
     """Drop transformers' printer of raw log dicts (it prints when tqdm is off): our progress bar reports steps."""
     from transformers.trainer_callback import PrinterCallback
@@ -178,7 +205,6 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
         AutoConfig,
         AutoModelForCausalLM,
         AutoTokenizer,
-        TrainerCallback,
     )
     from trl import SFTConfig
 
@@ -222,35 +248,14 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
             max_length=settings.max_length,
             completion_only_loss=True,
             packing=settings.packing,
-            seed=seed,
-            data_seed=seed,
             logging_steps=settings.logging_steps,
-            save_strategy="steps",
-            save_steps=settings.save_steps,
-            save_total_limit=1,
-            report_to=[],
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            dataloader_num_workers=0,
+            **common_arguments(seed, settings.save_steps),
         )
         losses: list[float] = []
-
-        class _Progress(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                bar.set_total(state.max_steps)
-
-            def on_step_end(self, args, state, control, **kwargs):
-                bar.advance()
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    losses.append(float(logs["loss"]))
-
         with progress.progress(f"finetune {description}", total=None, unit="steps") as bar:
             trainer = _trainer_class(settings.fast_loss)(
                 model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                callbacks=[_Progress(), *callbacks], peft_config=peft_config,
+                callbacks=[progress_callback(bar, "loss", losses), *callbacks], peft_config=peft_config,
             )
             quiet_logs(trainer)
             resume = _last_checkpoint(work_dir)
