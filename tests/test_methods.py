@@ -334,3 +334,23 @@ def test_tensors_too_large_to_hold_give_the_same_result(name, params, tiny_llama
     blocks = merged(name, params, tiny_llama, tiny_experts, tmp_path / "blocks", exclude=(), seed=2)
     for tensor in held:
         torch.testing.assert_close(blocks[tensor], held[tensor], rtol=0, atol=0, msg=tensor)
+
+
+def test_svd_retries_in_float64_when_float32_fails_to_converge(monkeypatch):
+    from mergebench_builtins.methods import tsv
+
+    real_svd = torch.linalg.svd
+    calls = []
+
+    def flaky(matrix, full_matrices=True):
+        calls.append(matrix.dtype)
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real_svd(matrix, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    matrix = torch.tensor([[3.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    u, s, vt = tsv.svd(matrix)
+    assert calls == [torch.float32, torch.float64] and s.dtype == torch.float32
+    torch.testing.assert_close(s, torch.tensor([3.0, 2.0]))
+    torch.testing.assert_close(u @ torch.diag(s) @ vt, matrix)

@@ -18,14 +18,14 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.api import MergeMethod
-from mergebench_builtins.methods.tsv import mean_delta, polar
+from mergebench_builtins.methods.tsv import mean_delta, polar, svd
 
 
 def iso_c(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     total = deltas[0].clone()
     for delta in deltas[1:]:
         total += delta
-    u, s, vt = torch.linalg.svd(total, full_matrices=False)
+    u, s, vt = svd(total)
     return s.mean() * (u @ vt)
 
 
@@ -39,13 +39,13 @@ def iso_cts(deltas: Sequence[torch.Tensor], common_fraction: float) -> torch.Ten
     total = deltas[0].clone()
     for delta in deltas[1:]:
         total += delta
-    u, s, vt = torch.linalg.svd(total, full_matrices=False)
+    u, s, vt = svd(total)
     common_u, common_s, common_vt = u[:, :common], s[:common], vt[:common]
     us, ss, vts = [], [], []
     if per_task:
         for delta in deltas:
             specific = delta - common_u @ (common_u.T @ delta)
-            tu, ts, tvt = torch.linalg.svd(specific, full_matrices=False)
+            tu, ts, tvt = svd(specific)
             us.append(tu[:, :per_task])
             ss.append(ts[:per_task])
             vts.append(tvt[:per_task])

@@ -26,9 +26,23 @@ def mean_delta(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     return total / len(deltas)
 
 
+def svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD that survives LAPACK's convergence failures.
+
+    On real experts, float32 ``gesdd`` fails on some stacked bases (ill-conditioned, repeated
+    singular values: "linalg.svd: The algorithm failed to converge"). Retry in float64, which
+    converged on every tensor of the embedded model's experts, and return float32 factors.
+    """
+    try:
+        return torch.linalg.svd(matrix, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, s, vt = torch.linalg.svd(matrix.double(), full_matrices=False)
+        return u.to(matrix.dtype), s.to(matrix.dtype), vt.to(matrix.dtype)
+
+
 def polar(matrix: torch.Tensor) -> torch.Tensor:
     """The orthogonal matrix nearest to ``matrix`` (P Qᵀ from its SVD P S Qᵀ)."""
-    p, _, qt = torch.linalg.svd(matrix, full_matrices=False)
+    p, _, qt = svd(matrix)
     return p @ qt
 
 
@@ -39,7 +53,7 @@ def task_singular_merge(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
         return mean_delta(deltas)
     us, ss, vts = [], [], []
     for delta in deltas:
-        u, s, vt = torch.linalg.svd(delta, full_matrices=False)
+        u, s, vt = svd(delta)
         us.append(u[:, :per_task])
         ss.append(s[:per_task])
         vts.append(vt[:per_task])
