@@ -39,7 +39,7 @@ def _scatter(points, *, xlabel: str, ylabel: str, title: str, path: Path, log_x:
     if log_x:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks collide
     ax.margins(x=0.2, y=0.15)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
