@@ -377,8 +377,8 @@ class Pipeline:
             method, params = None, {"path": str(Path(case.checkpoint).resolve())}
             merged, merge_seconds = self.checkpoint(case.checkpoint), 0.0
         elif case.method == MTL_METHOD:  # its "merge time" is its training time, the cost of having it
-            method, params = None, {"recipe": model.mtl.recipe or model.mtl.hub_id} if model.mtl else {}
-            merged = self.mtl(model)
+            merged = self.mtl(model)  # raises if the model has no multi-task baseline
+            method, params = None, {"recipe": model.mtl.recipe or model.mtl.hub_id}
             merge_seconds = _build_seconds(merged.path)
         else:
             method = self.registries.methods.get(case.method)

@@ -106,22 +106,20 @@ def select_cases(
     cases = []
     for model in model_specs:
         suite = next(iter(sorted(model.suites & chosen)), next(iter(sorted(model.suites)), ""))
+        # a suite's tasks go with that suite's models unless named explicitly
+        model_tasks = [t for t in task_specs if task_names or t.suites & model.suites]
         for method in method_specs:
             if method_names in ([], [ALL]) and not _fits(method, len(model.experts)):
                 continue  # e.g. SLERP (two experts) on a five-expert model; named explicitly, it fails with the reason
             own = {k: v for k, v in model.param_defaults if any(hp.name == k for hp in method.hyperparams)}
             chosen_params = tuple(sorted({**own, **overrides.get(method.name, {})}.items()))
-            for task in task_specs:
-                if not task_names and not (task.suites & model.suites):
-                    continue  # a suite's tasks go with that suite's models unless named explicitly
-                cases.append(Case(model.name, method.name, task.name, chosen_params, suite))
+            cases += [Case(model.name, method.name, task.name, chosen_params, suite) for task in model_tasks]
         if with_mtl:
             if model.mtl is None and method_names != [ALL]:
                 raise UsageError(f"--mb-methods mtl: model {model.name!r} has no multi-task baseline; "
                                  "models with one: " + (", ".join(m.name for m in registries.models.specs() if m.mtl) or "none"))
             if model.mtl is not None:
-                cases += [Case(model.name, MTL_METHOD, task.name, (), suite) for task in task_specs
-                          if task_names or task.suites & model.suites]
+                cases += [Case(model.name, MTL_METHOD, task.name, (), suite) for task in model_tasks]
     return cases
 
 
