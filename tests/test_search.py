@@ -68,3 +68,34 @@ def test_survivors_are_only_scored_on_new_items():
 def test_one_point_needs_one_full_evaluation():
     result = SuccessiveHalving().run([{"scaling": 0.3, "density": 0.2}], Quadratic(n_items=10))
     assert result.item_evaluations == 10 and result.best == {"scaling": 0.3, "density": 0.2}
+
+
+class Uneven(Quadratic):
+    """Two tasks that map the search's 27 units onto 48 and 8 items, as MergeObjective does."""
+
+    sizes = {"long": 48, "short": 8}
+
+    def scores(self, points, start, stop):
+        out = []
+        for params in points:
+            self.calls.append((dict(params), start, stop))
+            value = -(params["scaling"] - 0.6) ** 2 - (params["density"] - 0.2) ** 2
+            out.append({task: [value] * (-(-stop * n // self.n_items) - -(-start * n // self.n_items))
+                        for task, n in self.sizes.items()})
+        return out
+
+    def combine(self, scores):
+        return sum(sum(v) / len(v) for v in scores.values() if v) / 2
+
+
+def test_item_ranges_count_search_units_even_when_tasks_have_more_or_fewer_items():
+    objective = Uneven(n_items=27)
+    result = SuccessiveHalving().run(grid_points(SPEC), objective)
+    seen: dict[tuple, int] = {}
+    for params, start, stop in objective.calls:
+        key = tuple(sorted(params.items()))
+        assert start == seen.get(key, 0), f"units [{seen.get(key, 0)}, {start}) were skipped or repeated"
+        seen[key] = stop
+    finalists = [t for t in result.trials if t.items == 27]
+    assert all(len(t.scores["long"]) == 48 and len(t.scores["short"]) == 8 for t in finalists)
+    assert result.item_evaluations == 20 * 1 + 6 * 3 + 2 * 9 + 2 * 27

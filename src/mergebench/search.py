@@ -54,15 +54,18 @@ def grid_points(spec: MethodSpec, fixed: Mapping[str, Any] | None = None) -> lis
 
 @dataclass
 class Trial:
+    """One grid point, scored on the search's items ``[0, items)`` so far.
+
+    ``items`` counts the search's units (out of :attr:`Objective.n_items`), not any task's items:
+    an objective maps a unit range to a different item range per task, so the lengths of the
+    score lists need not equal it.
+    """
+
     params: dict[str, Any]
     scores: dict[str, list[float]] = field(default_factory=dict)
     objective: float = float("-inf")
     seconds: float = 0.0
-
-    @property
-    def items(self) -> int:
-        return max((len(v) for v in self.scores.values()), default=0)
-
+    items: int = 0
 
 
 def extend(trials: Sequence[Trial], objective: Objective, stop: int) -> None:
@@ -79,6 +82,7 @@ def extend(trials: Sequence[Trial], objective: Objective, stop: int) -> None:
     for trial, scores in zip(pending, batch):
         for task, values in scores.items():
             trial.scores.setdefault(task, []).extend(values)
+        trial.items = stop
         trial.objective = objective.combine(trial.scores)
         trial.seconds += share
 
