@@ -50,9 +50,9 @@ def test_both_strategies_find_the_optimum_and_halving_scores_far_fewer_items():
     assert grid.best["scaling"] == halving.best["scaling"] == 0.6
     assert grid.best["density"] == halving.best["density"] == 0.2
     assert grid.item_evaluations == 30 * 54
-    # rounds: 30 points on 2 items, 10 on 6, 4 on 18, 2 on 54; survivors keep the items they were scored on
-    assert SuccessiveHalving(eta=3, min_items=2).schedule(30, 54) == [(30, 2), (10, 6), (4, 18), (2, 54)]
-    assert halving.item_evaluations == 20 * 2 + 6 * 6 + 2 * 18 + 2 * 54  # 220 items: 4.1 full evaluations, vs 30
+    # rounds: 30 points on 2 items, 10 on 6, 3 on 18; the one left would get 54 but is already the pick
+    assert SuccessiveHalving(eta=3, min_items=2).schedule(30, 54) == [(30, 2), (10, 6), (3, 18)]
+    assert halving.item_evaluations == 20 * 2 + 7 * 6 + 3 * 18  # 136 items: 2.5 full evaluations, vs 30
 
 
 def test_survivors_are_only_scored_on_new_items():
@@ -96,6 +96,15 @@ def test_item_ranges_count_search_units_even_when_tasks_have_more_or_fewer_items
         key = tuple(sorted(params.items()))
         assert start == seen.get(key, 0), f"units [{seen.get(key, 0)}, {start}) were skipped or repeated"
         seen[key] = stop
-    finalists = [t for t in result.trials if t.items == 27]
-    assert all(len(t.scores["long"]) == 48 and len(t.scores["short"]) == 8 for t in finalists)
-    assert result.item_evaluations == 20 * 1 + 6 * 3 + 2 * 9 + 2 * 27
+    finalists = [t for t in result.trials if t.items == 9]
+    assert len(finalists) == 3 and all(len(t.scores["long"]) == 16 and len(t.scores["short"]) == 3 for t in finalists)
+    assert result.item_evaluations == 20 * 1 + 7 * 3 + 3 * 9
+
+
+def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():
+    halving = SuccessiveHalving(eta=3)
+    assert halving.schedule(30, 3) == [(30, 1), (10, 3)]  # only two prefix lengths: the last round decides
+    assert halving.schedule(3, 27) == [(3, 9)]  # then one left, which would get 27
+    assert halving.schedule(1, 27) == [(1, 27)]
+    assert halving.schedule(9, 27) == [(9, 3), (3, 9)]
+    assert SuccessiveHalving(eta=2).schedule(8, 8) == [(8, 1), (4, 2), (2, 4)]

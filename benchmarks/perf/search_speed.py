@@ -43,12 +43,13 @@ def main() -> None:
     context = MergeContext(device="cpu", exclude=pipeline.context.exclude, domains=tuple(experts))
     points = grid_points(method)
 
-    def objective() -> MergeObjective:
+    def objective(share_decoding: bool = True) -> MergeObjective:
         from mergebench.evaluation.hf import HFLanguageModel
 
         return MergeObjective(method, base.path, {d: r.path for d, r in experts.items()}, context, surrogates,
                               make_task=lambda spec, limit: spec.load()(spec, pipeline.context, limit=limit),
-                              load_model=lambda: HFLanguageModel.from_pretrained(base.path, batch_size=16, device="cpu"))
+                              load_model=lambda: HFLanguageModel.from_pretrained(base.path, batch_size=16, device="cpu"),
+                              share_decoding=share_decoding)
 
     started = time.perf_counter()
     objective().scores([method.resolve_params({})], 0, UNITS)
@@ -64,6 +65,11 @@ def main() -> None:
         print(f"{result.strategy + ' search':24}{result.seconds:10.1f}{result.seconds / one:20.2f}{result.item_evaluations:20d}")
     same = grid.best == halving.best
     print(f"grid picks {grid.best}; halving picks {halving.best}: {'the same point' if same else 'DIFFERENT points'}")
+    full = {repr(sorted(t.params.items())): t.objective for t in grid.trials}
+    picked = full[repr(sorted(halving.best.items()))]
+    rank = 1 + sum(value > picked for value in full.values())
+    print(f"on all validation items: grid's pick {max(full.values()):.4f}, halving's pick {picked:.4f} "
+          f"(rank {rank} of {len(full)})")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 For one model and method, every grid point is merged by :class:`mergebench.merging.grid.GridMerger`
 (inputs read once for the whole search, points that differ only in λ share one merged task vector,
-kept across rounds), loaded
-into one resident model with ``load_state_dict`` (no checkpoint is written), and scored on the
+kept across rounds) into one resident model (no checkpoint is written), and scored on the
 validation surrogates (tasks with ``role="validation"``: Appendix B.2 of the study). The
 objective is the mean over surrogates of the merged score relative to the domain expert's score
 on the same surrogate (inverted for lower-is-better metrics), i.e. the normalized performance the
 study reports, measured on validation data.
+
+Points of methods whose merges are ``base + λ·Δ`` (TIES, DARE, Task Arithmetic, ...) are scored
+together through :mod:`mergebench.evaluation.delta_batch`: their generations share decode
+steps, which one point at a time would pay alone whatever its item count; each point's
+log-likelihoods run on its own weights. Other methods load each point's state dict in turn.
 
 Item ranges: surrogate ``t`` with ``L_t`` items is scored on items ``[ceil(start L_t / N),
 ceil(stop L_t / N))`` for the search's item range ``[start, stop)`` out of ``N``, so every surrogate
@@ -48,7 +52,7 @@ class MergeObjective:
 
     def __init__(self, method: MethodSpec, base_dir: Path, expert_dirs: Mapping[str, Path], context: MergeContext,
                  surrogates: Sequence[Surrogate], make_task: Callable[[TaskSpec, int], Any],
-                 load_model: Callable[[], Any]) -> None:
+                 load_model: Callable[[], Any], share_decoding: bool = True) -> None:
         for s in surrogates:
             probe = make_task(s.spec, s.items)
             if not probe.supports_start:
@@ -59,6 +63,8 @@ class MergeObjective:
         self._load_model = load_model
         self._lm = None
         self._merger = None
+        self._batch = None
+        self.share_decoding = share_decoding
 
     def _span(self, surrogate: Surrogate, start: int, stop: int) -> tuple[int, int]:
         return math.ceil(start * surrogate.items / self.n_items), math.ceil(stop * surrogate.items / self.n_items)
@@ -69,21 +75,43 @@ class MergeObjective:
         if self._lm is None:
             self._lm = self._load_model()
             self._merger = GridMerger(self.method, self.base_dir, self.expert_dirs, context=self.context)
+        scaled = self._merger.scaled(points) if self.share_decoding else None
+        if scaled is not None and hasattr(self._lm, "row_listener"):
+            return self._scores_shared(scaled, start, stop)
         wanted = {_key(self.method.resolve_params(p)): i for i, p in enumerate(points)}
         out: list[dict[str, list[float]] | None] = [None] * len(points)
         for params, state in self._merger.merge(points):
             self._lm.model.load_state_dict(state, strict=False)
-            per_task = {}
-            for surrogate in self.surrogates:
-                first, last = self._span(surrogate, start, stop)
-                if last <= first:
-                    per_task[surrogate.spec.name] = []
-                    continue
-                task = self.make_task(surrogate.spec, last)
-                task.start = first
-                per_task[surrogate.spec.name] = task.evaluate(self._lm).values
-            out[wanted[_key(params)]] = per_task
+            out[wanted[_key(params)]] = self._score(self._lm, start, stop)
         return out
+
+    def _scores_shared(self, scaled, start, stop):
+        """Points that are ``base + λ·Δ`` evaluated together (:mod:`mergebench.evaluation.delta_batch`)."""
+        from mergebench.evaluation.delta_batch import DeltaBatch, Variant
+
+        if self._batch is None:
+            self._batch = DeltaBatch(self._lm, self._merger.base, {})
+        for _params, group, _scale in scaled:
+            self._batch.deltas.setdefault(group, self._merger.delta(group))
+        return self._batch.evaluate([Variant(group, scale) for _params, group, scale in scaled],
+                                    lambda lm: self._score(lm, start, stop))
+
+    @property
+    def shared_decoding(self) -> bool | None:
+        """Whether points decoded in shared passes (``None``: no two points generated together yet)."""
+        return self._batch.sharing if self._batch is not None else None
+
+    def _score(self, lm, start: int, stop: int) -> dict[str, list[float]]:
+        per_task = {}
+        for surrogate in self.surrogates:
+            first, last = self._span(surrogate, start, stop)
+            if last <= first:
+                per_task[surrogate.spec.name] = []
+                continue
+            task = self.make_task(surrogate.spec, last)
+            task.start = first
+            per_task[surrogate.spec.name] = task.evaluate(lm).values
+        return per_task
 
     def combine(self, scores: Mapping[str, Sequence[float]]) -> float:
         ratios = []

@@ -48,6 +48,12 @@ class HFLanguageModel(LanguageModel):
     """
 
     backend = "hf"
+    row_listener = None
+    """Called with the requests of a generation batch's rows, in row order, before each forward.
+
+    :mod:`mergebench.evaluation.delta_batch` batches rows of different weight variants and needs
+    to know which row is which after finished rows leave the batch.
+    """
 
     def __init__(self, model, tokenizer, *, name: str = "model", batch_size: int = 16, device: str = "cpu",
                  token_budget: int = 4096, sequence_tokens: int = 512) -> None:
@@ -115,6 +121,8 @@ class HFLanguageModel(LanguageModel):
         cache = DynamicCache(config=self.model.config)
         generated: list[list[int]] = [[] for _ in batch]
         active = list(range(len(batch)))  # batch rows still generating, in cache order
+        if self.row_listener is not None:
+            self.row_listener(list(batch))
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits
         next_positions = positions[:, -1:] + 1
@@ -140,6 +148,8 @@ class HFLanguageModel(LanguageModel):
                 active = [active[slot] for slot in keep]
             step = torch.tensor([[generated[row][-1]] for row in active], device=device)
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            if self.row_listener is not None:
+                self.row_listener([batch[row] for row in active])
             logits = self.model(input_ids=step, attention_mask=mask, position_ids=next_positions,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             next_positions = next_positions + 1

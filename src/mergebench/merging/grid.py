@@ -103,16 +103,38 @@ class GridMerger:
         """Yield ``(resolved params, state dict)`` for every point, grouped by everything but ``scaling``.
 
         Every point is validated before anything is merged; a bad one raises a UsageError first.
+        The merge threads (torch at one intra-op thread meanwhile) are closed before each yield,
+        so whatever the caller does with a state dict runs on every core.
         """
-        resolved = [self.spec.resolve_params(point) for point in points]
-        for params in resolved:  # expert count, statistics, parameter checks of the method itself
-            build_method(self.spec, params, self.context, self.n_experts)
+        resolved = self._validated(points)
         groups: dict[str, list[dict[str, Any]]] = {}
         for params in resolved:
             groups.setdefault(_group_key(params), []).append(params)
-        with merge_threads(self.context) as pool:
-            for key, members in groups.items():
-                yield from self._merge_group(key, members, pool)
+        for key, members in groups.items():
+            yield from self._merge_group(key, members)
+
+    def scaled(self, points: Iterable[Mapping[str, Any]]) -> list[tuple[dict[str, Any], str, float]] | None:
+        """``(resolved params, group, scaling)`` per point when the method's merges are ``base + scaling · delta``.
+
+        The merged task vector of every group is computed here (once; see :meth:`delta`), so a
+        caller can evaluate the points without materializing them. ``None`` for other methods.
+        """
+        resolved = self._validated(points)
+        if not resolved or not type(build_method(self.spec, resolved[0], self.context, self.n_experts)).scales_delta:
+            return None
+        for params in resolved:
+            self._ensure_delta(_group_key(params), params)
+        return [(params, _group_key(params), params.get("scaling", 1.0)) for params in resolved]
+
+    def delta(self, group: str) -> dict[str, "torch.Tensor"]:
+        """The unscaled merged task vector (float32) of a group :meth:`scaled` returned, by tensor name."""
+        return self._deltas[group][1]
+
+    def _validated(self, points: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        resolved = [self.spec.resolve_params(point) for point in points]
+        for params in resolved:  # expert count, statistics, parameter checks of the method itself
+            build_method(self.spec, params, self.context, self.n_experts)
+        return resolved
 
     def _out(self, name: str, tensor: "torch.Tensor") -> "torch.Tensor":
         return tensor.to(self.dtype or self.base[name].dtype)
@@ -123,17 +145,25 @@ class GridMerger:
         source.pool, source.window = pool, worker_count(self.context) + 1
         return source
 
-    def _merge_group(self, key, members, pool):
+    def _ensure_delta(self, key: str, params: Mapping[str, Any]) -> None:
+        import torch
+
+        if key in self._deltas:
+            return
+        method = build_method(self.spec, dict(params), self.context, self.n_experts)
+        with merge_threads(self.context) as pool:
+            source = self._source(method, pool)
+            method.prepare(source)
+            with torch.inference_mode():
+                self._deltas[key] = (set(source.names()),
+                                     dict(zip(source.names(), source.map(lambda n, b, e: method.merge_delta(n, b, e)))))
+
+    def _merge_group(self, key, members):
         import torch
 
         first = build_method(self.spec, members[0], self.context, self.n_experts)
         if type(first).scales_delta:
-            if key not in self._deltas:
-                source = self._source(first, pool)
-                first.prepare(source)
-                with torch.inference_mode():
-                    self._deltas[key] = (set(source.names()),
-                                         dict(zip(source.names(), source.map(lambda n, b, e: first.merge_delta(n, b, e)))))
+            self._ensure_delta(key, members[0])
             merged_set, deltas = self._deltas[key]
             for params in members:
                 scaling = params.get("scaling", 1.0)
@@ -148,11 +178,12 @@ class GridMerger:
             return
         for params in members:
             method = build_method(self.spec, params, self.context, self.n_experts)
-            source = self._source(method, pool)
-            method.prepare(source)
-            merged_set = set(source.names())
-            with torch.inference_mode():
-                merged = dict(zip(source.names(), source.map(lambda n, b, e, m=method: m.merge_tensor(n, b, e))))
+            with merge_threads(self.context) as pool:
+                source = self._source(method, pool)
+                method.prepare(source)
+                merged_set = set(source.names())
+                with torch.inference_mode():
+                    merged = dict(zip(source.names(), source.map(lambda n, b, e, m=method: m.merge_tensor(n, b, e))))
             yield dict(params), {name: self._out(name, merged[name]) if name in merged_set else self._out(name, t)
                                  for name, t in self.base.items()}
 

@@ -1,0 +1,372 @@
+"""Evaluate many merges of the form ``θ = θ_base + λ·Δ`` together, sharing decode steps.
+
+Why: greedy decoding of a few rows is bound by reading the weights, not by arithmetic. On the
+embedded 135M model one decode step costs about 40 ms for one row, 90 ms for sixteen. The
+validation search scores 30 TIES points that differ only in λ and density (three merged task
+vectors Δ); one at a time, every point pays every decode step of every generative surrogate on
+its own, however few items it is scored on.
+
+Every layer whose output is affine in its own parameters (linear, embedding, RMSNorm) obeys
+``f(x; θ_B + λΔ) = f(x; θ_B) + λ·(f(x; Δ) − f(x; 0))``. So rows of different variants can share
+one forward pass that reads θ_B and each Δ once: forward hooks add ``λ_row · (f(x; Δ_row) −
+f(x; 0))`` to every such layer's output, with ``λ_row`` and ``Δ_row`` those of the variant the
+row belongs to. Before the first use a self-check compares the batched logits with the
+variant's own weights on a short prompt; an architecture the identity does not hold for (a
+layer not affine in its parameters) fails it and is evaluated one variant at a time instead.
+
+Log-likelihood passes are already compute-bound (whole sequences in one pass), where the shared
+pass would double the arithmetic; they run per variant with its weights written into the
+model in place (exactly the weights the merge stage would write).
+
+Tasks stay unaware: each variant's task runs in its own thread against a proxy model; the
+proxies' calls are gathered round by round (a round ends when every unfinished task waits on
+a call) and served together by the calling thread, which alone touches torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, TypeVar
+
+from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergebench.evaluation.hf import HFLanguageModel
+
+T = TypeVar("T")
+
+ROWS_PER_VARIANT_BATCH = 4
+"""A shared generation batch holds up to this many times the model's own batch size of rows."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Weights ``base + scale · deltas[group]`` (names outside ``deltas[group]`` keep the base)."""
+
+    group: Hashable
+    scale: float
+
+
+class NotAffine(RuntimeError):
+    """The shared pass does not reproduce a variant's own logits on this architecture."""
+
+
+class DeltaBatch:
+    """Variants of one resident model; :meth:`evaluate` runs a task function on each of them.
+
+    ``base`` holds the base weights by parameter name (what :meth:`restore` writes back) and
+    ``deltas`` the merged task vectors (float32) by group, then parameter name; groups may be
+    added to it between calls.
+    """
+
+    def __init__(self, lm: "HFLanguageModel", base: Mapping[str, "torch.Tensor"],
+                 deltas: dict[Hashable, Mapping[str, "torch.Tensor"]], *, check: bool = True) -> None:
+        self.lm, self.base, self.deltas = lm, base, deltas
+        self.params = dict(lm.model.named_parameters())  # tied weights appear once, under their first name
+        self._dirty: set[str] = set()
+        self._checked = not check
+        self.shared = True  # False after a failed self-check: variants then generate one at a time
+
+    @property
+    def sharing(self) -> bool | None:
+        """Whether generations are shared across variants; ``None`` until two variants generated together."""
+        return self.shared if self._checked else None
+
+    # -- weights written in place ------------------------------------------------------------
+    def materialize(self, variant: Variant) -> None:
+        """Write the variant's weights into the model, as ``load_state_dict`` of its merge would."""
+        import torch
+
+        deltas = self.deltas[variant.group]
+        with torch.no_grad():
+            for name in self._dirty - set(deltas):
+                self.params[name].copy_(self.base[name])
+            for name, delta in deltas.items():
+                param, b = self.params.get(name), self.base[name]
+                if param is None:
+                    continue
+                if variant.scale == 1:
+                    torch.add(delta, b, out=param) if _in_place(param, b, delta) else param.copy_(_merged(b, delta, 1))
+                elif _in_place(param, b, delta):  # s·Δ + b, bit for bit the merge stage's b + s·Δ
+                    torch.mul(delta, variant.scale, out=param).add_(b)
+                else:
+                    param.copy_(_merged(b, delta, variant.scale))
+        self._dirty = {name for name in deltas if name in self.params}
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name in self._dirty:
+                self.params[name].copy_(self.base[name])
+        self._dirty = set()
+
+    # -- the shared pass -------------------------------------------------------------------
+    def _hooks(self, rows: "_RowPlan") -> list:
+        """Forward hooks adding each row's ``λ · (f(x; Δ) − f(x; 0))`` to every layer Δ touches."""
+        import torch
+
+        owner = {id(p): name for name, p in self.params.items()}
+        handles = []
+        for module in self.lm.model.modules():
+            own = {attr: owner.get(id(p)) for attr, p in module._parameters.items() if p is not None}
+            touched = {attr: name for attr, name in own.items()
+                       if name is not None and any(name in d for d in self.deltas.values())}
+            if not touched:
+                continue
+            if any(True for child in module.children() for _ in child.parameters()):
+                raise NotAffine(f"{type(module).__name__} has parameters and sub-layers with parameters")
+            extra = _extra_fn(module, touched, torch)
+            handles.append(module.register_forward_hook(
+                lambda mod, args, out, extra=extra, touched=touched: rows.add(out, args, extra, touched, self.deltas)))
+        return handles
+
+    def _shared_generate(self, variants: Sequence[Variant], calls: Mapping[int, Sequence[GenerationRequest]]
+                         ) -> dict[int, list[str]]:
+        flat: list[GenerationRequest] = []
+        owner: dict[int, int] = {}
+        for k, requests in calls.items():
+            for request in requests:
+                copy = dataclasses.replace(request)  # a distinct object per row, even for equal requests
+                owner[id(copy)] = k
+                flat.append(copy)
+        plan = _RowPlan(lambda request: variants[owner[id(request)]])
+        self.restore()
+        handles = self._hooks(plan)
+        lm = self.lm
+        saved = lm.batch_size, lm.row_listener
+        lm.batch_size, lm.row_listener = lm.batch_size * ROWS_PER_VARIANT_BATCH, plan.select
+        try:
+            texts = lm.generate(flat)
+        finally:
+            lm.batch_size, lm.row_listener = saved
+            for handle in handles:
+                handle.remove()
+        out: dict[int, list[str]] = {k: [] for k in calls}
+        for request, text in zip(flat, texts):
+            out[owner[id(request)]].append(text)
+        return out
+
+    def check(self, variant: Variant, prompt: str = "The capital of France is") -> None:
+        """Raise :class:`NotAffine` unless the shared pass reproduces ``variant``'s own logits."""
+        import torch
+
+        tokens = self.lm.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self.lm.device)
+        with torch.inference_mode():
+            self.materialize(variant)
+            own = self.lm.model(input_ids=tokens).logits.float()
+            self.restore()
+            plan = _RowPlan(lambda _row: variant)
+            plan.select([None])
+            handles = self._hooks(plan)
+            try:
+                shared = self.lm.model(input_ids=tokens).logits.float()
+            finally:
+                for handle in handles:
+                    handle.remove()
+        scale = own.abs().max().clamp(min=1.0)
+        error = float((own - shared).abs().max() / scale)
+        if error > 1e-3:
+            raise NotAffine(f"shared pass differs from the variant's own logits by {error:.2e} (relative)")
+
+    # -- the tasks -------------------------------------------------------------------------
+    def evaluate(self, variants: Sequence[Variant], run: Callable[[LanguageModel], T]) -> list[T]:
+        """``run(model)`` for every variant, its generations shared across variants; results in order."""
+        if not variants:
+            return []
+        rounds = _Rounds(self.lm, len(variants))
+        try:
+            return rounds.run(run, lambda calls: self._serve(variants, calls))
+        finally:
+            self.restore()
+
+    def _serve(self, variants: Sequence[Variant], calls: Mapping[int, tuple[str, list]]) -> dict[int, Any]:
+        out: dict[int, Any] = {}
+        generations = {k: requests for k, (kind, requests) in calls.items() if kind == "generate"}
+        if len(generations) > 1 and not self._checked:  # one variant alone decodes faster on its own weights
+            self._checked = True
+            try:
+                self.check(next((variants[k] for k in generations if variants[k].scale != 0), variants[min(generations)]))
+            except NotAffine:
+                self.shared = False
+        if len(generations) > 1 and self.shared:
+            out.update(self._shared_generate(variants, generations))
+        for k in sorted(calls):
+            if k in out:
+                continue
+            kind, requests = calls[k]
+            self.materialize(variants[k])
+            out[k] = self.lm.generate(requests) if kind == "generate" else self.lm.loglikelihood(requests)
+        return out
+
+
+def _in_place(param, base, delta) -> bool:
+    """Whether the merged weight can be computed straight into the parameter (same dtype and device)."""
+    import torch
+
+    return param.dtype == base.dtype == delta.dtype == torch.float32 and param.device == base.device == delta.device
+
+
+def _merged(base, delta, scale: float):
+    """``base + scale · delta`` as :class:`mergebench.merging.grid.GridMerger` computes it, in the base's dtype."""
+    import torch
+
+    b = base.to(delta.device, torch.float32)
+    return (b + delta if scale == 1 else b + scale * delta).to(base.dtype)
+
+
+def _extra_fn(module, touched: Mapping[str, str], torch):
+    """``(args, deltas of one group) -> f(x; Δ) − f(x; 0)`` for one layer."""
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    if type(module).forward is torch.nn.Linear.forward:  # subclasses may rescale: they take the generic path
+        def linear(args, group):
+            weight, bias = group.get(touched.get("weight")), group.get(touched.get("bias"))
+            x = args[0]
+            if weight is None:
+                return bias.to(x.dtype).expand(*x.shape[:-1], -1)
+            return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        return linear
+    if type(module).forward is torch.nn.Embedding.forward:
+        return lambda args, group: F.embedding(args[0], group[touched["weight"]]).to(module.weight.dtype)
+
+    def generic(args, group):
+        zeros = {attr: torch.zeros_like(p) for attr, p in module._parameters.items() if p is not None}
+        swapped = {attr: group[name].to(zeros[attr].dtype) if name in group else zeros[attr]
+                   for attr, name in touched.items()}
+        return functional_call(module, {**zeros, **swapped}, args) - functional_call(module, zeros, args)
+    return generic
+
+
+class _RowPlan:
+    """Which variant each row of the current forward pass belongs to, as index and scale tensors."""
+
+    def __init__(self, variant_of: Callable[[Any], Variant]) -> None:
+        self.variant_of = variant_of
+        self.groups: list[tuple[Hashable, Any, Any]] = []  # (group, row index or None for all rows, scales)
+        self.inside = False  # computing a layer's update calls the layer again (generic layers): no hook then
+
+    def select(self, requests: Sequence[Any]) -> None:
+        import torch
+
+        by_group: dict[Hashable, tuple[list[int], list[float]]] = {}
+        for row, request in enumerate(requests):
+            variant = self.variant_of(request)
+            if variant.scale != 0:
+                rows, scales = by_group.setdefault(variant.group, ([], []))
+                rows.append(row)
+                scales.append(variant.scale)
+        self.groups = []
+        for group, (rows, scales) in by_group.items():
+            index = None if len(rows) == len(requests) else torch.tensor(rows)
+            self.groups.append((group, index, torch.tensor(scales)))
+
+    def add(self, out, args, extra, touched, deltas):
+        if self.inside:
+            return out
+        self.inside = True
+        try:
+            return self._add(out, args, extra, touched, deltas)
+        finally:
+            self.inside = False
+
+    def _add(self, out, args, extra, touched, deltas):
+        for group, index, scales in self.groups:
+            group_deltas = deltas[group]
+            if not any(name in group_deltas for name in touched.values()):
+                continue
+            part = args if index is None else tuple(a.index_select(0, index) if hasattr(a, "index_select") else a
+                                                     for a in args)
+            update = extra(part, group_deltas)
+            update = update * scales.to(update.dtype).view(-1, *([1] * (update.dim() - 1)))
+            out = out + update if index is None else out.index_add(0, index, update)
+        return out
+
+
+class _Proxy(LanguageModel):
+    """What one variant's task sees: the resident model, with its two calls sent to the rounds."""
+
+    def __init__(self, lm: LanguageModel, rounds: "_Rounds", k: int) -> None:
+        self._lm, self._rounds, self._k = lm, rounds, k
+        self.name = lm.name
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._lm.has_chat_template
+
+    def chat_prompt(self, messages):
+        return self._lm.chat_prompt(messages)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        return self._rounds.call(self._k, "generate", list(requests))
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        return self._rounds.call(self._k, "loglikelihood", list(requests))
+
+    def __getattr__(self, name: str):
+        return getattr(self._lm, name)
+
+
+class _Rounds:
+    """Runs one task per variant in threads; each round serves every waiting call together."""
+
+    def __init__(self, lm: LanguageModel, n: int) -> None:
+        self.lm, self.n = lm, n
+        self.cond = threading.Condition()
+        self.pending: dict[int, tuple[str, list]] = {}
+        self.answers: dict[int, Any] = {}
+        self.live = n
+
+    def call(self, k: int, kind: str, requests: list) -> Any:
+        with self.cond:
+            self.pending[k] = (kind, requests)
+            self.cond.notify_all()
+            while k not in self.answers:
+                self.cond.wait()
+            answer = self.answers.pop(k)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def run(self, run: Callable[[LanguageModel], T], serve: Callable[[dict[int, tuple[str, list]]], dict[int, Any]]
+            ) -> list[T]:
+        results: list[Any] = [None] * self.n
+        errors: dict[int, BaseException] = {}
+
+        def work(k: int) -> None:
+            try:
+                results[k] = run(_Proxy(self.lm, self, k))
+            except BaseException as error:  # noqa: B036 - handed to the calling thread, which re-raises
+                errors[k] = error
+            finally:
+                with self.cond:
+                    self.live -= 1
+                    self.cond.notify_all()
+
+        threads = [threading.Thread(target=work, args=(k,), daemon=True, name=f"variant-{k}") for k in range(self.n)]
+        for thread in threads:
+            thread.start()
+        while True:
+            with self.cond:
+                while self.live and len(self.pending) < self.live:
+                    self.cond.wait()
+                if not self.live:
+                    break
+                calls, self.pending = self.pending, {}
+            try:
+                answers: dict[int, Any] = serve(calls)
+            except BaseException as error:  # noqa: B036 - every waiting task gets it and ends
+                answers = {k: error for k in calls}
+            with self.cond:
+                self.answers.update(answers)
+                self.cond.notify_all()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[min(errors)]
+        return results

@@ -1,0 +1,93 @@
+"""Variants ``base + λ·Δ`` decoded in shared passes give what each variant's own weights give."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mergebench.evaluation.api import GenerationRequest, LoglikelihoodRequest  # noqa: E402
+from mergebench.evaluation.delta_batch import DeltaBatch, NotAffine, Variant  # noqa: E402
+from mergebench.evaluation.hf import HFLanguageModel  # noqa: E402
+from tests.helpers import load_tensors  # noqa: E402
+
+PROMPTS = [GenerationRequest("abc", 12), GenerationRequest("hello world, this is", 7), GenerationRequest("x", 9)]
+SCORED = [LoglikelihoodRequest("the cat", " sat"), LoglikelihoodRequest("1 2 3", " 4 5")]
+
+
+def task(lm):
+    """A task with three calls: two generation rounds around a log-likelihood round."""
+    first = lm.generate(PROMPTS)
+    scored = [(r.logprob, r.n_tokens, r.is_greedy) for r in lm.loglikelihood(SCORED)]
+    second = lm.generate([GenerationRequest(p.prompt + text, 5) for p, text in zip(PROMPTS, first)])
+    return first, scored, second
+
+
+def deltas_for(path, seeds):
+    """Random task vectors on every tensor (norms and embeddings too), one per group."""
+    base = load_tensors(path)
+    out = {}
+    for group, seed in seeds.items():
+        generator = torch.Generator().manual_seed(seed)
+        out[group] = {name: 0.3 * torch.randn(t.shape, generator=generator) for name, t in base.items()}
+    return base, out
+
+
+def reference(path, base, delta, scale):
+    """The variant on its own: weights ``base + scale · delta`` loaded into a fresh model."""
+    lm = HFLanguageModel.from_pretrained(path, batch_size=2)
+    lm.model.load_state_dict({name: base[name] + scale * delta[name] for name in delta}, strict=False)
+    return task(lm)
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gemma2"])
+def test_shared_decoding_reproduces_every_variant(family, request):
+    path = request.getfixturevalue(family)
+    base, deltas = deltas_for(path, {"a": 1, "b": 2})
+    variants = [Variant("a", 0.5), Variant("b", 1.0), Variant("a", 0.0), Variant("a", 1.3)]
+    lm = HFLanguageModel.from_pretrained(path, batch_size=2)
+    calls = []
+    original = lm.generate
+    lm.generate = lambda requests: calls.append(len(requests)) or original(requests)
+
+    results = DeltaBatch(lm, base, deltas).evaluate(variants, task)
+
+    assert calls == [12, 12], "each generation round should be one call over every variant's rows"
+    for variant, got in zip(variants, results):
+        assert got == reference(path, base, deltas[variant.group], variant.scale)
+    assert all(torch.equal(p, base[n]) for n, p in lm.model.named_parameters()), "base weights not restored"
+
+
+def test_a_layer_not_affine_in_its_weights_fails_the_check_and_variants_decode_alone(tiny_llama, monkeypatch):
+    base, deltas = deltas_for(tiny_llama, {"a": 3})
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=2)
+    norm = lm.model.model.norm
+    monkeypatch.setattr(norm, "forward", lambda x: norm.weight ** 2 * x)  # squares its weight: not affine
+    batch = DeltaBatch(lm, base, deltas)
+    with pytest.raises(NotAffine, match="differs from the variant's own logits"):
+        batch.check(Variant("a", 0.5))
+
+    variants = [Variant("a", 0.5), Variant("a", 1.0)]
+    results = batch.evaluate(variants, task)
+
+    assert batch.shared is False
+    for variant, got in zip(variants, results):
+        batch.materialize(variant)
+        assert got == task(lm)
+        batch.restore()
+
+
+def test_an_error_in_one_variants_task_reaches_the_caller_and_weights_are_restored(tiny_llama):
+    base, deltas = deltas_for(tiny_llama, {"a": 4})
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=2)
+
+    def failing(model):
+        task(model)
+        if model is not None and failing.calls == 1:
+            raise ValueError("surrogate data is missing")
+        failing.calls += 1
+
+    failing.calls = 0
+    with pytest.raises(ValueError, match="surrogate data is missing"):
+        DeltaBatch(lm, base, deltas).evaluate([Variant("a", 0.5), Variant("a", 1.0), Variant("a", 2.0)], failing)
+    assert all(torch.equal(p, base[n]) for n, p in lm.model.named_parameters())
