@@ -73,3 +73,12 @@ def test_a_group_task_vector_is_kept_for_later_rounds(tiny_llama, tiny_experts):
     assert torch.equal(first[name], again[name])
     base = load_tensors(tiny_llama)[name]
     torch.testing.assert_close(other[name] - base, 2 * (first[name] - base), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ties", "soup"])
+def test_the_caller_gets_each_state_with_torch_threads_restored(tiny_llama, tiny_experts, method):
+    """The search evaluates each state as it comes: not with torch held at one thread for merging."""
+    torch.set_num_threads(2)
+    seen = [torch.get_num_threads() for _ in merge_grid(spec(method), grid_points(spec(method))[:2], tiny_llama,
+                                                        tiny_experts, context=MergeContext(threads=2))]
+    assert seen and set(seen) == {2}

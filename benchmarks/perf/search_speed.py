@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--method", default="ties")
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--no-shared-decoding", action="store_true",
+                        help="score grid points one at a time (the search before evaluation/delta_batch)")
     args = parser.parse_args()
 
     registries = plugins.registries()
@@ -52,12 +54,14 @@ def main() -> None:
                               share_decoding=share_decoding)
 
     started = time.perf_counter()
-    objective().scores([method.resolve_params({})], 0, UNITS)
+    objective(False).scores([method.resolve_params({})], 0, UNITS)
     one = time.perf_counter() - started
-    grid = GridSearch().run(points, objective())
-    halving = SuccessiveHalving().run(points, objective())
+    share = not args.no_shared_decoding
+    grid = GridSearch().run(points, objective(share))
+    halving = SuccessiveHalving().run(points, objective(share))
 
     print(f"{model.name}, {method.name}: {len(points)} grid points, {len(experts)} experts, "
+          f"{'shared' if share else 'one-at-a-time'} decoding, "
           f"surrogates {', '.join(f'{s.spec.name} ({s.items})' for s in surrogates)}")
     print(f"{'':24}{'seconds':>10}{'x one evaluation':>20}{'item-evaluations':>20}")
     print(f"{'one evaluation':24}{one:10.1f}{1.0:20.2f}{UNITS:20d}")
