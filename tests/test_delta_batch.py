@@ -48,7 +48,7 @@ def test_shared_decoding_reproduces_every_variant(family, request):
     lm = HFLanguageModel.from_pretrained(path, batch_size=2)
     calls = []
     original = lm.generate
-    lm.generate = lambda requests: calls.append(len(requests)) or original(requests)
+    lm.generate = lambda requests, **kw: calls.append(len(requests)) or original(requests, **kw)
 
     results = DeltaBatch(lm, base, deltas).evaluate(variants, task)
 

@@ -93,8 +93,16 @@ class MergeObjective:
             self._batch = DeltaBatch(self._lm, self._merger.base, {})
         for _params, group, _scale in scaled:
             self._batch.deltas.setdefault(group, self._merger.delta(group))
-        return self._batch.evaluate([Variant(group, scale) for _params, group, scale in scaled],
-                                    lambda lm: self._score(lm, start, stop))
+        variants, runs, slots = [], [], []
+        for i, (_params, group, scale) in enumerate(scaled):
+            for surrogate in self.surrogates:  # one job per surrogate: a round then holds every task's calls
+                variants.append(Variant(group, scale))
+                runs.append(lambda lm, s=surrogate: self._score_one(lm, s, start, stop))
+                slots.append((i, surrogate.spec.name))
+        out: list[dict[str, list[float]]] = [{} for _ in scaled]
+        for (i, name), values in zip(slots, self._batch.evaluate(variants, runs)):
+            out[i][name] = values
+        return out
 
     @property
     def shared_decoding(self) -> bool | None:
@@ -102,16 +110,15 @@ class MergeObjective:
         return self._batch.sharing if self._batch is not None else None
 
     def _score(self, lm, start: int, stop: int) -> dict[str, list[float]]:
-        per_task = {}
-        for surrogate in self.surrogates:
-            first, last = self._span(surrogate, start, stop)
-            if last <= first:
-                per_task[surrogate.spec.name] = []
-                continue
-            task = self.make_task(surrogate.spec, last)
-            task.start = first
-            per_task[surrogate.spec.name] = task.evaluate(lm).values
-        return per_task
+        return {s.spec.name: self._score_one(lm, s, start, stop) for s in self.surrogates}
+
+    def _score_one(self, lm, surrogate: Surrogate, start: int, stop: int) -> list[float]:
+        first, last = self._span(surrogate, start, stop)
+        if last <= first:
+            return []
+        task = self.make_task(surrogate.spec, last)
+        task.start = first
+        return task.evaluate(lm).values
 
     def combine(self, scores: Mapping[str, Sequence[float]]) -> float:
         ratios = []

@@ -129,11 +129,16 @@ class DeltaBatch:
                          ) -> dict[int, list[str]]:
         flat: list[GenerationRequest] = []
         owner: dict[int, int] = {}
+        place: dict[int, int] = {}
         for k, requests in calls.items():
-            for request in requests:
+            for i, request in enumerate(requests):
                 copy = dataclasses.replace(request)  # a distinct object per row, even for equal requests
-                owner[id(copy)] = k
+                owner[id(copy)], place[id(copy)] = k, i
                 flat.append(copy)
+        # rows of one group side by side (a batch is then a few contiguous slices, one per group, and
+        # stays so as rows finish), longest prompts first within a group (less padding)
+        groups = list(dict.fromkeys(variants[k].group for k in calls))
+        flat.sort(key=lambda r: (groups.index(variants[owner[id(r)]].group), -len(r.prompt)))
         plan = _RowPlan(lambda request: variants[owner[id(request)]])
         self.restore()
         handles = self._hooks(plan)
@@ -141,14 +146,14 @@ class DeltaBatch:
         saved = lm.batch_size, lm.row_listener
         lm.batch_size, lm.row_listener = lm.batch_size * ROWS_PER_VARIANT_BATCH, plan.select
         try:
-            texts = lm.generate(flat)
+            texts = lm.generate(flat, keep_order=True)
         finally:
             lm.batch_size, lm.row_listener = saved
             for handle in handles:
                 handle.remove()
-        out: dict[int, list[str]] = {k: [] for k in calls}
+        out: dict[int, list[str]] = {k: [""] * len(requests) for k, requests in calls.items()}
         for request, text in zip(flat, texts):
-            out[owner[id(request)]].append(text)
+            out[owner[id(request)]][place[id(request)]] = text
         return out
 
     def check(self, variant: Variant, prompt: str = "The capital of France is") -> None:
@@ -174,33 +179,51 @@ class DeltaBatch:
             raise NotAffine(f"shared pass differs from the variant's own logits by {error:.2e} (relative)")
 
     # -- the tasks -------------------------------------------------------------------------
-    def evaluate(self, variants: Sequence[Variant], run: Callable[[LanguageModel], T]) -> list[T]:
-        """``run(model)`` for every variant, its generations shared across variants; results in order."""
+    def evaluate(self, variants: Sequence[Variant], run: Callable[[LanguageModel], T] | Sequence[Callable[[LanguageModel], T]]
+                 ) -> list[T]:
+        """``run(model)`` for every variant (or ``run[k](model)`` for variant ``k``); results in order.
+
+        A variant may appear more than once (one job per task, say): jobs of one round share one
+        generation batch, and each distinct variant's weights are written once per round for the
+        log-likelihoods of all its jobs together.
+        """
         if not variants:
             return []
-        rounds = _Rounds(self.lm, len(variants))
+        runs = [run] * len(variants) if callable(run) else list(run)
+        if len(runs) != len(variants):
+            raise ValueError(f"{len(runs)} task functions for {len(variants)} variants")
+        rounds = _Rounds(self.lm, runs)
         try:
-            return rounds.run(run, lambda calls: self._serve(variants, calls))
+            return rounds.run(lambda calls: self._serve(variants, calls))
         finally:
             self.restore()
 
     def _serve(self, variants: Sequence[Variant], calls: Mapping[int, tuple[str, list]]) -> dict[int, Any]:
         out: dict[int, Any] = {}
         generations = {k: requests for k, (kind, requests) in calls.items() if kind == "generate"}
-        if len(generations) > 1 and not self._checked:  # one variant alone decodes faster on its own weights
+        distinct = {variants[k] for k in generations}
+        if len(distinct) > 1 and not self._checked:  # one variant alone decodes faster on its own weights
             self._checked = True
             try:
-                self.check(next((variants[k] for k in generations if variants[k].scale != 0), variants[min(generations)]))
+                self.check(next((v for v in distinct if v.scale != 0), variants[min(generations)]))
             except NotAffine:
                 self.shared = False
-        if len(generations) > 1 and self.shared:
+        if len(distinct) > 1 and self.shared:
             out.update(self._shared_generate(variants, generations))
+        by_variant: dict[Variant, list[int]] = {}
         for k in sorted(calls):
-            if k in out:
-                continue
-            kind, requests = calls[k]
-            self.materialize(variants[k])
-            out[k] = self.lm.generate(requests) if kind == "generate" else self.lm.loglikelihood(requests)
+            if k not in out:
+                by_variant.setdefault(variants[k], []).append(k)
+        for variant, jobs in by_variant.items():
+            self.materialize(variant)
+            for kind in ("generate", "loglikelihood"):
+                mine = [k for k in jobs if calls[k][0] == kind]
+                if not mine:
+                    continue
+                flat = [request for k in mine for request in calls[k][1]]
+                answers = iter(self.lm.generate(flat) if kind == "generate" else self.lm.loglikelihood(flat))
+                for k in mine:
+                    out[k] = [next(answers) for _ in calls[k][1]]
         return out
 
 
@@ -220,72 +243,85 @@ def _merged(base, delta, scale: float):
 
 
 def _extra_fn(module, touched: Mapping[str, str], torch):
-    """``(args, deltas of one group) -> f(x; Δ) − f(x; 0)`` for one layer."""
+    """``(args, deltas of one group, per-row scales) -> λ_row · (f(x; Δ) − f(x; 0))`` for one layer."""
     import torch.nn.functional as F
     from torch.func import functional_call
 
+    def per_row(scales, like):
+        return scales.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
     if type(module).forward is torch.nn.Linear.forward:  # subclasses may rescale: they take the generic path
-        def linear(args, group):
+        def linear(args, group, scales):
             weight, bias = group.get(touched.get("weight")), group.get(touched.get("bias"))
             x = args[0]
-            if weight is None:
-                return bias.to(x.dtype).expand(*x.shape[:-1], -1)
-            return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+            out = 0
+            if weight is not None:  # scale the inputs: rows of other variants are zero, and in <= out mostly
+                out = F.linear(x * per_row(scales, x), weight.to(x.dtype))
+            if bias is not None:
+                out = out + per_row(scales, x) * bias.to(x.dtype)
+            return out
         return linear
     if type(module).forward is torch.nn.Embedding.forward:
-        return lambda args, group: F.embedding(args[0], group[touched["weight"]]).to(module.weight.dtype)
+        def embedding(args, group, scales):
+            update = F.embedding(args[0], group[touched["weight"]]).to(module.weight.dtype)
+            return update * per_row(scales, update)
+        return embedding
 
-    def generic(args, group):
+    def generic(args, group, scales):
         zeros = {attr: torch.zeros_like(p) for attr, p in module._parameters.items() if p is not None}
         swapped = {attr: group[name].to(zeros[attr].dtype) if name in group else zeros[attr]
                    for attr, name in touched.items()}
-        return functional_call(module, {**zeros, **swapped}, args) - functional_call(module, zeros, args)
+        update = functional_call(module, {**zeros, **swapped}, args) - functional_call(module, zeros, args)
+        return update * per_row(scales, update)
     return generic
 
 
 class _RowPlan:
-    """Which variant each row of the current forward pass belongs to, as index and scale tensors."""
+    """Which variant each row of the current forward pass belongs to, as contiguous row slices.
+
+    Rows arrive grouped (see :meth:`DeltaBatch._shared_generate`), so each group is a slice
+    ``[start, stop)`` with a per-row scale vector: a layer's update is computed on that slice's
+    rows only and added in place through a view, no gather or scatter of rows.
+    """
 
     def __init__(self, variant_of: Callable[[Any], Variant]) -> None:
         self.variant_of = variant_of
-        self.groups: list[tuple[Hashable, Any, Any]] = []  # (group, row index or None for all rows, scales)
+        self.segments: list[tuple[Hashable, int, int, Any]] = []  # (group, start, stop, per-row scales)
         self.inside = False  # computing a layer's update calls the layer again (generic layers): no hook then
 
     def select(self, requests: Sequence[Any]) -> None:
         import torch
 
-        by_group: dict[Hashable, tuple[list[int], list[float]]] = {}
+        segments: list[tuple[Hashable, int, int, list[float]]] = []
         for row, request in enumerate(requests):
             variant = self.variant_of(request)
-            if variant.scale != 0:
-                rows, scales = by_group.setdefault(variant.group, ([], []))
-                rows.append(row)
-                scales.append(variant.scale)
-        self.groups = []
-        for group, (rows, scales) in by_group.items():
-            index = None if len(rows) == len(requests) else torch.tensor(rows)
-            self.groups.append((group, index, torch.tensor(scales)))
+            if segments and segments[-1][0] == variant.group and segments[-1][2] == row:
+                group, start, _stop, scales = segments[-1]
+                segments[-1] = (group, start, row + 1, scales + [variant.scale])
+            else:
+                segments.append((variant.group, row, row + 1, [variant.scale]))
+        self.segments = [(group, start, stop, torch.tensor(scales)) for group, start, stop, scales in segments
+                         if any(scales)]
 
     def add(self, out, args, extra, touched, deltas):
         if self.inside:
             return out
         self.inside = True
         try:
-            return self._add(out, args, extra, touched, deltas)
+            rows = out.shape[0]
+            for group, start, stop, scales in self.segments:
+                group_deltas = deltas[group]
+                if not any(name in group_deltas for name in touched.values()):
+                    continue
+                if start == 0 and stop == rows:
+                    out = out + extra(args, group_deltas, scales)
+                else:
+                    part = tuple(a[start:stop] if hasattr(a, "shape") and a.dim() and a.shape[0] == rows else a
+                                 for a in args)
+                    out[start:stop] += extra(part, group_deltas, scales)
+            return out
         finally:
             self.inside = False
-
-    def _add(self, out, args, extra, touched, deltas):
-        for group, index, scales in self.groups:
-            group_deltas = deltas[group]
-            if not any(name in group_deltas for name in touched.values()):
-                continue
-            part = args if index is None else tuple(a.index_select(0, index) if hasattr(a, "index_select") else a
-                                                     for a in args)
-            update = extra(part, group_deltas)
-            update = update * scales.to(update.dtype).view(-1, *([1] * (update.dim() - 1)))
-            out = out + update if index is None else out.index_add(0, index, update)
-        return out
 
 
 class _Proxy(LanguageModel):
@@ -313,14 +349,14 @@ class _Proxy(LanguageModel):
 
 
 class _Rounds:
-    """Runs one task per variant in threads; each round serves every waiting call together."""
+    """Runs one job per thread; each round serves every waiting call together."""
 
-    def __init__(self, lm: LanguageModel, n: int) -> None:
-        self.lm, self.n = lm, n
+    def __init__(self, lm: LanguageModel, runs: Sequence[Callable[[LanguageModel], Any]]) -> None:
+        self.lm, self.runs, self.n = lm, runs, len(runs)
         self.cond = threading.Condition()
         self.pending: dict[int, tuple[str, list]] = {}
         self.answers: dict[int, Any] = {}
-        self.live = n
+        self.live = self.n
 
     def call(self, k: int, kind: str, requests: list) -> Any:
         with self.cond:
@@ -333,14 +369,13 @@ class _Rounds:
             raise answer
         return answer
 
-    def run(self, run: Callable[[LanguageModel], T], serve: Callable[[dict[int, tuple[str, list]]], dict[int, Any]]
-            ) -> list[T]:
+    def run(self, serve: Callable[[dict[int, tuple[str, list]]], dict[int, Any]]) -> list[Any]:
         results: list[Any] = [None] * self.n
         errors: dict[int, BaseException] = {}
 
         def work(k: int) -> None:
             try:
-                results[k] = run(_Proxy(self.lm, self, k))
+                results[k] = self.runs[k](_Proxy(self.lm, self, k))
             except BaseException as error:  # noqa: B036 - handed to the calling thread, which re-raises
                 errors[k] = error
             finally:

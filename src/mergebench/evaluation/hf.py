@@ -89,12 +89,13 @@ class HFLanguageModel(LanguageModel):
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+    def generate(self, requests: Sequence[GenerationRequest], *, keep_order: bool = False) -> list[str]:
+        """Greedy continuations; batches follow prompt length unless ``keep_order`` (batches of consecutive requests)."""
         import torch
 
         encoded = [with_bos(self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"], self.tokenizer, self.bos_first)
                    for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+        order = list(range(len(requests))) if keep_order else sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
         outputs: list[str] = [""] * len(requests)
         with torch.inference_mode(), progress.progress(f"generate ({self.name})", total=len(requests)) as bar:
             for start in range(0, len(order), self.batch_size):
