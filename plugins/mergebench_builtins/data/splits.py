@@ -218,3 +218,19 @@ SPLITS: dict[str, Callable[[ArtifactCache], Split]] = {
     "harmbench-copyright": harmbench_copyright,
 }
 """Every partition by name (tests check each for disjointness)."""
+
+_LOADED: dict[tuple[str, str], Split] = {}
+
+
+def load(name: str, cache: ArtifactCache) -> Split:
+    """``SPLITS[name](cache)``, built once per process and cache root.
+
+    The hyperparameter search builds a task for every (grid point, surrogate, round), and some
+    partitions re-parse a gzip of JSON lines (LAMBADA, basic-skills coding: ~0.1 s each time).
+    A partition is a pure function of the files in the cache, so one copy serves every task;
+    callers must not modify its documents.
+    """
+    key = (name, str(cache.root))
+    if key not in _LOADED:
+        _LOADED[key] = SPLITS[name](cache)
+    return _LOADED[key]

@@ -45,7 +45,7 @@ class SplitTask(Task):
         return True
 
     def partition(self) -> splits.Split:
-        return splits.SPLITS[self.split](self.context.cache)
+        return splits.load(self.split, self.context.cache)
 
     def docs(self) -> list[dict]:
         return [d for d in getattr(self.partition(), self.part) if self.keeps(d)][self.start: self.limit]

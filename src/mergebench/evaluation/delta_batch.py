@@ -68,6 +68,7 @@ class DeltaBatch:
         self.lm, self.base, self.deltas = lm, base, deltas
         self.params = dict(lm.model.named_parameters())  # tied weights appear once, under their first name
         self._dirty: set[str] = set()
+        self._nonzero_memo: dict[tuple[Hashable, str], bool] = {}
         self._checked = not check
         self.shared = True  # False after a failed self-check: variants then generate one at a time
 
@@ -114,16 +115,26 @@ class DeltaBatch:
         handles = []
         for module in self.lm.model.modules():
             own = {attr: owner.get(id(p)) for attr, p in module._parameters.items() if p is not None}
-            touched = {attr: name for attr, name in own.items()
-                       if name is not None and any(name in d for d in self.deltas.values())}
+            touched = {attr: name for attr, name in own.items() if name is not None and self._nonzero(name)}
             if not touched:
                 continue
             if any(True for child in module.children() for _ in child.parameters()):
                 raise NotAffine(f"{type(module).__name__} has parameters and sub-layers with parameters")
             extra = _extra_fn(module, touched, torch)
+            groups = {g: d for g, d in self.deltas.items() if any(self._nonzero(name, g) for name in touched.values())}
             handles.append(module.register_forward_hook(
-                lambda mod, args, out, extra=extra, touched=touched: rows.add(out, args, extra, touched, self.deltas)))
+                lambda mod, args, out, extra=extra, groups=groups: rows.add(out, args, extra, groups)))
         return handles
+
+    def _nonzero(self, name: str, group: Hashable | None = None) -> bool:
+        """Whether a group's (any group's) delta of ``name`` has a non-zero entry: TIES trims many to nothing."""
+        if group is None:
+            return any(self._nonzero(name, g) for g in self.deltas)
+        key = (group, name)
+        if key not in self._nonzero_memo:
+            delta = self.deltas[group].get(name)
+            self._nonzero_memo[key] = delta is not None and bool(delta.any())
+        return self._nonzero_memo[key]
 
     def _shared_generate(self, variants: Sequence[Variant], calls: Mapping[int, Sequence[GenerationRequest]]
                          ) -> dict[int, list[str]]:
@@ -303,15 +314,16 @@ class _RowPlan:
         self.segments = [(group, start, stop, torch.tensor(scales)) for group, start, stop, scales in segments
                          if any(scales)]
 
-    def add(self, out, args, extra, touched, deltas):
+    def add(self, out, args, extra, groups):
+        """``out`` plus every segment's update, for the groups whose delta of this layer is not zero."""
         if self.inside:
             return out
         self.inside = True
         try:
             rows = out.shape[0]
             for group, start, stop, scales in self.segments:
-                group_deltas = deltas[group]
-                if not any(name in group_deltas for name in touched.values()):
+                group_deltas = groups.get(group)
+                if group_deltas is None:
                     continue
                 if start == 0 and stop == rows:
                     out = out + extra(args, group_deltas, scales)
