@@ -67,10 +67,10 @@ def test_a_layer_not_affine_in_its_weights_fails_the_check_and_variants_decode_a
     with pytest.raises(NotAffine, match="differs from the variant's own logits"):
         batch.check(Variant("a", 0.5))
 
-    variants = [Variant("a", 0.5), Variant("a", 1.0)]
+    variants = [Variant("a", 0.5), Variant("a", 1.0), Variant("a", 1.5)]
     results = batch.evaluate(variants, task)
 
-    assert batch.shared is False
+    assert batch.sharing is False
     for variant, got in zip(variants, results):
         batch.materialize(variant)
         assert got == task(lm)
@@ -91,3 +91,20 @@ def test_an_error_in_one_variants_task_reaches_the_caller_and_weights_are_restor
     with pytest.raises(ValueError, match="surrogate data is missing"):
         DeltaBatch(lm, base, deltas).evaluate([Variant("a", 0.5), Variant("a", 1.0), Variant("a", 2.0)], failing)
     assert all(torch.equal(p, base[n]) for n, p in lm.model.named_parameters())
+
+
+def test_variants_that_would_read_more_weights_together_than_apart_decode_alone(tiny_llama):
+    """Three variants in three groups: a shared step reads base + 3 Δ, apart they read 3 models."""
+    base, deltas = deltas_for(tiny_llama, {"a": 5, "b": 6, "c": 7})
+    variants = [Variant("a", 0.5), Variant("b", 0.5), Variant("c", 0.5)]
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=2)
+    calls = []
+    original = lm.generate
+    lm.generate = lambda requests, **kw: calls.append(len(requests)) or original(requests, **kw)
+
+    batch = DeltaBatch(lm, base, deltas)
+    results = batch.evaluate(variants, task)
+
+    assert calls == [3] * 6 and batch.sharing is None  # two generation rounds, one call per variant each
+    for variant, got in zip(variants, results):
+        assert got == reference(tiny_llama, base, deltas[variant.group], variant.scale)
