@@ -108,3 +108,28 @@ def test_variants_that_would_read_more_weights_together_than_apart_decode_alone(
     assert calls == [3] * 6 and batch.sharing is None  # two generation rounds, one call per variant each
     for variant, got in zip(variants, results):
         assert got == reference(tiny_llama, base, deltas[variant.group], variant.scale)
+
+
+def test_a_round_shows_one_bar_for_its_points_not_one_per_point_and_call(tiny_llama):
+    import contextlib
+
+    from mergebench import progress
+
+    class Recording(progress.NullSink):
+        def __init__(self):
+            self.bars = []
+            self.inner = progress.NullSink()
+
+        @contextlib.contextmanager
+        def bar(self, description, total, unit):
+            self.bars.append((description, total, unit))
+            with self.inner.bar(description, total, unit) as bar:
+                yield bar
+
+    base, deltas = deltas_for(tiny_llama, {"a": 8})
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=2, name="tiny")
+    sink = Recording()
+    with progress.use_sink(sink):
+        DeltaBatch(lm, base, deltas).evaluate([Variant("a", s) for s in (0.5, 1.0, 1.5)], task)
+    assert sink.bars == [("generate (tiny)", 9, "items"), ("score 3 points (tiny)", 3, "points"),
+                         ("generate (tiny)", 9, "items")]

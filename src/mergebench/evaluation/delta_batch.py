@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
+from mergebench import progress
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
 
 if TYPE_CHECKING:
@@ -228,16 +229,22 @@ class DeltaBatch:
         for k in sorted(calls):
             if k not in out:
                 by_variant.setdefault(variants[k], []).append(k)
-        for variant, jobs in by_variant.items():
-            self.materialize(variant)
-            for kind in ("generate", "loglikelihood"):
-                mine = [k for k in jobs if calls[k][0] == kind]
-                if not mine:
-                    continue
-                flat = [request for k in mine for request in calls[k][1]]
-                answers = iter(self.lm.generate(flat) if kind == "generate" else self.lm.loglikelihood(flat))
-                for k in mine:
-                    out[k] = [next(answers) for _ in calls[k][1]]
+        if not by_variant:
+            return out
+        # one bar for the round's points, not a start and an end line per point and call
+        with progress.progress(f"score {len(by_variant)} points ({self.lm.name})", total=len(by_variant),
+                               unit="points") as bar, progress.use_sink(progress.NullSink()):
+            for variant, jobs in by_variant.items():
+                self.materialize(variant)
+                for kind in ("generate", "loglikelihood"):
+                    mine = [k for k in jobs if calls[k][0] == kind]
+                    if not mine:
+                        continue
+                    flat = [request for k in mine for request in calls[k][1]]
+                    answers = iter(self.lm.generate(flat) if kind == "generate" else self.lm.loglikelihood(flat))
+                    for k in mine:
+                        out[k] = [next(answers) for _ in calls[k][1]]
+                bar.advance(1)
         return out
 
 
