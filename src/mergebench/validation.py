@@ -104,11 +104,6 @@ class MergeObjective:
             out[i][name] = values
         return out
 
-    @property
-    def shared_decoding(self) -> bool | None:
-        """Whether points decoded in shared passes (``None``: no two points generated together yet)."""
-        return self._batch.sharing if self._batch is not None else None
-
     def _score(self, lm, start: int, stop: int) -> dict[str, list[float]]:
         return {s.spec.name: self._score_one(lm, s, start, stop) for s in self.surrogates}
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, Ty
 
 from mergebench import progress
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
+from mergebench.merging.grid import scaled_sum
 
 if TYPE_CHECKING:
     import torch
@@ -66,18 +67,12 @@ class DeltaBatch:
     """
 
     def __init__(self, lm: "HFLanguageModel", base: Mapping[str, "torch.Tensor"],
-                 deltas: dict[Hashable, Mapping[str, "torch.Tensor"]], *, check: bool = True) -> None:
+                 deltas: dict[Hashable, Mapping[str, "torch.Tensor"]]) -> None:
         self.lm, self.base, self.deltas = lm, base, deltas
         self.params = dict(lm.model.named_parameters())  # tied weights appear once, under their first name
         self._dirty: set[str] = set()
-        self._nonzero_memo: dict[tuple[Hashable, str], bool] = {}
-        self._checked = not check
-        self.shared = True  # False after a failed self-check: variants then generate one at a time
-
-    @property
-    def sharing(self) -> bool | None:
-        """Whether generations are shared across variants; ``None`` until two variants generated together."""
-        return self.shared if self._checked else None
+        self.sharing: bool | None = None
+        """Whether variants generate together: ``None`` until the self-check ran, ``False`` if it failed."""
 
     # -- weights written in place ------------------------------------------------------------
     def materialize(self, variant: Variant) -> None:
@@ -92,12 +87,10 @@ class DeltaBatch:
                 param, b = self.params.get(name), self.base[name]
                 if param is None:
                     continue
-                if variant.scale == 1:
-                    torch.add(delta, b, out=param) if _in_place(param, b, delta) else param.copy_(_merged(b, delta, 1))
-                elif _in_place(param, b, delta):  # s·Δ + b, bit for bit the merge stage's b + s·Δ
+                if variant.scale != 1 and _in_place(param, b, delta):  # s·Δ + b: bit for bit b + s·Δ, no temporary
                     torch.mul(delta, variant.scale, out=param).add_(b)
                 else:
-                    param.copy_(_merged(b, delta, variant.scale))
+                    param.copy_(scaled_sum(b.to(delta.device, torch.float32), delta, variant.scale).to(b.dtype))
         self._dirty = {name for name in deltas if name in self.params}
 
     def restore(self) -> None:
@@ -117,26 +110,17 @@ class DeltaBatch:
         handles = []
         for module in self.lm.model.modules():
             own = {attr: owner.get(id(p)) for attr, p in module._parameters.items() if p is not None}
-            touched = {attr: name for attr, name in own.items() if name is not None and self._nonzero(name)}
+            touched = {attr: name for attr, name in own.items()
+                       if name is not None and any(name in d for d in self.deltas.values())}
             if not touched:
                 continue
             if any(True for child in module.children() for _ in child.parameters()):
                 raise NotAffine(f"{type(module).__name__} has parameters and sub-layers with parameters")
             extra = _extra_fn(module, touched, torch)
-            groups = {g: d for g, d in self.deltas.items() if any(self._nonzero(name, g) for name in touched.values())}
+            groups = {g: d for g, d in self.deltas.items() if any(name in d for name in touched.values())}
             handles.append(module.register_forward_hook(
                 lambda mod, args, out, extra=extra, groups=groups: rows.add(out, args, extra, groups)))
         return handles
-
-    def _nonzero(self, name: str, group: Hashable | None = None) -> bool:
-        """Whether a group's (any group's) delta of ``name`` has a non-zero entry: TIES trims many to nothing."""
-        if group is None:
-            return any(self._nonzero(name, g) for g in self.deltas)
-        key = (group, name)
-        if key not in self._nonzero_memo:
-            delta = self.deltas[group].get(name)
-            self._nonzero_memo[key] = delta is not None and bool(delta.any())
-        return self._nonzero_memo[key]
 
     def _shared_generate(self, variants: Sequence[Variant], calls: Mapping[int, Sequence[GenerationRequest]]
                          ) -> dict[int, list[str]]:
@@ -217,13 +201,13 @@ class DeltaBatch:
         distinct = {variants[k] for k in generations}
         # a shared step reads the base and one Δ per group; apart, each variant reads its own weights
         worth_it = len(distinct) > 1 + len({v.group for v in distinct if v.scale != 0})
-        if worth_it and not self._checked:
-            self._checked = True
+        if worth_it and self.sharing is None:
             try:
                 self.check(next((v for v in distinct if v.scale != 0), variants[min(generations)]))
+                self.sharing = True
             except NotAffine:
-                self.shared = False
-        if worth_it and self.shared:
+                self.sharing = False
+        if worth_it and self.sharing:
             out.update(self._shared_generate(variants, generations))
         by_variant: dict[Variant, list[int]] = {}
         for k in sorted(calls):
@@ -253,14 +237,6 @@ def _in_place(param, base, delta) -> bool:
     import torch
 
     return param.dtype == base.dtype == delta.dtype == torch.float32 and param.device == base.device == delta.device
-
-
-def _merged(base, delta, scale: float):
-    """``base + scale · delta`` as :class:`mergebench.merging.grid.GridMerger` computes it, in the base's dtype."""
-    import torch
-
-    b = base.to(delta.device, torch.float32)
-    return (b + delta if scale == 1 else b + scale * delta).to(base.dtype)
 
 
 def _extra_fn(module, touched: Mapping[str, str], torch):
@@ -313,19 +289,17 @@ class _RowPlan:
     def select(self, requests: Sequence[Any]) -> None:
         import torch
 
-        segments: list[tuple[Hashable, int, int, list[float]]] = []
+        segments: list[tuple[Hashable, int, list[float]]] = []  # (group, start, per-row scales)
         for row, request in enumerate(requests):
             variant = self.variant_of(request)
-            if segments and segments[-1][0] == variant.group and segments[-1][2] == row:
-                group, start, _stop, scales = segments[-1]
-                segments[-1] = (group, start, row + 1, scales + [variant.scale])
-            else:
-                segments.append((variant.group, row, row + 1, [variant.scale]))
-        self.segments = [(group, start, stop, torch.tensor(scales)) for group, start, stop, scales in segments
+            if not segments or segments[-1][0] != variant.group:
+                segments.append((variant.group, row, []))
+            segments[-1][2].append(variant.scale)
+        self.segments = [(group, start, start + len(scales), torch.tensor(scales)) for group, start, scales in segments
                          if any(scales)]
 
     def add(self, out, args, extra, groups):
-        """``out`` plus every segment's update, for the groups whose delta of this layer is not zero."""
+        """``out`` plus every segment's update, for the groups with a delta of this layer."""
         if self.inside:
             return out
         self.inside = True

@@ -172,8 +172,8 @@ class GridMerger:
                     if name not in merged_set:
                         state[name] = self._out(name, tensor)
                         continue
-                    b = tensor.to(self.context.device, torch.float32)
-                    state[name] = self._out(name, b + deltas[name] if scaling == 1 else b + scaling * deltas[name])
+                    state[name] = self._out(name, scaled_sum(tensor.to(self.context.device, torch.float32),
+                                                             deltas[name], scaling))
                 yield dict(params), state
             return
         for params in members:
@@ -186,6 +186,15 @@ class GridMerger:
                     merged = dict(zip(source.names(), source.map(lambda n, b, e, m=method: m.merge_tensor(n, b, e))))
             yield dict(params), {name: self._out(name, merged[name]) if name in merged_set else self._out(name, t)
                                  for name, t in self.base.items()}
+
+
+def scaled_sum(base: "torch.Tensor", delta: "torch.Tensor", scaling: float) -> "torch.Tensor":
+    """``base + scaling · delta`` (float32 inputs), as every grid point of a ``scales_delta`` method is merged.
+
+    :mod:`mergebench.evaluation.delta_batch` writes points' weights with the same arithmetic, so
+    a searched point's weights equal its merge bit for bit.
+    """
+    return base + delta if scaling == 1 else base + scaling * delta
 
 
 def _group_key(params: Mapping[str, Any]) -> str:
