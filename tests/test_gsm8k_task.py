@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mergebench.evaluation.answers import final_number
 from mergebench_builtins.data.splits import split_ids
-from mergebench_builtins.tasks.gsm8k import extract_answer, reference_solution
+from mergebench_builtins.tasks.gsm8k import reference_solution
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -17,7 +18,7 @@ from mergebench_builtins.tasks.gsm8k import extract_answer, reference_solution
     ("I don't know", None),
 ])
 def test_extract_answer(text, expected):
-    assert extract_answer(text) == expected
+    assert final_number(text) == expected
 
 
 def test_reference_solution_drops_calculator_annotations():

@@ -30,10 +30,6 @@ def reference_solution(doc: dict) -> str:
     return f"{body}\nThe answer is {final.strip()}."
 
 
-extract_answer = final_number
-"""GSM8K's answer extraction is the shared one: the reward of the math GRPO stage uses it too."""
-
-
 def question_prompt(lm: LanguageModel, question: str) -> str:
     if lm.has_chat_template:
         return lm.chat_prompt([{"role": "user", "content": f"{question}\n{INSTRUCTION}"}])
@@ -52,7 +48,7 @@ class GSM8KExactMatch(SplitTask):
         outputs = lm.generate([GenerationRequest(question_prompt(lm, d["question"]), max_new, stops) for d in docs])
         scores, samples = [], []
         for doc, output in zip(docs, outputs):
-            predicted = extract_answer(output)
+            predicted = final_number(output)  # shared with the math GRPO reward
             correct = float(predicted == doc["short_answer"])
             scores.append(correct)
             samples.append({"id": doc["id"], "output": output, "predicted": predicted, "target": doc["short_answer"], "score": correct})
