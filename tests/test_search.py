@@ -6,6 +6,7 @@ import random
 
 from mergebench.search import GridSearch, SuccessiveHalving, grid_points
 from mergebench.specs import HyperParam, MethodSpec
+from mergebench.validation import item_span
 
 
 class Quadratic:
@@ -80,12 +81,25 @@ class Uneven(Quadratic):
         for params in points:
             self.calls.append((dict(params), start, stop))
             value = -(params["scaling"] - 0.6) ** 2 - (params["density"] - 0.2) ** 2
-            out.append({task: [value] * (-(-stop * n // self.n_items) - -(-start * n // self.n_items))
+            out.append({task: [value] * (item_span(start, stop, n, self.n_items)[1] - item_span(start, stop, n, self.n_items)[0])
                         for task, n in self.sizes.items()})
         return out
 
     def combine(self, scores):
         return sum(sum(v) / len(v) for v in scores.values() if v) / 2
+
+
+def test_units_cover_each_task_in_proportion_rounded_to_the_nearest_item():
+    sizes = [8, 24, 32, 48, 12]  # the embedded validation surrogates: 124 items
+    first_unit = [item_span(0, 1, n, 27) for n in sizes]
+    assert first_unit == [(0, 0), (0, 1), (0, 1), (0, 2), (0, 0)]  # 8/27 and 12/27 of an item round to none
+    assert [item_span(1, 3, n, 27) for n in sizes] == [(0, 1), (1, 3), (1, 4), (2, 5), (0, 1)]
+    assert [item_span(0, 27, n, 27) for n in sizes] == [(0, n) for n in sizes]
+    for n in sizes + [1, 27, 200]:  # consecutive ranges partition the items
+        covered = [i for k in range(27) for i in range(*item_span(k, k + 1, n, 27))]
+        assert covered == list(range(n))
+    for k in range(28):  # k units are k/27 of the items, within half an item per task
+        assert abs(sum(b - a for a, b in (item_span(0, k, n, 27) for n in sizes)) - k * 124 / 27) <= len(sizes) / 2
 
 
 def test_item_ranges_count_search_units_even_when_tasks_have_more_or_fewer_items():
@@ -108,3 +122,29 @@ def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():
     assert halving.schedule(1, 27) == [(1, 27)]
     assert halving.schedule(9, 27) == [(9, 3), (3, 9)]
     assert SuccessiveHalving(eta=2).schedule(8, 8) == [(8, 1), (4, 2), (2, 4)]
+
+
+class Sparse(Quadratic):
+    """One task of 4 items over 27 units: 3 units hold none of them (round(3 · 4 / 27) = 0)."""
+
+    def scores(self, points, start, stop):
+        first, last = item_span(start, stop, 4, self.n_items)
+        out = []
+        for params in points:
+            self.calls.append((dict(params), start, stop))
+            out.append({"a": [-(params["scaling"] - 0.9) ** 2] * (last - first)})
+        return out
+
+    def combine(self, scores):
+        values = scores.get("a") or []
+        return sum(values) / len(values) if values else float("-inf")
+
+
+def test_a_round_whose_items_are_empty_drops_no_point():
+    """Ten λ on 3 then 9 units: the first round scores nothing, so all ten go on (not λ 0.1–0.3 in grid order)."""
+    objective = Sparse(n_items=27)
+    points = [{"scaling": round(0.1 * i, 1), "density": 0.2} for i in range(1, 11)]
+    result = SuccessiveHalving().run(points, objective)
+    assert SuccessiveHalving().schedule(10, 27) == [(10, 3), (3, 9)]
+    assert result.best["scaling"] == 0.9
+    assert sorted(stop for _, _, stop in objective.calls) == [3] * 10 + [9] * 10

@@ -138,6 +138,10 @@ class SuccessiveHalving(Strategy):
     a round with one point would score all items. That round is skipped: with one point left
     there is nothing to decide, so the pick is made on the last round's prefix (for 30 points
     and 27 units: 30 points on 1 unit, 10 on 3, 3 on 9; 68 units in all, 2.5 full evaluations).
+
+    A round whose prefix holds no item of any task (surrogates of fewer items than units: an
+    objective maps units to items in proportion) scores every point ``-inf``; ranking them would
+    be grid order, so no point is dropped after it.
     """
 
     name = "halving"
@@ -169,7 +173,8 @@ class SuccessiveHalving(Strategy):
     def _search(self, trials: list[Trial], objective: Objective) -> None:
         alive = list(trials)
         for survivors, items in self.schedule(len(trials), objective.n_items):
-            alive = alive[:survivors]
+            if alive[0].objective > float("-inf"):  # a prefix that held no item decided nothing: no cut
+                alive = alive[:survivors]
             extend(alive, objective, items)
             alive.sort(key=lambda t: t.objective, reverse=True)
 
