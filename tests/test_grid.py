@@ -82,3 +82,32 @@ def test_the_caller_gets_each_state_with_torch_threads_restored(tiny_llama, tiny
     seen = [torch.get_num_threads() for _ in merge_grid(spec(method), grid_points(spec(method))[:2], tiny_llama,
                                                         tiny_experts, context=MergeContext(threads=2))]
     assert seen and set(seen) == {2}
+
+
+@pytest.mark.parametrize("name, points", [
+    ("ties", [{"density": d, "scaling": s} for d in (0.1, 0.2, 0.3) for s in (0.4, 1.0)]),
+    ("breadcrumbs", [{"density": d, "gamma": g, "scope": "global", "scaling": 0.5} for d in (0.8, 0.9) for g in (0.01, 0.02)]),
+])
+def test_a_rounds_groups_share_one_threshold_pass_and_merge_as_each_alone(name, points, tiny_llama, tiny_experts,
+                                                                        tmp_path, monkeypatch):
+    """Global thresholds of every density (and outlier cut) come from one histogram pass; points equal their checkpoints."""
+    from mergebench.merging.grid import GridMerger, scaled_sum
+    from mergebench.merging.topk import MagnitudeSelector
+
+    histograms = []
+    original = MagnitudeSelector.histogram
+    monkeypatch.setattr(MagnitudeSelector, "histogram", staticmethod(lambda x: histograms.append(1) or original(x)))
+    merger = GridMerger(spec(name), tiny_llama, tiny_experts)
+    scaled = merger.scaled(points)
+    groups = {group for _, group, _ in scaled}
+    merged_names = next(iter(merger._deltas.values()))[0]
+    assert len(groups) == len(points) // (2 if name == "ties" else 1)
+    assert len(histograms) == len(merged_names) * len(tiny_experts)  # once per tensor and expert, not per group
+
+    base = load_tensors(tiny_llama)
+    for i, (params, group, scale) in enumerate(scaled):
+        merge_checkpoints(spec(name), params, tiny_llama, tiny_experts, tmp_path / str(i))
+        written = load_tensors(tmp_path / str(i))
+        for tensor_name in merged_names:
+            mine = scaled_sum(base[tensor_name].float(), merger.delta(group)[tensor_name], scale).to(base[tensor_name].dtype)
+            assert torch.equal(mine, written[tensor_name]), (params, tensor_name)

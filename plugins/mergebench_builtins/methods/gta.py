@@ -147,22 +147,21 @@ class MagnitudeSparsified(GeneralizedTaskArithmetic):
         return self.params.get("density", 1.0) >= 1
 
     def prepare(self, source: TensorSource) -> None:
-        self._global: list[list[float]] | None = None
-        if self.params.get("scope") != "global" or self.is_identity():
+        type(self).prepare_all([self], source)
+
+    @classmethod
+    def prepare_all(cls, methods, source: TensorSource) -> None:
+        """Global thresholds of every method from one pair of passes: the ranks of all densities at once."""
+        for method in methods:
+            method._global = None
+        wanted = [m for m in methods if m.params.get("scope") == "global" and not m.is_identity()]
+        if not wanted:
             return
-        names = source.names()
-        ranks = self.ranks(sum(source.numel(n) for n in names))
-        # pass 1: high-bit histograms of every expert's task vector, one tensor at a time
-        selectors: list[MagnitudeSelector] = []
-        for histograms in source.map(lambda _n, base, experts: [MagnitudeSelector.histogram(e - base) for e in experts]):
-            selectors = selectors or [MagnitudeSelector(ranks) for _ in histograms]
-            for selector, histogram in zip(selectors, histograms):
-                selector.add_histogram(histogram)
-        # pass 2: low-bit histograms of the entries in the boundary bins only
-        for lows in source.map(lambda _n, base, experts: [s.low_histograms(e - base) for s, e in zip(selectors, experts)]):
-            for selector, low in zip(selectors, lows):
-                selector.add_low_histograms(low)
-        self._global = [s.thresholds() for s in selectors]
+        numel = sum(source.numel(n) for n in source.names())
+        ranks = sorted({rank for m in wanted for rank in m.ranks(numel)})
+        found = _global_thresholds(source, ranks)  # per expert, per rank
+        for method in wanted:
+            method._global = [[per_expert[ranks.index(rank)] for rank in method.ranks(numel)] for per_expert in found]
 
     def sparsify(self, name: str, index: int, tau: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
         if self.is_identity():
@@ -188,6 +187,21 @@ class MagnitudeSparsified(GeneralizedTaskArithmetic):
         if index not in memo:
             memo[index] = [kth_largest_abs(tau, rank) for rank in self.ranks(tau.numel())]
         return memo[index]
+
+
+def _global_thresholds(source: TensorSource, ranks: Sequence[int]) -> list[list[float]]:
+    """Per expert, the magnitudes at ``ranks`` of its task vector over every tensor of ``source``."""
+    # pass 1: high-bit histograms of every expert's task vector, one tensor at a time
+    selectors: list[MagnitudeSelector] = []
+    for histograms in source.map(lambda _n, base, experts: [MagnitudeSelector.histogram(e - base) for e in experts]):
+        selectors = selectors or [MagnitudeSelector(ranks) for _ in histograms]
+        for selector, histogram in zip(selectors, histograms):
+            selector.add_histogram(histogram)
+    # pass 2: low-bit histograms of the entries in the boundary bins only
+    for lows in source.map(lambda _n, base, experts: [s.low_histograms(e - base) for s, e in zip(selectors, experts)]):
+        for selector, low in zip(selectors, lows):
+            selector.add_low_histograms(low)
+    return [s.thresholds() for s in selectors]
 
 
 class TopKSparsified(MagnitudeSparsified):

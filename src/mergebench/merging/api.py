@@ -12,11 +12,14 @@ Task vectors (``expert - base``) exclude the embeddings and the LM head by defau
 study does: for those tensors the engine keeps the base's values unless the method sets
 ``uses_task_vectors = False`` (Model Soup averages everything). ``exclude`` is configurable.
 
-Two optional hooks make methods fast to validate and possible to feed with data:
+Optional hooks make methods fast to validate and possible to feed with data:
 
 * A method whose output is ``base + scaling · delta`` sets ``scales_delta = True`` and
   implements :meth:`MergeMethod.merge_delta`; a grid of λ then reuses one delta
   (:mod:`mergebench.merging.grid`).
+* :meth:`MergeMethod.prepare_all` prepares several configurations of a method at once (a
+  search's densities): a method whose :meth:`~MergeMethod.prepare` passes could serve them all
+  overrides it.
 * A data-aware method names the per-expert ``statistic`` it needs (``"fisher"``, ``"gram"``,
   ``"ls_mask"``, see :mod:`mergebench.merging.statistics`); the engine refuses to run it without
   ``context.statistics[label]`` for every expert, a folder of safetensors read tensor by tensor.
@@ -123,6 +126,18 @@ class MergeMethod:
 
     def prepare(self, source: TensorSource) -> None:
         """Optional pass over the tensors the method merges, before any output tensor is produced."""
+
+    @classmethod
+    def prepare_all(cls, methods: Sequence["MergeMethod"], source: TensorSource) -> None:
+        """Prepare ``methods`` (instances of this class, other hyperparameters) over one source.
+
+        Each in turn by default. The grid merger calls this with every configuration a search
+        round needs, so a method whose passes over the inputs can gather what every
+        configuration needs (TIES: the thresholds of three densities from one histogram pass)
+        reads the inputs once instead of once per configuration.
+        """
+        for method in methods:
+            method.prepare(source)
 
     @classmethod
     def statistic_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -122,8 +122,7 @@ class GridMerger:
         resolved = self._validated(points)
         if not resolved or not type(build_method(self.spec, resolved[0], self.context, self.n_experts)).scales_delta:
             return None
-        for params in resolved:
-            self._ensure_delta(_group_key(params), params)
+        self._ensure_deltas({_group_key(params): params for params in resolved})
         return [(params, _group_key(params), params.get("scaling", 1.0)) for params in resolved]
 
     def delta(self, group: str) -> dict[str, "torch.Tensor"]:
@@ -145,25 +144,37 @@ class GridMerger:
         source.pool, source.window = pool, worker_count(self.context) + 1
         return source
 
-    def _ensure_delta(self, key: str, params: Mapping[str, Any]) -> None:
+    def _ensure_deltas(self, groups: Mapping[str, Mapping[str, Any]]) -> None:
+        """The merged task vector of every group not computed yet, in one pass over the inputs.
+
+        The groups' methods are prepared together (:meth:`MergeMethod.prepare_all`: TIES finds
+        the thresholds of every density from one pair of histogram passes) and merged tensor by
+        tensor side by side, so the inputs are read once per round, not once per group.
+        """
         import torch
 
-        if key in self._deltas:
+        missing = {key: build_method(self.spec, dict(params), self.context, self.n_experts)
+                   for key, params in groups.items() if key not in self._deltas}
+        if not missing:
             return
-        method = build_method(self.spec, dict(params), self.context, self.n_experts)
+        methods = list(missing.values())
         with merge_threads(self.context) as pool:
-            source = self._source(method, pool)
-            method.prepare(source)
+            source = self._source(methods[0], pool)
+            if any(self._source(m, pool).names() != source.names() for m in methods[1:]):
+                raise ValueError(f"{self.spec.name}: configurations of one search merge different tensors")
+            type(methods[0]).prepare_all(methods, source)
             with torch.inference_mode():
-                self._deltas[key] = (set(source.names()),
-                                     dict(zip(source.names(), source.map(lambda n, b, e: method.merge_delta(n, b, e)))))
+                merged = list(source.map(lambda n, b, e: [m.merge_delta(n, b, e) for m in methods]))
+        names = source.names()
+        for i, key in enumerate(missing):
+            self._deltas[key] = (set(names), {name: row[i] for name, row in zip(names, merged)})
 
     def _merge_group(self, key, members):
         import torch
 
         first = build_method(self.spec, members[0], self.context, self.n_experts)
         if type(first).scales_delta:
-            self._ensure_delta(key, members[0])
+            self._ensure_deltas({key: members[0]})
             merged_set, deltas = self._deltas[key]
             for params in members:
                 scaling = params.get("scaling", 1.0)
