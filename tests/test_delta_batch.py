@@ -61,8 +61,8 @@ def test_shared_decoding_reproduces_every_variant(family, request):
 def test_a_layer_not_affine_in_its_weights_fails_the_check_and_variants_decode_alone(tiny_llama, monkeypatch):
     base, deltas = deltas_for(tiny_llama, {"a": 3})
     lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=2)
-    norm = lm.model.model.norm
-    monkeypatch.setattr(norm, "forward", lambda x: norm.weight ** 2 * x)  # squares its weight: not affine
+    proj = lm.model.model.layers[0].mlp.down_proj
+    monkeypatch.setattr(proj, "forward", lambda x: torch.nn.functional.linear(x, proj.weight ** 2))  # not affine
     batch = DeltaBatch(lm, base, deltas)
     with pytest.raises(NotAffine, match="differs from the variant's own logits"):
         batch.check(Variant("a", 0.5))
@@ -133,3 +133,22 @@ def test_a_round_shows_one_bar_for_its_points_not_one_per_point_and_call(tiny_ll
         DeltaBatch(lm, base, deltas).evaluate([Variant("a", s) for s in (0.5, 1.0, 1.5)], task)
     assert sink.bars == [("generate (tiny)", 9, "items"), ("score 3 points (tiny)", 3, "points"),
                          ("generate (tiny)", 9, "items")]
+
+
+def test_a_norm_that_refuses_a_weight_per_row_takes_the_generic_update(tiny_llama, monkeypatch):
+    """Norms are called once with each row's own weight; one that checks its weight's shape
+    (``layer_norm``) falls back to ``λ · (f(x; Δ) − f(x; 0))`` and still decodes every variant as alone."""
+    base, deltas = deltas_for(tiny_llama, {"a": 8, "b": 9})
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=2)
+    norm = lm.model.model.norm
+    width = norm.weight.shape[0]
+    monkeypatch.setattr(norm, "forward", lambda x: torch.nn.functional.layer_norm(x, (width,), norm.weight))
+    variants = [Variant("a", 0.5), Variant("b", 1.0), Variant("a", 1.5), Variant("b", 0.25)]
+    batch = DeltaBatch(lm, base, deltas)
+    results = batch.evaluate(variants, task)
+
+    assert batch.sharing is True
+    for variant, got in zip(variants, results):
+        batch.materialize(variant)
+        assert got == task(lm)
+        batch.restore()

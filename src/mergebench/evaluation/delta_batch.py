@@ -6,11 +6,12 @@ validation search scores 30 TIES points that differ only in λ and density (thre
 vectors Δ); one at a time, every point pays every decode step of every generative surrogate on
 its own, however few items it is scored on.
 
-Every layer whose output is affine in its own parameters (linear, embedding, RMSNorm) obeys
+Every layer whose output is affine in its own parameters (linear, embedding) obeys
 ``f(x; θ_B + λΔ) = f(x; θ_B) + λ·(f(x; Δ) − f(x; 0))``. So rows of different variants can share
 one forward pass that reads θ_B and each Δ once: forward hooks add ``λ_row · (f(x; Δ_row) −
 f(x; 0))`` to every such layer's output, with ``λ_row`` and ``Δ_row`` those of the variant the
-row belongs to. A shared step reads the base and one Δ per group, so variants share only when
+row belongs to. Layers whose parameters are vectors (norms) are cheaper still: they are called
+again once with a weight per row, the variant's own ``θ_B + λ_row·Δ_row``. A shared step reads the base and one Δ per group, so variants share only when
 they outnumber that (30 TIES points in 3 density groups: yes; 3 finalists in 3 groups: no). Before the first use a self-check compares the batched logits with the
 variant's own weights on a short prompt; an architecture the identity does not hold for (a
 layer not affine in its parameters) fails it and is evaluated one variant at a time instead.
@@ -103,7 +104,7 @@ class DeltaBatch:
 
     # -- the shared pass -------------------------------------------------------------------
     def _hooks(self, rows: "_RowPlan") -> list:
-        """Forward hooks adding each row's ``λ · (f(x; Δ) − f(x; 0))`` to every layer Δ touches."""
+        """Forward hooks making every layer Δ touches give each row its variant's output (see :func:`_extra_fn`)."""
         import torch
 
         owner = {id(p): name for name, p in self.params.items()}
@@ -240,7 +241,13 @@ def _in_place(param, base, delta) -> bool:
 
 
 def _extra_fn(module, touched: Mapping[str, str], torch):
-    """``(args, deltas of one group, per-row scales) -> λ_row · (f(x; Δ) − f(x; 0))`` for one layer."""
+    """How a layer's output becomes each row's variant's output, by the kind of layer.
+
+    Linear and embedding layers add ``λ_row · f(x; Δ)`` per segment of rows (their ``f(x; 0)`` is
+    0). Layers whose touched parameters are all vectors (norms) are called once with a weight per
+    row, ``base + λ_row · Δ_row``: exactly the variant's own weight, one call for all segments.
+    Anything else takes the generic update ``λ_row · (f(x; Δ) − f(x; 0))`` per segment.
+    """
     import torch.nn.functional as F
     from torch.func import functional_call
 
@@ -248,29 +255,60 @@ def _extra_fn(module, touched: Mapping[str, str], torch):
         return scales.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
     if type(module).forward is torch.nn.Linear.forward:  # subclasses may rescale: they take the generic path
-        def linear(args, group, scales):
+        def linear(args, group, scales, out):
             weight, bias = group.get(touched.get("weight")), group.get(touched.get("bias"))
             x = args[0]
-            out = 0
-            if weight is not None:  # scale the inputs: rows of other variants are zero, and in <= out mostly
-                out = F.linear(x * per_row(scales, x), weight.to(x.dtype))
+            if weight is not None:  # scale the inputs: in <= out mostly; add into the rows' output in place
+                rows = (x * per_row(scales, x)).reshape(-1, x.shape[-1])
+                out.view(-1, out.shape[-1]).addmm_(rows, weight.to(x.dtype).t())
             if bias is not None:
-                out = out + per_row(scales, x) * bias.to(x.dtype)
+                out.add_(per_row(scales, out) * bias.to(out.dtype))
             return out
         return linear
     if type(module).forward is torch.nn.Embedding.forward:
-        def embedding(args, group, scales):
+        def embedding(args, group, scales, out):
             update = F.embedding(args[0], group[touched["weight"]]).to(module.weight.dtype)
-            return update * per_row(scales, update)
+            return out.add_(update * per_row(scales, update))
         return embedding
 
-    def generic(args, group, scales):
+    def generic(args, group, scales, out):
         zeros = {attr: torch.zeros_like(p) for attr, p in module._parameters.items() if p is not None}
         swapped = {attr: group[name].to(zeros[attr].dtype) if name in group else zeros[attr]
                    for attr, name in touched.items()}
         update = functional_call(module, {**zeros, **swapped}, args) - functional_call(module, zeros, args)
-        return update * per_row(scales, update)
-    return generic
+        return out.add_(update * per_row(scales, update))
+
+    if not all(module._parameters[attr].dim() == 1 for attr in touched):
+        return generic
+
+    def row_weighted(args, segments, groups, out):
+        """The layer called once with each row's own vector parameters (shape ``rows × 1… × n``).
+
+        ``None`` if the layer does not take a parameter per row (it then takes the generic path)."""
+        if row_weighted.refused:
+            return None
+        x, rows = args[0], out.shape[0]
+        own = {}
+        for attr, name in touched.items():
+            base = module._parameters[attr].detach()
+            weights = base.expand(rows, -1).clone()
+            for group, start, stop, scales in segments:
+                delta = groups.get(group, {}).get(name)
+                if delta is not None:  # as materialize writes it: base + λ·Δ in float32, per row
+                    weights[start:stop] = base.to(delta.dtype) + scales.to(delta.dtype).view(-1, 1) * delta
+            own[attr] = weights.view(rows, *([1] * (x.dim() - 2)), -1)
+        try:
+            result = functional_call(module, own, args)
+        except RuntimeError:  # a layer that checks its weight's shape (layer_norm)
+            result = None
+        if result is None or result.shape != out.shape or result.dtype != out.dtype:
+            row_weighted.refused = True
+            return None
+        return result
+
+    row_weighted.refused = False
+    row_weighted.generic = generic
+    return row_weighted
 
 
 class _RowPlan:
@@ -299,22 +337,24 @@ class _RowPlan:
                          if any(scales)]
 
     def add(self, out, args, extra, groups):
-        """``out`` plus every segment's update, for the groups with a delta of this layer."""
+        """``out`` made each row's variant's output, for the groups with a delta of this layer."""
         if self.inside:
             return out
         self.inside = True
         try:
+            if hasattr(extra, "generic"):  # one call with per-row weights, unless the layer refuses them
+                result = extra(args, self.segments, groups, out)
+                if result is not None:
+                    return result
+                extra = extra.generic
             rows = out.shape[0]
             for group, start, stop, scales in self.segments:
                 group_deltas = groups.get(group)
                 if group_deltas is None:
                     continue
-                if start == 0 and stop == rows:
-                    out = out + extra(args, group_deltas, scales)
-                else:
-                    part = tuple(a[start:stop] if hasattr(a, "shape") and a.dim() and a.shape[0] == rows else a
-                                 for a in args)
-                    out[start:stop] += extra(part, group_deltas, scales)
+                part = args if start == 0 and stop == rows else \
+                    tuple(a[start:stop] if hasattr(a, "shape") and a.dim() and a.shape[0] == rows else a for a in args)
+                extra(part, group_deltas, scales, out[start:stop])
             return out
         finally:
             self.inside = False
