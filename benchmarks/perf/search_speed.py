@@ -22,7 +22,7 @@ from mergebench.cache import ArtifactCache
 from mergebench.merging.api import MergeContext
 from mergebench.pipeline import Pipeline, RunContext
 from mergebench.search import GridSearch, SuccessiveHalving, grid_points
-from mergebench.validation import UNITS, MergeObjective, Surrogate
+from mergebench.validation import UNITS, MergeObjective, Surrogate, item_span
 
 
 def main() -> None:
@@ -57,7 +57,8 @@ def main() -> None:
     objective(False).scores([method.resolve_params({})], 0, UNITS)
     one = time.perf_counter() - started
     share = not args.no_shared_decoding
-    grid = GridSearch().run(points, objective(share))
+    grid_objective = objective(share)
+    grid = GridSearch().run(points, grid_objective)
     halving = SuccessiveHalving().run(points, objective(share))
 
     print(f"{model.name}, {method.name}: {len(points)} grid points, {len(experts)} experts, "
@@ -74,6 +75,14 @@ def main() -> None:
     rank = 1 + sum(value > picked for value in full.values())
     print(f"on all validation items: grid's pick {max(full.values()):.4f}, halving's pick {picked:.4f} "
           f"(rank {rank} of {len(full)})")
+    # how finely halving's prefixes can rank: distinct objective values of all points on each prefix
+    distinct = []
+    for _points, units in SuccessiveHalving().schedule(len(points), UNITS):
+        prefix = [{s.spec.name: t.scores.get(s.spec.name, [])[:item_span(0, units, s.items, UNITS)[1]] for s in surrogates}
+                  for t in grid.trials]
+        distinct.append(f"{len({round(grid_objective.combine(p), 9) for p in prefix})} on {units}/{UNITS}")
+    print(f"distinct objective values of the {len(points)} points on halving's prefixes: {', '.join(distinct)} "
+          f"(tied points keep grid order)")
 
 
 if __name__ == "__main__":
