@@ -83,6 +83,39 @@ def main() -> None:
         distinct.append(f"{len({round(grid_objective.combine(p), 9) for p in prefix})} on {units}/{UNITS}")
     print(f"distinct objective values of the {len(points)} points on halving's prefixes: {', '.join(distinct)} "
           f"(tied points keep grid order)")
+    ranks = replay_ranks(grid.trials, surrogates, grid_objective.combine)
+    print(f"halving replayed on the grid's per-item scores in {len(ranks)} random point orders (random tie "
+          f"breaks) picks rank {min(ranks)} to {max(ranks)} of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
+
+
+def replay_ranks(trials, surrogates, combine, orders: int = 200, seed: int = 0) -> list[int]:
+    """Rank on all items of halving's pick, replayed on stored per-item scores with shuffled point orders."""
+    import random
+
+    class Replay:
+        n_items = UNITS
+
+        def scores(self, points, start, stop):
+            by_params = {repr(sorted(t.params.items())): t for t in trials}
+            out = []
+            for params in points:
+                stored = by_params[repr(sorted(params.items()))].scores
+                out.append({s.spec.name: stored.get(s.spec.name, [])[slice(*item_span(start, stop, s.items, UNITS))]
+                            for s in surrogates})
+            return out
+
+        def combine(self, scores):
+            return combine(scores)
+
+    full = sorted((t.objective for t in trials), reverse=True)
+    objective_of = {repr(sorted(t.params.items())): t.objective for t in trials}
+    rng, ranks = random.Random(seed), []
+    for _ in range(orders):
+        order = [dict(t.params) for t in trials]
+        rng.shuffle(order)
+        best = SuccessiveHalving().run(order, Replay()).best
+        ranks.append(1 + sum(value > objective_of[repr(sorted(best.items()))] for value in full))
+    return ranks
 
 
 if __name__ == "__main__":
