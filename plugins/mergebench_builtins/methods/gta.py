@@ -147,10 +147,17 @@ class MagnitudeSparsified(GeneralizedTaskArithmetic):
         return self.params.get("density", 1.0) >= 1
 
     def prepare(self, source: TensorSource) -> None:
-        type(self).prepare_all([self], source)
+        MagnitudeSparsified._prepare_thresholds([self], source)
 
     @classmethod
     def prepare_all(cls, methods, source: TensorSource) -> None:
+        if cls.prepare is not MagnitudeSparsified.prepare:  # a subclass preparing more: each its own way
+            super().prepare_all(methods, source)
+        else:
+            MagnitudeSparsified._prepare_thresholds(methods, source)
+
+    @staticmethod
+    def _prepare_thresholds(methods, source: TensorSource) -> None:
         """Global thresholds of every method from one pair of passes: the ranks of all densities at once."""
         for method in methods:
             method._global = None
