@@ -40,6 +40,14 @@ def reference(path, base, delta, scale):
     return task(lm)
 
 
+def assert_each_as_alone(batch, variants, results):
+    """Each result equals the task run on the variant's own weights written into the same model."""
+    for variant, got in zip(variants, results):
+        batch.materialize(variant)
+        assert got == task(batch.lm)
+        batch.restore()
+
+
 @pytest.mark.parametrize("family", ["tiny_llama", "tiny_gemma2"])
 def test_shared_decoding_reproduces_every_variant(family, request):
     path = request.getfixturevalue(family)
@@ -71,10 +79,7 @@ def test_a_layer_not_affine_in_its_weights_fails_the_check_and_variants_decode_a
     results = batch.evaluate(variants, task)
 
     assert batch.sharing is False
-    for variant, got in zip(variants, results):
-        batch.materialize(variant)
-        assert got == task(lm)
-        batch.restore()
+    assert_each_as_alone(batch, variants, results)
 
 
 def test_an_error_in_one_variants_task_reaches_the_caller_and_weights_are_restored(tiny_llama):
@@ -148,7 +153,4 @@ def test_a_norm_that_refuses_a_weight_per_row_takes_the_generic_update(tiny_llam
     results = batch.evaluate(variants, task)
 
     assert batch.sharing is True
-    for variant, got in zip(variants, results):
-        batch.materialize(variant)
-        assert got == task(lm)
-        batch.restore()
+    assert_each_as_alone(batch, variants, results)

@@ -48,9 +48,9 @@ def item_span(start: int, stop: int, items: int, units: int) -> tuple[int, int]:
     in the first unit, so on the embedded surrogates one unit scored 7 items where 1/27 of the
     124 is 4.6 — the IFEval-like surrogate (8 long generations) at 3.4 times its share — and
     the first round of successive halving (30 points on one unit) scored 1.7 evaluations' worth
-    of items instead of 1.1. A task smaller
-    than ``units`` now joins when its first item's share is reached. Monotone in the unit, so
-    consecutive ranges partition the items, and ``units`` units are every item.
+    of items instead of 1.1. A task smaller than ``units`` now joins when its first item's share
+    is reached. Monotone in the unit, so consecutive ranges partition the items, and ``units``
+    units are every item.
     """
     return (2 * start * items + units) // (2 * units), (2 * stop * items + units) // (2 * units)
 
