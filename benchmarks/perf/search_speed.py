@@ -79,51 +79,55 @@ def main() -> None:
         print(f"{result.strategy + ' search':24}{result.seconds:10.1f}{result.seconds / one:20.2f}{result.item_evaluations:20d}")
     same = grid.best == halving.best
     print(f"grid picks {grid.best}; halving picks {halving.best}: {'the same point' if same else 'DIFFERENT points'}")
-    full = {repr(sorted(t.params.items())): t.objective for t in grid.trials}
-    picked = full[repr(sorted(halving.best.items()))]
+    full = {params_key(t.params): t.objective for t in grid.trials}
+    picked = full[params_key(halving.best)]
     rank = 1 + sum(value > picked for value in full.values())
     print(f"on all validation items: grid's pick {max(full.values()):.4f}, halving's pick {picked:.4f} "
           f"(rank {rank} of {len(full)})")
     # how finely halving's prefixes can rank: distinct objective values of all points on each prefix
+    replay = Replay(grid.trials, surrogates, grid_objective.combine)
     distinct = []
     for _points, units in SuccessiveHalving().schedule(len(points), UNITS):
-        prefix = [{s.spec.name: t.scores.get(s.spec.name, [])[:item_span(0, units, s.items, UNITS)[1]] for s in surrogates}
-                  for t in grid.trials]
-        distinct.append(f"{len({round(grid_objective.combine(p), 9) for p in prefix})} on {units}/{UNITS}")
+        values = {round(replay.combine(scores), 9) for scores in replay.scores([t.params for t in grid.trials], 0, units)}
+        distinct.append(f"{len(values)} on {units}/{UNITS}")
     print(f"distinct objective values of the {len(points)} points on halving's prefixes: {', '.join(distinct)} "
           f"(tied points keep grid order)")
-    ranks = replay_ranks(grid.trials, surrogates, grid_objective.combine)
+    ranks = replay_ranks(replay, [t.params for t in grid.trials], full)
     print(f"halving replayed on the grid's per-item scores in {len(ranks)} random point orders (random tie "
           f"breaks) picks rank {min(ranks)} to {max(ranks)} of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
 
 
-def replay_ranks(trials, surrogates, combine, orders: int = 200, seed: int = 0) -> list[int]:
-    """Rank on all items of halving's pick, replayed on stored per-item scores with shuffled point orders."""
+def params_key(params) -> str:
+    return repr(sorted(params.items()))
+
+
+class Replay:
+    """An objective answering from the grid's stored per-item scores: halving replayed without a model."""
+
+    n_items = UNITS
+
+    def __init__(self, trials, surrogates, combine) -> None:
+        self.stored = {params_key(t.params): t.scores for t in trials}
+        self.surrogates, self._combine = surrogates, combine
+
+    def scores(self, points, start, stop):
+        return [{s.spec.name: self.stored[params_key(p)].get(s.spec.name, [])[slice(*item_span(start, stop, s.items, UNITS))]
+                 for s in self.surrogates} for p in points]
+
+    def combine(self, scores):
+        return self._combine(scores)
+
+
+def replay_ranks(replay: Replay, points, full: dict[str, float], orders: int = 200, seed: int = 0) -> list[int]:
+    """Rank on all items (``full``: objective by params key) of halving's pick, in shuffled point orders."""
     import random
 
-    class Replay:
-        n_items = UNITS
-
-        def scores(self, points, start, stop):
-            by_params = {repr(sorted(t.params.items())): t for t in trials}
-            out = []
-            for params in points:
-                stored = by_params[repr(sorted(params.items()))].scores
-                out.append({s.spec.name: stored.get(s.spec.name, [])[slice(*item_span(start, stop, s.items, UNITS))]
-                            for s in surrogates})
-            return out
-
-        def combine(self, scores):
-            return combine(scores)
-
-    full = sorted((t.objective for t in trials), reverse=True)
-    objective_of = {repr(sorted(t.params.items())): t.objective for t in trials}
     rng, ranks = random.Random(seed), []
     for _ in range(orders):
-        order = [dict(t.params) for t in trials]
+        order = [dict(p) for p in points]
         rng.shuffle(order)
-        best = SuccessiveHalving().run(order, Replay()).best
-        ranks.append(1 + sum(value > objective_of[repr(sorted(best.items()))] for value in full))
+        picked = full[params_key(SuccessiveHalving().run(order, replay).best)]
+        ranks.append(1 + sum(value > picked for value in full.values()))
     return ranks
 
 
