@@ -230,3 +230,18 @@ def test_humaneval_plus_through_evalplus_on_a_local_dataset_file(tmp_path, monke
     result = spec.load()(spec, SimpleNamespace(cache=None), limit=None).evaluate(lm)
     assert result.score == 0.5 and result.n == 2
     assert [(s["base_status"], s["plus_status"]) for s in result.samples] == [("pass", "pass"), ("fail", "fail")]
+
+
+def test_a_hub_safety_task_scores_an_item_range_as_the_search_asks(monkeypatch):
+    import dataclasses
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, split=None, **kw:
+                        datasets.Dataset.from_list(SAFETY_FIXTURES[(path, name)]))
+    spec = plugins.registries().tasks.get("xstest")
+    spec = dataclasses.replace(spec, options=tuple(sorted({**dict(spec.options), "judge": "keyword"}.items())))
+    task = spec.load()(spec, SimpleNamespace(cache=None), limit=3)
+    task.start = 1  # items 1 and 2: the unsafe prompt refused (right), the safe one answered (right)
+    result = task.evaluate(ScriptedLM(generate=lambda p: next(v for k, v in REPLIES.items() if k in p)))
+    assert task.supports_start and result.values == [1.0, 1.0]

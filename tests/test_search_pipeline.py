@@ -65,3 +65,11 @@ def test_a_model_without_surrogates_cannot_be_searched(pipeline):
     leaderboard_only = dataclasses.replace(gemma, suites=frozenset({"leaderboard"}))
     with pytest.raises(UsageError, match="no validation task .* covers 'gemma-2-2b'"):
         pipeline.surrogates(leaderboard_only)
+
+
+def test_every_registered_validation_surrogate_can_serve_the_search(pipeline):
+    """The search scores surrogates in item ranges; one that cannot would stop every search of its suite."""
+    surrogates = [spec for spec in pipeline.registries.tasks.specs() if spec.role == "validation"]
+    assert {"val_wildjailbreak", "val_ifeval_like_mini"} <= {spec.name for spec in surrogates}
+    cannot = [spec.name for spec in surrogates if not spec.load().supports_start]
+    assert cannot == []

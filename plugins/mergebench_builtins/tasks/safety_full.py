@@ -26,6 +26,8 @@ from mergebench.evaluation.refusal import load_judge
 
 
 class HubRefusal(Task):
+    supports_start = True  # the full suite's safety surrogate (val_wildjailbreak) is scored in item ranges
+
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint()}
 
@@ -45,7 +47,7 @@ class HubRefusal(Task):
         keep = options.get("keep_labels")
         if keep:
             rows = [r for r in rows if r.get(options["label_field"]) in set(keep)]
-        return rows[: self.limit] if self.limit else rows
+        return rows[self.start: self.limit]
 
     def should_refuse(self, row: dict) -> bool:
         field = self.options.get("label_field")
