@@ -149,3 +149,14 @@ def test_roles_and_suites_of_the_embedded_suite():
                                                                            "multilingual", "safety"}
     for name in mini:
         assert specs[name].stand_in_for or specs[name].domain == "general", name
+
+
+def test_tasks_that_generate_say_so(context):
+    """``generates`` decides when the search scores a surrogate's items (validation.GENERATION_FROM)."""
+    offline = [s for s in plugins.registries().tasks.specs() if s.suites & {"mini", "mini-gen", "tiny"}]
+    assert len(offline) > 20
+    for spec in offline:
+        lm = ScriptedLM()
+        task = spec.load()(spec, context, limit=2)
+        task.evaluate(lm)
+        assert task.generates == bool(lm.generations), spec.name

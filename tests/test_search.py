@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+from mergebench.merging.api import MergeContext
 from mergebench.search import GridSearch, SuccessiveHalving, grid_points
-from mergebench.specs import HyperParam, MethodSpec
-from mergebench.validation import item_span
+from mergebench.specs import HyperParam, MethodSpec, TaskSpec
+from mergebench.validation import GENERATION_FROM, MergeObjective, Surrogate, item_span
 
 
 class Quadratic:
@@ -75,14 +77,15 @@ class Uneven(Quadratic):
     """Two tasks that map the search's 27 units onto 48 and 8 items, as MergeObjective does."""
 
     sizes = {"long": 48, "short": 8}
+    first_unit = {"long": 0, "short": 0}
 
     def scores(self, points, start, stop):
         out = []
         for params in points:
             self.calls.append((dict(params), start, stop))
             value = -(params["scaling"] - 0.6) ** 2 - (params["density"] - 0.2) ** 2
-            out.append({task: [value] * (item_span(start, stop, n, self.n_items)[1] - item_span(start, stop, n, self.n_items)[0])
-                        for task, n in self.sizes.items()})
+            spans = {task: item_span(start, stop, n, self.n_items, self.first_unit[task]) for task, n in self.sizes.items()}
+            out.append({task: [value] * (last - first) for task, (first, last) in spans.items()})
         return out
 
     def combine(self, scores):
@@ -113,6 +116,51 @@ def test_item_ranges_count_search_units_even_when_tasks_have_more_or_fewer_items
     finalists = [t for t in result.trials if t.items == 9]
     assert len(finalists) == 3 and all(len(t.scores["long"]) == 16 and len(t.scores["short"]) == 3 for t in finalists)
     assert result.item_evaluations == 20 * 1 + 7 * 3 + 3 * 9
+
+
+def test_units_below_a_tasks_first_unit_cover_none_of_its_items_and_the_range_reaching_it_all_owed():
+    ranges = [(0, 1), (1, 3), (3, 9), (9, 27)]  # successive halving's rounds, then the rest
+    assert [item_span(a, b, 8, 27, first_unit=9) for a, b in ranges] == [(0, 0), (0, 0), (0, 3), (3, 8)]
+    assert [item_span(a, b, 8, 27) for a, b in ranges] == [(0, 0), (0, 1), (1, 3), (3, 8)]
+    for n in (1, 8, 12, 200):
+        covered = [i for k in range(27) for i in range(*item_span(k, k + 1, n, 27, first_unit=9))]
+        assert covered == list(range(n))
+
+
+class LateShort(Uneven):
+    """``short`` is scored from generated text: its items count from unit 9, as MergeObjective maps them."""
+
+    first_unit = {"long": 0, "short": GENERATION_FROM}
+
+
+def test_generated_items_are_scored_for_the_finalists_only_each_item_once():
+    objective = LateShort(n_items=27)
+    result = SuccessiveHalving().run(grid_points(SPEC), objective)
+    rounds = {}
+    for trial in result.trials:
+        rounds.setdefault(trial.items, []).append(trial)
+    assert sorted((items, len(trials)) for items, trials in rounds.items()) == [(1, 20), (3, 7), (9, 3)]
+    assert all(t.scores["short"] == [] for t in rounds[1] + rounds[3])
+    assert [len(t.scores["short"]) for t in rounds[9]] == [3, 3, 3]  # items [0, 3): round(9 · 8 / 27)
+    assert [len(t.scores["long"]) for t in rounds[9]] == [16, 16, 16]
+    assert (result.best["scaling"], result.best["density"]) == (0.6, 0.2)
+
+
+def test_the_objective_brings_in_surrogates_that_generate_at_generation_from():
+    class Probe:
+        supports_start = True
+
+        def __init__(self, generates: bool) -> None:
+            self.generates = generates
+
+    specs = [TaskSpec(name, impl="unused:Task", domain="math", role="validation") for name in ("cloze", "chat")]
+    surrogates = [Surrogate(specs[0], 48, 0.5), Surrogate(specs[1], 8, 0.25)]
+    objective = MergeObjective(SPEC, Path("base"), {}, MergeContext(), surrogates,
+                               make_task=lambda spec, limit: Probe(spec.name == "chat"), load_model=lambda: None)
+    assert objective.first_unit == {"cloze": 0, "chat": GENERATION_FROM} and GENERATION_FROM == 9
+    assert [objective.span(surrogates[1], a, b) for a, b in [(0, 1), (1, 3), (3, 9), (9, 27)]] == [
+        (0, 0), (0, 0), (0, 3), (3, 8)]
+    assert objective.span(surrogates[0], 1, 3) == (2, 5)
 
 
 def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():

@@ -23,7 +23,7 @@ from mergebench.cache import ArtifactCache
 from mergebench.merging.api import MergeContext
 from mergebench.pipeline import Pipeline, RunContext
 from mergebench.search import GridSearch, SuccessiveHalving, grid_points
-from mergebench.validation import UNITS, MergeObjective, Surrogate, item_span
+from mergebench.validation import UNITS, MergeObjective, Surrogate
 
 
 def main() -> None:
@@ -85,7 +85,7 @@ def main() -> None:
     print(f"on all validation items: grid's pick {max(full.values()):.4f}, halving's pick {picked:.4f} "
           f"(rank {rank} of {len(full)})")
     # how finely halving's prefixes can rank: distinct objective values of all points on each prefix
-    replay = Replay(grid.trials, surrogates, grid_objective.combine)
+    replay = Replay(grid.trials, grid_objective)
     distinct = []
     for _points, units in SuccessiveHalving().schedule(len(points), UNITS):
         values = {round(replay.combine(scores), 9) for scores in replay.scores([t.params for t in grid.trials], 0, units)}
@@ -102,20 +102,22 @@ def params_key(params) -> str:
 
 
 class Replay:
-    """An objective answering from the grid's stored per-item scores: halving replayed without a model."""
+    """An objective answering from the grid's stored per-item scores: halving replayed without a model.
+
+    Item ranges and the objective are ``objective``'s (the one the grid ran on)."""
 
     n_items = UNITS
 
-    def __init__(self, trials, surrogates, combine) -> None:
+    def __init__(self, trials, objective: MergeObjective) -> None:
         self.stored = {params_key(t.params): t.scores for t in trials}
-        self.surrogates, self._combine = surrogates, combine
+        self.objective = objective
 
     def scores(self, points, start, stop):
-        return [{s.spec.name: self.stored[params_key(p)].get(s.spec.name, [])[slice(*item_span(start, stop, s.items, UNITS))]
-                 for s in self.surrogates} for p in points]
+        return [{s.spec.name: self.stored[params_key(p)].get(s.spec.name, [])[slice(*self.objective.span(s, start, stop))]
+                 for s in self.objective.surrogates} for p in points]
 
     def combine(self, scores):
-        return self._combine(scores)
+        return self.objective.combine(scores)
 
 
 def replay_ranks(replay: Replay, points, full: dict[str, float], orders: int = 200, seed: int = 0) -> list[int]:

@@ -273,7 +273,7 @@ class Pipeline:
         strategy and the surrogates with their item lists.
         """
         from mergebench.search import grid_points, strategy
-        from mergebench.validation import MergeObjective, Surrogate
+        from mergebench.validation import GENERATION_FROM, UNITS, MergeObjective, Surrogate
 
         points = grid_points(method, {k: method.param(k).validate(v) for k, v in (fixed or {}).items()})
         if len(points) <= 1:
@@ -294,6 +294,7 @@ class Pipeline:
             "method_version": method.version,
             "points": points,
             "strategy": self.context.search,
+            "item_order": {"units": UNITS, "generation_from": GENERATION_FROM},
             "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
             "seed": self.context.seed,
             "exclude": list(self.context.exclude),

@@ -15,8 +15,9 @@ log-likelihoods run on its own weights. Other methods load each point's state di
 
 Item ranges: surrogate ``t`` with ``L_t`` items is scored on items ``[round(start L_t / N),
 round(stop L_t / N))`` for the search's item range ``[start, stop)`` out of ``N`` (:func:`item_span`),
-so every surrogate grows in proportion, ``k`` units cost about ``k / N`` of one evaluation, and
-no item is scored twice for one point.
+so every surrogate grows in proportion and no item is scored twice for one point. Surrogates
+scored from generated text (``Task.generates``) join later, at unit :data:`GENERATION_FROM`,
+with all their items up to there at once: cheap items first, for the rounds with many points.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ from mergebench.specs import MethodSpec, TaskSpec
 UNITS = 27
 """Resolution of the search's item ranges: three rounds of successive halving with eta = 3."""
 
+GENERATION_FROM = UNITS // 3
+"""The unit from which items scored from generated text count: successive halving's third round.
+
+Why: a generated item costs a point its own decode steps (64 for an IFEval-like prompt), a
+log-likelihood item one forward pass. Points with different weights cannot share a decode batch
+for free (:mod:`mergebench.evaluation.delta_batch` shares steps, but a shared step reads the base
+and every merged task vector), so on the embedded suite the second round (10 points on 3/27 of
+the items) spent 23 of its 35 s decoding one IFEval-like and one refusal prompt per point. From
+unit 9 on, the 3 finalists score every generated item they would have had, so the final
+decision sees the same items as before; the first two rounds rank on log-likelihood
+surrogates only (a full grid scores all 27 units at once and is unaffected).
+"""
+
 
 @dataclass
 class Surrogate:
@@ -41,8 +55,11 @@ class Surrogate:
     reference: float  # the domain expert's score on all items
 
 
-def item_span(start: int, stop: int, items: int, units: int) -> tuple[int, int]:
+def item_span(start: int, stop: int, items: int, units: int, first_unit: int = 0) -> tuple[int, int]:
     """The items ``[first, last)`` of a task with ``items`` items that the units ``[start, stop)`` of ``units`` cover.
+
+    Units below ``first_unit`` cover no item of the task; the unit range reaching it covers all
+    the items the units before it would have (see :data:`GENERATION_FROM`).
 
     Rounded to the nearest item (halves up), not up: rounding up gave every small task an item
     in the first unit, so on the embedded surrogates one unit scored 7 items where 1/27 of the
@@ -52,7 +69,10 @@ def item_span(start: int, stop: int, items: int, units: int) -> tuple[int, int]:
     is reached. Monotone in the unit, so consecutive ranges partition the items, and ``units``
     units are every item.
     """
-    return (2 * start * items + units) // (2 * units), (2 * stop * items + units) // (2 * units)
+    def covered(unit: int) -> int:
+        return 0 if unit < first_unit else (2 * unit * items + units) // (2 * units)
+
+    return covered(start), covered(stop)
 
 
 def _key(params: Mapping[str, Any]) -> tuple:
@@ -67,10 +87,13 @@ class MergeObjective:
     def __init__(self, method: MethodSpec, base_dir: Path, expert_dirs: Mapping[str, Path], context: MergeContext,
                  surrogates: Sequence[Surrogate], make_task: Callable[[TaskSpec, int], Any],
                  load_model: Callable[[], Any], share_decoding: bool = True) -> None:
+        self.first_unit: dict[str, int] = {}
+        """Per surrogate, the unit its items start counting from (:data:`GENERATION_FROM` for generated ones)."""
         for s in surrogates:
             probe = make_task(s.spec, s.items)
             if not probe.supports_start:
                 raise UsageError(f"validation task {s.spec.name!r} cannot score item ranges; it cannot serve the search")
+            self.first_unit[s.spec.name] = GENERATION_FROM if probe.generates else 0
         self.method, self.base_dir, self.expert_dirs, self.context = method, base_dir, expert_dirs, context
         self.surrogates = list(surrogates)
         self.make_task = make_task
@@ -119,12 +142,16 @@ class MergeObjective:
         return {s.spec.name: self._score_one(lm, s, start, stop) for s in self.surrogates}
 
     def _score_one(self, lm, surrogate: Surrogate, start: int, stop: int) -> list[float]:
-        first, last = item_span(start, stop, surrogate.items, self.n_items)
+        first, last = self.span(surrogate, start, stop)
         if last <= first:
             return []
         task = self.make_task(surrogate.spec, last)
         task.start = first
         return task.evaluate(lm).values
+
+    def span(self, surrogate: Surrogate, start: int, stop: int) -> tuple[int, int]:
+        """The items of ``surrogate`` that the search's units ``[start, stop)`` cover."""
+        return item_span(start, stop, surrogate.items, self.n_items, self.first_unit[surrogate.spec.name])
 
     def combine(self, scores: Mapping[str, Sequence[float]]) -> float:
         ratios = []

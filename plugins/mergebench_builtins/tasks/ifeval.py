@@ -84,6 +84,7 @@ def score_response(doc: dict, response: str, cache) -> dict[str, Any]:
 
 
 class IFEvalMini(SplitTask):
+    generates = True
     split = "ifeval-mini"
     sources = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
     cap = "length instructions within 64 tokens"

@@ -31,6 +31,7 @@ def harmbench_prompt(behavior: dict) -> str:
 class RefusalTask(SplitTask):
     """Generate a short response per prompt and judge it; ``counts_refusal`` says which verdict scores 1."""
 
+    generates = True
     counts_refusal = True
     default_limit = 12
 

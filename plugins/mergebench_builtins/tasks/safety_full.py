@@ -26,6 +26,7 @@ from mergebench.evaluation.refusal import load_judge
 
 
 class HubRefusal(Task):
+    generates = True
     supports_start = True  # the full suite's safety surrogate (val_wildjailbreak) is scored in item ranges
 
     def fingerprint(self) -> dict[str, Any]:

@@ -41,6 +41,8 @@ class ToyBPB(Task):
 class ToyGeneration(Task):
     """Greedy generation of a few tokens; the score is the fraction of outputs that are non-empty."""
 
+    generates = True
+
     def evaluate(self, lm: LanguageModel) -> TaskResult:
         texts = TEXTS[self.spec.domain][: self.limit]
         outputs = lm.generate([GenerationRequest(lm.chat_prompt([{"role": "user", "content": t}]), 4) for t in texts])

@@ -120,6 +120,9 @@ class Task(ABC):
     default_limit: int | None = None
     start: int = 0  # first item scored; tasks that support it set ``supports_start`` (search scores item ranges)
     supports_start: bool = False
+    generates: bool = False
+    """Whether items are scored from generated text: each costs a point of the search its own decode
+    steps (see :data:`mergebench.validation.GENERATION_FROM`), where a log-likelihood item costs one pass."""
 
     def __init__(self, spec: TaskSpec, context: Any, limit: int | None = None) -> None:
         self.spec = spec
