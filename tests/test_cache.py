@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mergebench.cache import ArtifactCache, ArtifactKey
+from mergebench.errors import CacheFullError
 
 
 def test_keys_depend_on_every_input_and_not_on_their_order():
@@ -56,6 +58,23 @@ def test_a_failing_build_leaves_nothing_behind(cache: ArtifactCache):
     assert cache.lookup(key) is None
     assert not cache.path(key).exists()
     assert list((cache.root / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                                "message: \"No space left on device\" })")])
+def test_a_full_disk_is_named_with_the_fix_and_leaves_nothing_behind(cache: ArtifactCache, error):
+    key = ArtifactKey.of("merged", {"n": 3})
+
+    def build(out: Path) -> None:
+        (out / "model.safetensors").write_bytes(b"half")
+        raise error
+
+    with pytest.raises(CacheFullError, match=r"artifact cache .* is full \(.* GiB free once the half-written "
+                                             r"ties merge was removed.*MERGEBENCH_CACHE") as raised:
+        cache.get_or_build(key, build, label="ties merge")
+    assert raised.value.__cause__ is error
+    assert cache.lookup(key) is None and list((cache.root / "tmp").iterdir()) == []
 
 
 def test_a_folder_without_meta_is_not_an_artifact(cache: ArtifactCache):

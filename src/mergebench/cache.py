@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from typing import Any, Callable
 from filelock import FileLock
 
 from mergebench import __version__
+from mergebench.errors import CacheFullError
 
 SCHEMA = 1
 """Bump when the layout of artifacts changes incompatibly; it is part of every key."""
@@ -187,8 +189,14 @@ class ArtifactCache:
             if final.exists():  # an incomplete leftover without meta.json (pre-atomic crash, manual edit)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
+            if _out_of_space(error):
+                raise CacheFullError(
+                    f"the disk holding the artifact cache {self.root} is full ({_free(self.root)} free once the "
+                    f"half-written {label} was removed; nothing of it was kept). Free space there, or point "
+                    "MERGEBENCH_CACHE (or --mb-cache-dir) at a disk with room: the README says how much a run needs"
+                ) from error
             raise
         work = self.root / "work" / key.digest
         if work.exists():
@@ -203,3 +211,14 @@ class ArtifactCache:
 
     def read_meta(self, key: ArtifactKey) -> dict[str, Any]:
         return json.loads((self.path(key) / META_FILE).read_text())
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """ENOSPC, also when a library wrapped it (safetensors raises its own error with the OS message)."""
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
+
+
+def _free(path: Path) -> str:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB"

@@ -35,5 +35,9 @@ class DataUnavailableError(MergebenchError):
     """A dataset or data package that cannot be fetched or fails verification."""
 
 
+class CacheFullError(MergebenchError):
+    """The disk holding the artifact cache filled up while an artifact was being written."""
+
+
 class PluginError(MergebenchError):
     """A plugin that registers badly: duplicate names, misspelt hooks, bad specs."""
