@@ -41,7 +41,8 @@ Why: a generated item costs a point its own decode steps (64 for an IFEval-like 
 log-likelihood item one forward pass. Points with different weights cannot share a decode batch
 for free (:mod:`mergebench.evaluation.delta_batch` shares steps, but a shared step reads the base
 and every merged task vector), so on the embedded suite the second round (10 points on 3/27 of
-the items) spent 23 of its 35 s decoding one IFEval-like and one refusal prompt per point. From
+the items) spent 23 of its 35 s decoding one IFEval-like and one refusal prompt per point (it
+takes ~13 s without them; TIES' halving went from ~3x one evaluation to ~2.6x). From
 unit 9 on, the 3 finalists score every generated item they would have had, so the final
 decision sees the same items as before; the first two rounds rank on log-likelihood
 surrogates only (a full grid scores all 27 units at once and is unaffected).
