@@ -81,24 +81,29 @@ def main() -> None:
     print(f"grid picks {grid.best}; halving picks {halving.best}: {'the same point' if same else 'DIFFERENT points'}")
     full = {params_key(t.params): t.objective for t in grid.trials}
     picked = full[params_key(halving.best)]
-    rank = 1 + sum(value > picked for value in full.values())
     print(f"on all validation items: grid's pick {max(full.values()):.4f}, halving's pick {picked:.4f} "
-          f"(rank {rank} of {len(full)})")
+          f"(rank {rank_of(halving.best, full)} of {len(full)})")
     # how finely halving's prefixes can rank: distinct objective values of all points on each prefix
     replay = Replay(grid.trials, grid_objective)
     distinct = []
     for _points, units in SuccessiveHalving().schedule(len(points), UNITS):
-        values = {round(replay.combine(scores), 9) for scores in replay.scores([t.params for t in grid.trials], 0, units)}
+        values = {round(replay.combine(scores), 9) for scores in replay.scores(points, 0, units)}
         distinct.append(f"{len(values)} on {units}/{UNITS}")
     print(f"distinct objective values of the {len(points)} points on halving's prefixes: {', '.join(distinct)} "
           f"(tied points keep grid order)")
-    ranks = replay_ranks(replay, [t.params for t in grid.trials], full)
+    ranks = replay_ranks(replay, points, full)
     print(f"halving replayed on the grid's per-item scores in {len(ranks)} random point orders (random tie "
           f"breaks) picks rank {min(ranks)} to {max(ranks)} of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
 
 
 def params_key(params) -> str:
     return repr(sorted(params.items()))
+
+
+def rank_of(params, full: dict[str, float]) -> int:
+    """Rank of ``params`` on all validation items (``full``: objective by params key), 1 = best."""
+    value = full[params_key(params)]
+    return 1 + sum(other > value for other in full.values())
 
 
 class Replay:
@@ -128,8 +133,7 @@ def replay_ranks(replay: Replay, points, full: dict[str, float], orders: int = 2
     for _ in range(orders):
         order = [dict(p) for p in points]
         rng.shuffle(order)
-        picked = full[params_key(SuccessiveHalving().run(order, replay).best)]
-        ranks.append(1 + sum(value > picked for value in full.values()))
+        ranks.append(rank_of(SuccessiveHalving().run(order, replay).best, full))
     return ranks
 
 
