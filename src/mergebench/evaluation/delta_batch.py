@@ -14,8 +14,9 @@ row belongs to. Layers whose parameters are vectors (norms) are cheaper still: t
 again once with a weight per row, the variant's own ``θ_B + λ_row·Δ_row``. A shared step reads
 the base and one Δ per group, so variants share only when they outnumber that (30 TIES points
 in 3 density groups: yes; 3 finalists in 3 groups: no). Before the first use a self-check
-compares the batched logits with the variant's own weights on a short prompt; an architecture the identity does not hold for (a
-layer not affine in its parameters) fails it and is evaluated one variant at a time instead.
+compares the batched logits with the variant's own weights on a short prompt; an architecture
+the identity does not hold for (a layer not affine in its parameters) fails it and is
+evaluated one variant at a time instead.
 
 Log-likelihood passes are already compute-bound (whole sequences in one pass), where the shared
 pass would double the arithmetic; they run per variant with its weights written into the
