@@ -219,6 +219,5 @@ def _out_of_space(error: BaseException) -> bool:
 
 
 def _free(path: Path) -> str:
-    while not path.exists() and path != path.parent:
-        path = path.parent
+    """Free space on ``path``'s disk (the cache root: a build made its tmp directory there, so it exists)."""
     return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB"
