@@ -117,11 +117,11 @@ def test_the_multi_task_baseline_is_selected_by_name_and_needs_a_model_that_has_
 
 
 def test_a_models_own_hyperparameter_defaults_apply_to_methods_that_have_them():
-    from mergebench import plugins
+    from mergebench import plugin_manager
     from mergebench.selection import select_cases
     from mergebench_builtins.models import EMBEDDED_STATISTICS_SAMPLES
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     cases = {c.method: dict(c.params) for c in select_cases(registries, suites=["mini"], tasks=["gsm8k_bpb_mini"])}
     assert cases["fisher"] == {"samples": EMBEDDED_STATISTICS_SAMPLES} == cases["regmean"]
     assert cases["ties"] == {} and cases["soup"] == {}

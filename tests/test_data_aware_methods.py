@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.cli import main
 from mergebench.errors import UsageError
@@ -23,7 +23,7 @@ SAMPLES = [{"prompt": "Add:", "completion": "2 + 2 = 4"}, {"prompt": "Code:", "c
 
 
 def spec(name: str):
-    return plugins.registries().methods.get(name)
+    return plugin_manager.registries().methods.get(name)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_localize_training_moves_the_mask(tiny_llama, tiny_experts, tmp_path):
 def test_pipeline_computes_statistics_from_recipe_samples_once(cache):
     from mergebench.pipeline import Pipeline, RunContext
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     pipeline = Pipeline(RunContext(cache=cache), registries)
     model = registries.models.get("tiny-llama")
     ref, _ = pipeline.merged(model, registries.methods.get("regmean"), {"samples": 2})
@@ -247,7 +247,7 @@ def test_the_cli_merges_with_every_registered_method(tiny_llama, tiny_experts, t
     """``mergebench merge --method M`` for all sixteen methods (data-aware ones with --samples)."""
     samples = tmp_path / "samples.jsonl"
     samples.write_text("\n".join(json.dumps(s) for s in SAMPLES))
-    names = plugins.registries().methods.names()
+    names = plugin_manager.registries().methods.names()
     assert len(names) >= 16
     for name in names:
         method = spec(name)

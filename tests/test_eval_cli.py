@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from mergebench import plugins
+from mergebench import plugin_manager
 
 
 def embedded_tasks() -> list[str]:
-    return [s.name for s in plugins.registries().tasks.specs() if s.suites & {"mini", "mini-gen"}]
+    return [s.name for s in plugin_manager.registries().tasks.specs() if s.suites & {"mini", "mini-gen"}]
 
 
 @pytest.mark.slow

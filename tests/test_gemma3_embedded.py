@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.errors import DataUnavailableError
 from mergebench.selection import known_suites, select_cases
@@ -125,7 +125,7 @@ def test_gemma_contexts_and_prompts_start_with_exactly_one_bos(gemma_like_tokeni
 
 # -- registry and selection -----------------------------------------------------------------
 def test_the_registry_entry():
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     spec = registries.models.get(GEMMA)
     smollm2 = registries.models.get("smollm2-135m-instruct")
     assert (spec.family, spec.size, spec.instruct, spec.source) == ("gemma3", "270M", False, "builder")
@@ -138,7 +138,7 @@ def test_the_registry_entry():
 
 
 def test_mini_gemma_is_a_known_suite_with_the_mini_tasks_and_the_default_suite_is_unchanged():
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     assert "mini-gemma" in known_suites(registries)
     gemma = select_cases(registries, suites="mini-gemma")
     mini = select_cases(registries, suites="mini")
@@ -153,7 +153,7 @@ def test_mini_gemma_is_a_known_suite_with_the_mini_tasks_and_the_default_suite_i
 
 
 def test_gemma_has_the_mini_validation_surrogates():
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     spec = registries.models.get(GEMMA)
     surrogates = {t.name for t in registries.tasks.specs()
                   if t.role == "validation" and t.suites & spec.suites and t.domain in spec.domains}
@@ -189,6 +189,6 @@ def test_the_real_model_builds_reloads_and_scores(tmp_path):
     reader = CheckpointReader(out)
     assert "model.embed_tokens.weight" in reader and "lm_head.weight" not in reader.names()
     lm = HFLanguageModel(model, tokenizer, name="gemma")
-    task = plugins.registries().tasks.get("arc_mini")
+    task = plugin_manager.registries().tasks.get("arc_mini")
     result = task.load()(task, SimpleNamespace(cache=cache, seed=0), limit=8).evaluate(lm)
     assert result.n == 8 and 0.0 <= result.score <= 1.0

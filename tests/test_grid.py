@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.errors import UsageError
 from mergebench.merging.api import MergeContext
 from mergebench.merging.engine import merge_checkpoints
@@ -15,7 +15,7 @@ from tests.helpers import load_tensors
 
 
 def spec(name):
-    return plugins.registries().methods.get(name)
+    return plugin_manager.registries().methods.get(name)
 
 
 @pytest.mark.parametrize("name, points", [

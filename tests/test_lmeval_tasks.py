@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.errors import DataUnavailableError, UsageError
 from tests.test_mini_tasks import ScriptedLM
 
@@ -115,7 +115,7 @@ def offline_fixtures(monkeypatch):
 
 
 def run(name: str, lm, limit: int = 2):
-    spec = plugins.registries().tasks.get(name)
+    spec = plugin_manager.registries().tasks.get(name)
     task = spec.load()(spec, SimpleNamespace(cache=None), limit=limit)
     return task.evaluate(lm)
 
@@ -141,7 +141,7 @@ def test_every_registered_lm_eval_task_exists_in_lm_eval():
     from mergebench.evaluation.lmeval import task_manager
 
     manager = task_manager(None)
-    names = {dict(s.options)["lm_eval_task"] for s in plugins.registries().tasks.specs() if "lm_eval_task" in dict(s.options)}
+    names = {dict(s.options)["lm_eval_task"] for s in plugin_manager.registries().tasks.specs() if "lm_eval_task" in dict(s.options)}
     assert names - set(manager.all_tasks) == set()
 
 
@@ -188,7 +188,7 @@ def test_safety_benchmarks_on_local_fixtures(monkeypatch, name, score, n):
         return datasets.Dataset.from_list(SAFETY_FIXTURES[(path, name)])
 
     monkeypatch.setattr(datasets, "load_dataset", load)
-    spec = plugins.registries().tasks.get(name)
+    spec = plugin_manager.registries().tasks.get(name)
     spec = dataclasses.replace(spec, options=tuple(sorted({**dict(spec.options), "judge": "keyword"}.items())))
     task = spec.load()(spec, SimpleNamespace(cache=None), limit=None)
     lm = ScriptedLM(generate=lambda p: next(v for k, v in REPLIES.items() if k in p))
@@ -200,7 +200,7 @@ def test_a_safety_dataset_that_cannot_be_reached_names_it(monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
-    spec = plugins.registries().tasks.get("harmbench")
+    spec = plugin_manager.registries().tasks.get("harmbench")
     with pytest.raises(DataUnavailableError, match="could not load 'walledai/HarmBench'"):
         spec.load()(spec, SimpleNamespace(cache=None), limit=None).evaluate(ScriptedLM())
 
@@ -226,7 +226,7 @@ def test_humaneval_plus_through_evalplus_on_a_local_dataset_file(tmp_path, monke
     monkeypatch.setattr(humaneval, "HUMANEVAL_OVERRIDE_PATH", str(path))
     answers = {"def add": "def add(a, b):\n    return a + b\n", "def double": "def double(x):\n    return x + 1\n"}
     lm = ScriptedLM(generate=lambda p: next(v for k, v in answers.items() if k in p))
-    spec = plugins.registries().tasks.get("humaneval_plus")
+    spec = plugin_manager.registries().tasks.get("humaneval_plus")
     result = spec.load()(spec, SimpleNamespace(cache=None), limit=None).evaluate(lm)
     assert result.score == 0.5 and result.n == 2
     assert [(s["base_status"], s["plus_status"]) for s in result.samples] == [("pass", "pass"), ("fail", "fail")]
@@ -239,7 +239,7 @@ def test_a_hub_safety_task_scores_an_item_range_as_the_search_asks(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, split=None, **kw:
                         datasets.Dataset.from_list(SAFETY_FIXTURES[(path, name)]))
-    spec = plugins.registries().tasks.get("xstest")
+    spec = plugin_manager.registries().tasks.get("xstest")
     spec = dataclasses.replace(spec, options=tuple(sorted({**dict(spec.options), "judge": "keyword"}.items())))
     task = spec.load()(spec, SimpleNamespace(cache=None), limit=3)
     task.start = 1  # items 1 and 2: the unsafe prompt refused (right), the safe one answered (right)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.errors import CheckpointError, IncompatibleModelsError, UsageError
 from mergebench.merging.api import MergeContext
 from mergebench.merging.engine import merge_checkpoints
@@ -15,7 +15,7 @@ EMBEDDING_OR_HEAD = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def method(name: str):
-    return plugins.registries().methods.get(name)
+    return plugin_manager.registries().methods.get(name)
 
 
 def test_soup_is_the_elementwise_mean_of_every_tensor(tiny_llama, tiny_experts, tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.merging.api import MergeContext
 from mergebench.merging.engine import merge_checkpoints
 from tests.helpers import load_tensors
@@ -86,7 +86,7 @@ def mergekit_outputs(tiny_llama, tiny_experts, tmp_path_factory):
 def test_agrees_with_mergekit(case, mergekit_outputs, tiny_llama, tiny_experts, tmp_path):
     ours_name, params, count, *_ = CASES[case]
     experts = dict(list(tiny_experts.items())[:count])
-    spec = plugins.registries().methods.get(ours_name)
+    spec = plugin_manager.registries().methods.get(ours_name)
     # mergekit merges every tensor: no exclusions, so embeddings and lm_head are compared too
     merge_checkpoints(spec, params, tiny_llama, experts, tmp_path / "ours", context=MergeContext(exclude=()))
     ours, theirs = load_tensors(tmp_path / "ours"), mergekit_outputs[case]

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.errors import UsageError
 from mergebench.merging.api import MergeContext
 from mergebench.merging.engine import merge_checkpoints
@@ -21,7 +21,7 @@ EXCLUDED = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def spec(name: str):
-    return plugins.registries().methods.get(name)
+    return plugin_manager.registries().methods.get(name)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.evaluation.api import LanguageModel, Loglikelihood
 from mergebench.evaluation.sandbox import Limits
@@ -44,7 +44,7 @@ def context():
 
 
 def make(name, context, limit=None):
-    spec = plugins.registries().tasks.get(name)
+    spec = plugin_manager.registries().tasks.get(name)
     return spec.load()(spec, context, limit=limit)
 
 
@@ -137,7 +137,7 @@ def test_validation_surrogates_never_score_a_test_item(context):
 
 
 def test_roles_and_suites_of_the_embedded_suite():
-    specs = {s.name: s for s in plugins.registries().tasks.specs()}
+    specs = {s.name: s for s in plugin_manager.registries().tasks.specs()}
     mini = {n for n, s in specs.items() if "mini" in s.suites and s.role == "test"}
     assert {"gsm8k_bpb_mini", "math_bpb_mini", "mbpp_bpb_mini", "humaneval_bpb_mini", "harmbench_mini",
             "xstest_like_mini", "multilingual_bpb_mini", "ifeval_mini", "mmlu_mini", "hellaswag_mini", "arc_mini",
@@ -153,7 +153,7 @@ def test_roles_and_suites_of_the_embedded_suite():
 
 def test_tasks_that_generate_say_so(context):
     """``generates`` decides when the search scores a surrogate's items (validation.GENERATION_FROM)."""
-    offline = [s for s in plugins.registries().tasks.specs() if s.suites & {"mini", "mini-gen", "tiny"}]
+    offline = [s for s in plugin_manager.registries().tasks.specs() if s.suites & {"mini", "mini-gen", "tiny"}]
     assert len(offline) > 20
     for spec in offline:
         lm = ScriptedLM()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench_builtins.data import eval_framework, splits, verifiable
 from mergebench_builtins.recipes import mini
@@ -26,7 +26,7 @@ def context():
 
 
 def recipe(name: str, context):
-    spec = plugins.registries().recipes.get(name)
+    spec = plugin_manager.registries().recipes.get(name)
     return spec.load()(spec, context)
 
 
@@ -52,7 +52,7 @@ def test_no_trained_example_contains_an_evaluated_item(domain, context):
 
 
 def test_every_domain_has_a_mini_recipe_registered_for_the_embedded_model():
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     model = registries.models.get("smollm2-135m-instruct")
     assert model.domains == ("instruction", "math", "multilingual", "coding", "safety")
     assert {e.recipe for e in model.experts} == {f"mini-{d}" for d in DOMAIN_RECIPES}

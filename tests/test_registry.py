@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from mergebench import hookimpl, plugins
+from mergebench import hookimpl, plugin_manager
 from mergebench.errors import PluginError, UnknownNameError, UsageError
 from mergebench.specs import MethodSpec, TaskSpec
 
 
 def collect_with(*extra_plugins, load_entrypoints: bool = True):
-    pm = plugins.get_plugin_manager(load_entrypoints=load_entrypoints)
+    pm = plugin_manager.get_plugin_manager(load_entrypoints=load_entrypoints)
     for i, plugin in enumerate(extra_plugins):
         pm.register(plugin, name=f"test-plugin-{i}")
-    return plugins.collect(pm)
+    return plugin_manager.collect(pm)
 
 
 class ExtraMethod:

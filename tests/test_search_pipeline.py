@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.errors import UsageError
 from mergebench.pipeline import Case, Pipeline, RunContext
@@ -15,7 +15,7 @@ from mergebench.pipeline import Case, Pipeline, RunContext
 
 @pytest.fixture
 def pipeline(tmp_path):
-    return Pipeline(RunContext(cache=ArtifactCache(tmp_path / "cache"), device="cpu", search="grid"), plugins.registries())
+    return Pipeline(RunContext(cache=ArtifactCache(tmp_path / "cache"), device="cpu", search="grid"), plugin_manager.registries())
 
 
 def test_grid_and_halving_pick_the_same_point_and_are_cached(pipeline):

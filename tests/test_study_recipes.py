@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.errors import HubUnavailableError, UsageError
 from mergebench_builtins.recipes.study import GLOBAL_BATCH, STUDY_RECIPES, parameter_count
 
 
 def recipe(domain: str):
-    spec = plugins.registries().recipes.get(f"study-{domain}")
+    spec = plugin_manager.registries().recipes.get(f"study-{domain}")
     return spec.load()(spec, SimpleNamespace(seed=0))
 
 
@@ -24,7 +24,7 @@ def write_rows(root, hub_id, rows, config="default", split="train"):
 
 
 def test_study_hub_experts_name_the_recipe_of_their_training_data():
-    model = plugins.registries().models.get("gemma-2-2b-it")
+    model = plugin_manager.registries().models.get("gemma-2-2b-it")
     math = model.expert("math")
     assert (math.hub_id, math.recipe) == ("MergeBench/gemma-2-2b-it_math", "study-math")
     assert set(STUDY_RECIPES) == {"instruction", "math", "multilingual", "coding", "safety"}
@@ -82,7 +82,7 @@ def test_settings_follow_the_study_by_base_size(tiny_llama):
 def test_full_suite_surrogates_are_sized_by_their_spec_and_read_ifeval_like_data_locally(tmp_path, monkeypatch):
     from mergebench.cache import ArtifactCache
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     context = SimpleNamespace(cache=ArtifactCache(tmp_path / "cache"), seed=0)
     lambada = registries.tasks.get("val_lambada")
     assert lambada.role == "validation" and lambada.load()(lambada, context).limit == 200

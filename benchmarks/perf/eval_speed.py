@@ -34,12 +34,12 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mergebench import plugins
+    from mergebench import plugin_manager
     from mergebench.cache import ArtifactCache
     from mergebench.evaluation.hf import HFLanguageModel
     from mergebench.pipeline import Pipeline, RunContext
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     context = RunContext(cache=ArtifactCache())
     path = args.model or Pipeline(context, registries).base(registries.models.get("smollm2-135m-instruct")).path
     ours = HFLanguageModel.from_pretrained(path, batch_size=args.batch_size)

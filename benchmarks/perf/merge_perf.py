@@ -41,7 +41,7 @@ def prepare_inputs(work: Path) -> tuple[Path, dict[str, Path]]:
     """bf16 base and experts under ``work`` (reused when present)."""
     import torch
 
-    from mergebench import plugins
+    from mergebench import plugin_manager
     from mergebench.cache import ArtifactCache
     from mergebench.checkpoint import CheckpointReader, ShardedWriter, copy_tokenizer_files
     from mergebench.pipeline import Pipeline, RunContext
@@ -50,7 +50,7 @@ def prepare_inputs(work: Path) -> tuple[Path, dict[str, Path]]:
     experts = {f"e{i}": work / f"e{i}" for i in range(EXPERTS)}
     if all((d / "config.json").is_file() for d in [base_dir, *experts.values()]):
         return base_dir, experts
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     source = Pipeline(RunContext(cache=ArtifactCache()), registries).base(registries.models.get("smollm2-135m-instruct")).path
     reader = CheckpointReader(source)
     for index, directory in enumerate([base_dir, *experts.values()]):

@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
 
-    from mergebench import plugins
+    from mergebench import plugin_manager
     from mergebench.cache import ArtifactCache
     from mergebench.evaluation.hf import HFLanguageModel
     from mergebench.pipeline import Pipeline, RunContext
@@ -34,7 +34,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     context = RunContext(cache=ArtifactCache(), batch_size=args.batch_size)
     path = args.model or Pipeline(context, registries).base(registries.models.get("smollm2-135m-instruct")).path
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.merging.api import MergeContext
 from mergebench.pipeline import Pipeline, RunContext
@@ -35,7 +35,7 @@ def main() -> None:
                         help="score grid points one at a time (the search before evaluation/delta_batch)")
     args = parser.parse_args()
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     pipeline = Pipeline(RunContext(cache=ArtifactCache(args.cache_dir), device="cpu"), registries)
     model, method = registries.models.get(args.model), registries.methods.get(args.method)
     base = pipeline.base(model)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads on a shared machine
 
-from mergebench import plugins
+from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.pipeline import Pipeline, RunContext
 
@@ -158,7 +158,7 @@ def main() -> None:
 
     from mergebench.finetune.sft import SFTSettings
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     pipeline = Pipeline(RunContext(cache=ArtifactCache(args.cache_dir), device="cpu"), registries)
     base_dir = pipeline.base(registries.models.get(args.model)).path
     recipe_spec = registries.recipes.get("mini-math")

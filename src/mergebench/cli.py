@@ -59,9 +59,9 @@ def _context(args: argparse.Namespace):
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from mergebench import plugins
+    from mergebench import plugin_manager
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     console = _console()
     plugin_table = Table(title="Installed plugins", title_justify="left")
     for column in ("entry point", "distribution", "version"):
@@ -118,12 +118,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 # -- merge ---------------------------------------------------------------------------------
 def cmd_merge(args: argparse.Namespace) -> int:
-    from mergebench import plugins, progress
+    from mergebench import plugin_manager, progress
     from mergebench.devices import resolve_device
     from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
     from mergebench.merging.engine import merge_checkpoints
 
-    spec = plugins.registries().methods.get(args.method)
+    spec = plugin_manager.registries().methods.get(args.method)
     experts = {label: Path(path) for label, path in _key_values(args.expert, "--expert").items()}
     if not experts:
         raise UsageError("give at least one --expert DOMAIN=DIR")
@@ -181,10 +181,10 @@ def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, 
 
 # -- eval ----------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mergebench import plugins, progress
+    from mergebench import plugin_manager, progress
     from mergebench.evaluation.backends import check_backend, load_language_model
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     tasks = [registries.tasks.get(name) for name in args.task]
     check_backend(args.backend)
     context = _context(args)
@@ -203,10 +203,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # -- finetune ------------------------------------------------------------------------------
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from mergebench import plugins, progress
+    from mergebench import plugin_manager, progress
     from mergebench.pipeline import Pipeline
 
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     model = registries.models.get(args.base)
     pipeline = Pipeline(_context(args), registries)
     from mergebench.specs import ExpertSource

@@ -27,7 +27,7 @@ from mergebench.cache import ArtifactCache, ArtifactKey
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, TaskResult
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
-from mergebench.plugins import Registries
+from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio
 from mergebench.specs import DOMAINS, GENERAL, MethodSpec, ModelSpec, TaskSpec
 

@@ -174,11 +174,11 @@ def _relay(config: pytest.Config):
 def _selected_cases(config: pytest.Config):
     """The cases the --mb-* options select (computed once per session)."""
     if cases_key not in config.stash:
-        from mergebench import plugins
+        from mergebench import plugin_manager
         from mergebench.selection import select_cases
 
         try:
-            config.stash[cases_key] = select_cases(plugins.registries(), **_options(config))
+            config.stash[cases_key] = select_cases(plugin_manager.registries(), **_options(config))
         except MergebenchError as exc:
             raise pytest.UsageError(f"mergebench: {exc}") from None
     return config.stash[cases_key]
@@ -187,10 +187,10 @@ def _selected_cases(config: pytest.Config):
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "mb_case" not in metafunc.fixturenames:
         return
-    from mergebench import plugins
+    from mergebench import plugin_manager
 
     cases = _selected_cases(metafunc.config)
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     params = []
     for case in cases:
         task = registries.tasks.get(case.task)
@@ -211,14 +211,14 @@ def pytest_report_collectionfinish(config: pytest.Config, items) -> str | None:
     from _pytest.mark import KeywordMatcher
     from _pytest.mark.expression import Expression
 
-    from mergebench import plugins
+    from mergebench import plugin_manager
     from mergebench.selection import select_cases
 
     try:
         expression = Expression.compile(keyword)
     except Exception:
         return None
-    registries = plugins.registries()
+    registries = plugin_manager.registries()
     hints = []
     for suite in ("mini", "mini-gemma", "full", "tiny"):
         if suite in (config.getoption("mb_suite") or ["mini"]):
@@ -388,7 +388,7 @@ def pytest_testnodedown(node, error) -> None:
 @pytest.fixture(scope="session")
 def mergebench_pipeline(pytestconfig: pytest.Config):
     """The session's :class:`~mergebench.pipeline.Pipeline` (cache, device and registries from the options)."""
-    from mergebench import plugins
+    from mergebench import plugin_manager
     from mergebench.cache import ArtifactCache
     from mergebench.devices import resolve_device
     from mergebench.pipeline import Pipeline, RunContext
@@ -408,7 +408,7 @@ def mergebench_pipeline(pytestconfig: pytest.Config):
         backend=pytestconfig.getoption("mb_backend"),
         search=pytestconfig.getoption("mb_search"),
     )
-    return Pipeline(context, plugins.registries())
+    return Pipeline(context, plugin_manager.registries())
 
 
 class CaseRunner:

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from mergebench.errors import UsageError
 from mergebench.pipeline import CHECKPOINT_METHOD, MTL_METHOD, Case
-from mergebench.plugins import Registries
+from mergebench.plugin_manager import Registries
 from mergebench.registry import suggest
 
 ALL = "all"
