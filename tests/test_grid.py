@@ -91,7 +91,8 @@ def test_the_caller_gets_each_state_with_torch_threads_restored(tiny_llama, tiny
 def test_a_rounds_groups_share_one_threshold_pass_and_merge_as_each_alone(name, points, tiny_llama, tiny_experts,
                                                                         tmp_path, monkeypatch):
     """Global thresholds of every density (and outlier cut) come from one histogram pass; points equal their checkpoints."""
-    from mergebench.merging.grid import GridMerger, scaled_sum
+    from mergebench.merging.grid import GridMerger
+    from mergebench.merging.tensors import scaled_sum
     from mergebench.merging.topk import MagnitudeSelector
 
     histograms = []

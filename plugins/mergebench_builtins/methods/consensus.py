@@ -15,16 +15,15 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.api import MergeMethod
+from mergebench.merging.tensors import summed, task_vectors
 
 
 class Consensus(MergeMethod):
     scales_delta = True
 
     def merge_delta(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        deltas = [expert - base for expert in experts]
-        multi = deltas[0].clone()
-        for delta in deltas[1:]:
-            multi += delta
+        deltas = list(task_vectors(experts, base))
+        multi = summed(deltas)
         votes = torch.zeros_like(multi)
         for delta in deltas:
             votes += delta.abs() >= self.params["mask_lambda"] * (multi - delta).abs()

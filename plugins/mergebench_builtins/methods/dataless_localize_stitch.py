@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from mergebench.merging.tensors import task_vectors
 from mergebench_builtins.methods.gta import TopKSparsified
 
 
@@ -32,8 +33,7 @@ def stitch(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
 class DatalessLocalizeStitch(TopKSparsified):
     def merge_delta(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
         def pairs():
-            for index, expert in enumerate(experts):
-                tau = expert - base
-                yield tau, self.sparsify(name, index, tau) != 0
+            for index, tau in enumerate(task_vectors(experts, base)):
+                yield tau, self.sparsify(name, index, tau) != 0  # trims tau in place: tau·mask is unchanged
 
         return stitch(pairs())

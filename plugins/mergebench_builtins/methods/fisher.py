@@ -15,23 +15,20 @@ from typing import Sequence
 
 import torch
 
+from mergebench.merging.tensors import averaged, summed, task_vectors
 from mergebench_builtins.methods.datafed import StatisticMethod
-from mergebench_builtins.methods.tsv import mean_delta
 
 
 def fisher_average(deltas: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor]) -> torch.Tensor:
-    weighted = torch.zeros_like(deltas[0])
-    total = torch.zeros_like(deltas[0])
-    for delta, fisher in zip(deltas, fishers):
-        weighted += fisher * delta
-        total += fisher
-    return torch.where(total > 0, weighted / total.clamp(min=torch.finfo(total.dtype).tiny), mean_delta(deltas))
+    weighted = summed((fisher * delta for delta, fisher in zip(deltas, fishers)), owned=True)
+    total = summed(fishers)
+    return torch.where(total > 0, weighted / total.clamp(min=torch.finfo(total.dtype).tiny), averaged(deltas))
 
 
 class Fisher(StatisticMethod):
     statistic = "fisher"
 
     def merge_tensor(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        deltas = [expert - base for expert in experts]
+        deltas = list(task_vectors(experts, base))
         fishers = self.statistics_of(name, base.device)
-        return base + (mean_delta(deltas) if fishers is None else fisher_average(deltas, fishers))
+        return base + (averaged(deltas, owned=True) if fishers is None else fisher_average(deltas, fishers))

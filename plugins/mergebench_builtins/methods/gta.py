@@ -17,8 +17,9 @@ from typing import Callable, ClassVar, Iterable, Sequence
 
 import torch
 
-from mergebench.merging.api import MergeMethod, TensorSource, task_vectors
+from mergebench.merging.api import MergeMethod, TensorSource
 from mergebench.merging.sparsify import keep_above
+from mergebench.merging.tensors import summed, task_vectors
 from mergebench.merging.topk import MagnitudeSelector, kth_largest_abs, topk_count
 
 HOLD_ELEMENTS = 8 * 1024 * 1024
@@ -60,9 +61,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
                 and base.numel() * len(experts) > HOLD_ELEMENTS and base.shape[0] > 1:
             return self.merge_in_blocks(name, base, experts, rows_of, memo)
         if not self.consensus:
-            total = None
-            for delta in self.sparsified(name, base, experts, memo):
-                total = delta if total is None else total.add_(delta)
+            total = summed(self.sparsified(name, base, experts, memo), owned=True)
             return total / len(experts) if self.normalize else total
         if base.numel() * len(experts) <= HOLD_ELEMENTS:  # small: keep the sparsified task vectors, one pass
             deltas = list(self.sparsified(name, base, experts, memo))
@@ -94,9 +93,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
         """Sum, mean or TIES' election of sparsified task vectors held in memory."""
         if self.consensus:
             return self.elect_and_merge(base, deltas, lambda elected: ((d, torch.sign(d) == elected) for d in deltas))
-        total = deltas[0]
-        for delta in deltas[1:]:
-            total.add_(delta)
+        total = summed(deltas, owned=True)
         return total / len(deltas) if self.normalize else total
 
     def elect_and_merge(self, base: torch.Tensor, deltas: Iterable[torch.Tensor],

@@ -18,14 +18,12 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.api import MergeMethod
-from mergebench_builtins.methods.tsv import mean_delta, polar, svd
+from mergebench.merging.tensors import averaged, summed, task_vectors
+from mergebench_builtins.methods.tsv import polar, svd
 
 
 def iso_c(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
-    total = deltas[0].clone()
-    for delta in deltas[1:]:
-        total += delta
-    u, s, vt = svd(total)
+    u, s, vt = svd(summed(deltas))
     return s.mean() * (u @ vt)
 
 
@@ -36,10 +34,7 @@ def iso_cts(deltas: Sequence[torch.Tensor], common_fraction: float) -> torch.Ten
     task_total = round((rank - common) / n) * n  # the task-specific share divides evenly among tasks
     common = rank - task_total
     per_task = task_total // n
-    total = deltas[0].clone()
-    for delta in deltas[1:]:
-        total += delta
-    u, s, vt = svd(total)
+    u, s, vt = svd(summed(deltas))
     common_u, common_s, common_vt = u[:, :common], s[:common], vt[:common]
     us, ss, vts = [], [], []
     if per_task:
@@ -59,13 +54,13 @@ class IsoC(MergeMethod):
     scales_delta = True
 
     def merge_delta(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        deltas = [expert - base for expert in experts]
-        return iso_c(deltas) if base.dim() == 2 else mean_delta(deltas)
+        deltas = list(task_vectors(experts, base))
+        return iso_c(deltas) if base.dim() == 2 else averaged(deltas, owned=True)
 
 
 class IsoCTS(MergeMethod):
     scales_delta = True
 
     def merge_delta(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        deltas = [expert - base for expert in experts]
-        return iso_cts(deltas, self.params["common_fraction"]) if base.dim() == 2 else mean_delta(deltas)
+        deltas = list(task_vectors(experts, base))
+        return iso_cts(deltas, self.params["common_fraction"]) if base.dim() == 2 else averaged(deltas, owned=True)

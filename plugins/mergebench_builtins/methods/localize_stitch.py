@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from mergebench.merging.tensors import task_vectors
 from mergebench_builtins.methods.datafed import StatisticMethod
 from mergebench_builtins.methods.dataless_localize_stitch import stitch
 
@@ -28,4 +29,4 @@ class LocalizeStitch(StatisticMethod):
         masks = self.statistics_of(name, base.device)
         if masks is None:
             return base
-        return base + stitch((expert - base, mask) for expert, mask in zip(experts, masks))
+        return base + stitch(zip(task_vectors(experts, base), masks))

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.api import MergeMethod
+from mergebench.merging.tensors import averaged, task_vectors
 
 
 def interpolation_ratio(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -33,10 +34,5 @@ def interpolation_ratio(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
 
 class ModelStock(MergeMethod):
     def merge_tensor(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        deltas = [expert - base for expert in experts]
-        t = interpolation_ratio(deltas)
-        average = experts[0].clone()
-        for expert in experts[1:]:
-            average += expert
-        average /= len(experts)
-        return t * average + (1 - t) * base
+        t = interpolation_ratio(list(task_vectors(experts, base)))
+        return t * averaged(experts) + (1 - t) * base

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import torch
 
+from mergebench.merging.tensors import averaged, summed, task_vectors
 from mergebench_builtins.methods.datafed import StatisticMethod
-from mergebench_builtins.methods.tsv import mean_delta
 
 
 def shrink(gram: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -28,8 +28,8 @@ def shrink(gram: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def regmean_delta(deltas: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:
     shrunk = [shrink(g.double(), alpha) for g in grams]
-    lhs = sum(shrunk)
-    rhs = sum(d.double() @ g for d, g in zip(deltas, shrunk))  # (out × in)
+    lhs = summed(shrunk)  # a copy: rhs reads shrunk[0] again
+    rhs = summed((d.double() @ g for d, g in zip(deltas, shrunk)), owned=True)  # (out × in)
     solution, info = torch.linalg.solve_ex(lhs, rhs.T)  # lhs is symmetric: X lhs = rhs ⇔ lhs Xᵀ = rhsᵀ
     if int(info) != 0:  # singular (an input never seen): least squares
         solution = torch.linalg.pinv(lhs) @ rhs.T
@@ -40,8 +40,8 @@ class RegMean(StatisticMethod):
     statistic = "gram"
 
     def merge_tensor(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        deltas = [expert - base for expert in experts]
+        deltas = list(task_vectors(experts, base))
         grams = self.statistics_of(name, base.device) if base.dim() == 2 else None
         if grams is None:
-            return base + mean_delta(deltas)
+            return base + averaged(deltas, owned=True)
         return base + regmean_delta(deltas, grams, self.params["alpha"])

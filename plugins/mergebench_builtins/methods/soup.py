@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.api import MergeMethod
+from mergebench.merging.tensors import averaged
 
 
 class Soup(MergeMethod):
@@ -18,7 +19,4 @@ class Soup(MergeMethod):
     uses_task_vectors = False
 
     def merge_tensor(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        total = None
-        for expert in experts:  # a running sum: one expert in float32 at a time
-            total = expert if total is None else total.add_(expert)
-        return total / len(experts)
+        return averaged(experts)  # a running sum: one expert in float32 at a time

@@ -17,13 +17,7 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.api import MergeMethod
-
-
-def mean_delta(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
-    total = deltas[0].clone()
-    for delta in deltas[1:]:
-        total += delta
-    return total / len(deltas)
+from mergebench.merging.tensors import averaged, task_vectors
 
 
 def svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,7 +44,7 @@ def task_singular_merge(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     rows, cols = deltas[0].shape
     per_task = min(rows, cols) // len(deltas)
     if per_task == 0:
-        return mean_delta(deltas)
+        return averaged(deltas)
     us, ss, vts = [], [], []
     for delta in deltas:
         u, s, vt = svd(delta)
@@ -65,7 +59,5 @@ class TaskSingularVectors(MergeMethod):
     scales_delta = True
 
     def merge_delta(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
-        deltas = [expert - base for expert in experts]
-        if base.dim() == 2:
-            return task_singular_merge(deltas)
-        return mean_delta(deltas)
+        deltas = list(task_vectors(experts, base))
+        return task_singular_merge(deltas) if base.dim() == 2 else averaged(deltas, owned=True)

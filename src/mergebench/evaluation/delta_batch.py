@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, Ty
 
 from mergebench import progress
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
-from mergebench.merging.grid import scaled_sum
+from mergebench.merging.tensors import scaled_sum
 
 if TYPE_CHECKING:
     import torch
@@ -90,8 +90,8 @@ class DeltaBatch:
                 param, b = self.params.get(name), self.base[name]
                 if param is None:
                     continue
-                if variant.scale != 1 and _in_place(param, b, delta):  # s·Δ + b: bit for bit b + s·Δ, no temporary
-                    torch.mul(delta, variant.scale, out=param).add_(b)
+                if _in_place(param, b, delta):  # no temporary
+                    scaled_sum(b, delta, variant.scale, out=param)
                 else:
                     param.copy_(scaled_sum(b.to(delta.device, torch.float32), delta, variant.scale).to(b.dtype))
         self._dirty = {name for name in deltas if name in self.params}
@@ -297,7 +297,7 @@ def _extra_fn(module, touched: Mapping[str, str], torch):
             for group, start, stop, scales in segments:
                 delta = groups.get(group, {}).get(name)
                 if delta is not None:  # as materialize writes it: base + λ·Δ in float32, per row
-                    weights[start:stop] = base.to(delta.dtype) + scales.to(delta.dtype).view(-1, 1) * delta
+                    weights[start:stop] = scaled_sum(base.to(delta.dtype), delta, scales.to(delta.dtype).view(-1, 1))
             own[attr] = weights.view(rows, *([1] * (x.dim() - 2)), -1)
         try:
             result = functional_call(module, own, args)

@@ -32,6 +32,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
+from mergebench.merging.tensors import scaled_sum
+
 if TYPE_CHECKING:
     import torch
 
@@ -50,14 +52,6 @@ def task_vector_filter(exclude: Sequence[str]) -> Callable[[str], bool]:
     """``name -> bool``: whether a tensor belongs to the task vectors (matches none of ``exclude``)."""
     patterns = [re.compile(p) for p in exclude]
     return lambda name: not any(p.search(name) for p in patterns)
-
-
-def task_vectors(experts: Sequence["torch.Tensor"], base: "torch.Tensor") -> Iterator["torch.Tensor"]:
-    """τ_i = expert_i − base, one at a time (computed from the stored dtype when the engine's lazy
-    sequence offers it, which saves a float32 copy of every expert)."""
-    direct = getattr(experts, "task_vector", None)
-    for index in range(len(experts)):
-        yield direct(index) if direct is not None else experts[index] - base
 
 
 @dataclass(frozen=True)
@@ -153,5 +147,4 @@ class MergeMethod:
         if not self.scales_delta:
             raise NotImplementedError(f"{type(self).__name__} must implement merge_tensor")
         delta = self.merge_delta(name, base, experts)  # a fresh tensor: scaled in place
-        scaling = self.params.get("scaling", 1.0)
-        return delta.add_(base) if scaling == 1 else delta.mul_(scaling).add_(base)
+        return scaled_sum(base, delta, self.params.get("scaling", 1.0), out=delta)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from mergebench.checkpoint import vocab_aligned
 from mergebench.merging.api import MergeContext, TensorSource
 from mergebench.merging.engine import build_method, check_finite, merge_threads, open_inputs, ordered_map, worker_count
+from mergebench.merging.tensors import scaled_sum
 from mergebench.specs import MethodSpec
 
 if TYPE_CHECKING:
@@ -197,15 +198,6 @@ class GridMerger:
                     merged = dict(zip(source.names(), source.map(lambda n, b, e, m=method: m.merge_tensor(n, b, e))))
             yield dict(params), {name: self._out(name, merged[name]) if name in merged_set else self._out(name, t)
                                  for name, t in self.base.items()}
-
-
-def scaled_sum(base: "torch.Tensor", delta: "torch.Tensor", scaling: float) -> "torch.Tensor":
-    """``base + scaling · delta`` (float32 inputs), as every grid point of a ``scales_delta`` method is merged.
-
-    :mod:`mergebench.evaluation.delta_batch` writes points' weights with the same arithmetic, so
-    a searched point's weights equal its merge bit for bit.
-    """
-    return base + delta if scaling == 1 else base + scaling * delta
 
 
 def _group_key(params: Mapping[str, Any]) -> str:

@@ -1,0 +1,78 @@
+"""The arithmetic merge methods share: task vectors, running sums and means, and ``base + λ·Δ``.
+
+Why one module: the merge stage (:meth:`MergeMethod.merge_tensor`), the search's in-memory grid
+and its shared decoding all write a point's weights as ``base + λ·Δ``, and a point chosen by the
+search must equal its merged checkpoint bit for bit. One function, :func:`scaled_sum`, writes
+them all. The running sums keep one expert in float32 at a time when the experts are streamed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+
+def task_vectors(experts: Sequence["torch.Tensor"], base: "torch.Tensor") -> Iterator["torch.Tensor"]:
+    """τ_i = expert_i − base, one fresh tensor at a time.
+
+    Computed from the stored dtype when the engine's lazy sequence offers it (``task_vector``),
+    which saves a float32 copy of every expert; the values are the same either way.
+    """
+    direct = getattr(experts, "task_vector", None)
+    for index in range(len(experts)):
+        yield direct(index) if direct is not None else experts[index] - base
+
+
+def summed(tensors: Iterable["torch.Tensor"], *, owned: bool = False) -> "torch.Tensor":
+    """Σ of ``tensors``, added one at a time into the first.
+
+    ``owned``: the first tensor is the caller's to overwrite (a fresh task vector); otherwise it
+    is copied first, since an expert handed out by an in-memory source may be the stored tensor.
+    """
+    iterator = iter(tensors)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise ValueError("nothing to sum") from None
+    total = first if owned else first.clone()
+    for tensor in iterator:
+        total.add_(tensor)
+    return total
+
+
+def averaged(tensors: Iterable["torch.Tensor"], *, owned: bool = False) -> "torch.Tensor":
+    """The mean of ``tensors`` (a running sum divided by their count; see :func:`summed`)."""
+    count = 0
+
+    def counted():
+        nonlocal count
+        for tensor in tensors:
+            count += 1
+            yield tensor
+
+    total = summed(counted(), owned=owned)
+    return total / count
+
+
+def _is_one(scaling) -> bool:
+    return isinstance(scaling, (int, float)) and scaling == 1
+
+
+def scaled_sum(base: "torch.Tensor", delta: "torch.Tensor", scaling, *, out: "torch.Tensor | None" = None
+               ) -> "torch.Tensor":
+    """``base + scaling · delta``: every merged weight of a ``base + λ·Δ`` method, written one way.
+
+    ``scaling`` is a number or a tensor that broadcasts against ``delta`` (one λ per row).
+    ``out`` receives the result without a temporary; it may be ``delta`` itself (a fresh merged
+    task vector scaled in place). The product is rounded before the sum in every form, so the
+    three callers agree bit for bit.
+    """
+    import torch
+
+    if out is None:
+        return base + delta if _is_one(scaling) else base + scaling * delta
+    if _is_one(scaling):
+        return torch.add(delta, base, out=out)
+    return torch.mul(delta, scaling, out=out).add_(base)
