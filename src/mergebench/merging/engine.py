@@ -6,96 +6,31 @@ data-aware method, incompatible checkpoints); what can only be seen while stream
 an expert) aborts the merge, and because callers write into a temporary directory, nothing
 half-written survives.
 
-Tensors are merged on every core at once (``MergeContext.threads``, default one per core): a
-small thread pool reads and merges the next tensors while the writer takes the finished ones in
-order, with torch's own intra-op threads set to one meanwhile so the two kinds of parallelism do
-not fight. Per-tensor results never depend on the thread: random methods seed per tensor.
+Tensors are merged on every core at once (``MergeContext.threads``, default one per core; see
+:mod:`mergebench.merging.threads`) while the writer takes the finished ones in order. Per-tensor
+results never depend on the thread: random methods seed per tensor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import shutil
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mergebench import progress
 from mergebench.checkpoint import CheckpointReader, ShardedWriter, VocabPlan, check_compatible, copy_tokenizer_files, vocab_aligned
 from mergebench.errors import CheckpointError, UsageError
 from mergebench.merging.api import MergeContext, MergeMethod, TensorSource
+from mergebench.merging.threads import keep_freed_memory, merge_threads, ordered_map, worker_count
 from mergebench.specs import MethodSpec
 
 if TYPE_CHECKING:
     import torch
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def worker_count(context: MergeContext) -> int:
-    return max(1, context.threads or os.cpu_count() or 1)
-
-
-def ordered_map(pool: ThreadPoolExecutor | None, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
-    """``map(fn, items)`` on the pool, at most ``window`` items in flight, results in input order."""
-    if pool is None:
-        yield from map(fn, items)
-        return
-    pending: deque = deque()
-    iterator = iter(items)
-    for item in iterator:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            break
-    while pending:
-        future = pending.popleft()
-        for item in iterator:
-            pending.append(pool.submit(fn, item))
-            break
-        yield future.result()
-
-
-@contextlib.contextmanager
-def merge_threads(context: MergeContext) -> Iterator[ThreadPoolExecutor | None]:
-    """A pool of one worker per core (none for one), torch's intra-op threads at one meanwhile."""
-    import torch
-
-    workers = worker_count(context)
-    if workers == 1:
-        yield None
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="mergebench-merge") as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(before)
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed blocks up to 32 MB for reuse instead of unmapping them.
-
-    A merge allocates and frees the same tensor-sized buffers thousands of times; by default
-    glibc returns each large block to the kernel and the next allocation page-faults it back in,
-    which made fresh allocations ~10x slower than the arithmetic on them. No effect elsewhere.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
-        libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 class LazyExperts(Sequence):

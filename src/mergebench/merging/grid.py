@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from mergebench.checkpoint import vocab_aligned
 from mergebench.merging.api import MergeContext, TensorSource
-from mergebench.merging.engine import build_method, check_finite, merge_threads, open_inputs, ordered_map, worker_count
+from mergebench.merging.engine import build_method, check_finite, open_inputs
 from mergebench.merging.tensors import scaled_sum
+from mergebench.merging.threads import merge_threads, ordered_map, worker_count
 from mergebench.specs import MethodSpec
 
 if TYPE_CHECKING:
