@@ -12,7 +12,6 @@ base's rows there (a zero task vector). :func:`vocab_aligned` does that per tens
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -34,30 +33,14 @@ STRUCTURE_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class VocabPlan:
-    """Row counts of the vocabulary-sized tensors: the base's and each expert's."""
-
-    base_rows: int
-    expert_rows: Mapping[str, int]
-
-    def is_vocab_tensor(self, base_shape: tuple[int, ...], expert_shape: tuple[int, ...], label: str) -> bool:
-        return (
-            base_shape[0] == self.base_rows
-            and expert_shape[0] == self.expert_rows[label]
-            and base_shape[1:] == expert_shape[1:]
-        )
-
-
 def _architecture(config: Mapping) -> tuple[str, ...]:
     return tuple(config.get("architectures") or ())
 
 
-def check_compatible(base: CheckpointReader, experts: Mapping[str, CheckpointReader]) -> VocabPlan:
+def check_compatible(base: CheckpointReader, experts: Mapping[str, CheckpointReader]) -> None:
     """Raise :class:`IncompatibleModelsError` naming the first difference that prevents merging."""
     base_config = base.config()
     base_vocab = int(base_config.get("vocab_size") or 0)
-    expert_rows: dict[str, int] = {}
     for label, expert in experts.items():
         config = expert.config()
         if _architecture(config) != _architecture(base_config):
@@ -84,19 +67,21 @@ def check_compatible(base: CheckpointReader, experts: Mapping[str, CheckpointRea
                 "merge only full checkpoints of the same architecture (merge LoRA adapters into the weights first)"
             )
         rows = int(config.get("vocab_size") or base_vocab)
-        expert_rows[label] = rows
-        plan = VocabPlan(base_vocab, {label: rows})
         for name in base.names():
             base_shape, expert_shape = base.shape(name), expert.shape(name)
             if base_shape == expert_shape:
                 continue
-            if rows != base_vocab and plan.is_vocab_tensor(base_shape, expert_shape, label):
+            if rows != base_vocab and _is_vocab_tensor(base_shape, expert_shape, base_vocab, rows):
                 continue
             raise IncompatibleModelsError(
                 f"tensor {name!r} has shape {list(expert_shape)} in expert {label!r} but {list(base_shape)} in the base"
             )
         _check_tokenizers(base.directory, expert.directory, label, min(rows, base_vocab))
-    return VocabPlan(base_vocab, expert_rows)
+
+
+def _is_vocab_tensor(base_shape: tuple[int, ...], expert_shape: tuple[int, ...], base_rows: int, expert_rows: int) -> bool:
+    """Whether the two shapes are one vocabulary-sized tensor: ``base_rows`` rows against ``expert_rows``, the rest equal."""
+    return base_shape[0] == base_rows and expert_shape[0] == expert_rows and base_shape[1:] == expert_shape[1:]
 
 
 def _token_ids(directory: Path) -> dict[str, int] | None:

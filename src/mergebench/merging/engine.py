@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mergebench import progress
-from mergebench.checkpoint import CheckpointReader, ShardedWriter, VocabPlan, check_compatible, copy_tokenizer_files, vocab_aligned
+from mergebench.checkpoint import CheckpointReader, ShardedWriter, check_compatible, copy_tokenizer_files, vocab_aligned
 from mergebench.errors import CheckpointError, UsageError
 from mergebench.merging.api import MergeContext, MergeMethod, TensorSource
 from mergebench.merging.threads import keep_freed_memory, merge_threads, ordered_map, worker_count
@@ -109,9 +109,9 @@ class MergeReport:
 
 
 class _StreamingSource(TensorSource):
-    def __init__(self, base: CheckpointReader, experts: Mapping[str, CheckpointReader], plan: VocabPlan,
+    def __init__(self, base: CheckpointReader, experts: Mapping[str, CheckpointReader],
                  names: list[str], device: str, pool: ThreadPoolExecutor | None = None, window: int = 1) -> None:
-        self.base, self.experts, self.plan, self._names, self.device = base, experts, plan, names, device
+        self.base, self.experts, self._names, self.device = base, experts, names, device
         self.pool, self.window = pool, window
 
     def names(self) -> list[str]:
@@ -131,12 +131,12 @@ class _StreamingSource(TensorSource):
 
 
 def open_inputs(base_dir: Path, expert_dirs: Mapping[str, Path], *, allow_pickle: bool = False
-                ) -> tuple[CheckpointReader, dict[str, CheckpointReader], VocabPlan]:
+                ) -> tuple[CheckpointReader, dict[str, CheckpointReader]]:
     """Open and cross-check the base and experts (raises before anything is merged)."""
     base = CheckpointReader(base_dir, allow_pickle=allow_pickle)
     experts = {label: CheckpointReader(path, allow_pickle=allow_pickle) for label, path in expert_dirs.items()}
-    plan = check_compatible(base, experts)
-    return base, experts, plan
+    check_compatible(base, experts)
+    return base, experts
 
 
 def build_method(spec: MethodSpec, params: Mapping[str, Any], context: MergeContext, n_experts: int) -> MergeMethod:
@@ -179,22 +179,22 @@ def merge_checkpoints(
     if tuple(context.domains) != tuple(expert_dirs):  # statistics and per-expert state follow this order
         context = replace(context, domains=tuple(expert_dirs))
     method = build_method(spec, params, context, len(expert_dirs))
-    base, experts, plan = open_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
+    base, experts = open_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
     keep_freed_memory()
     with merge_threads(context) as pool:
-        return _merge(spec, method, context, base, experts, plan, pool, Path(out_dir), started,
+        return _merge(spec, method, context, base, experts, pool, Path(out_dir), started,
                       metadata=metadata, max_shard_bytes=max_shard_bytes)
 
 
 def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: CheckpointReader,
-           experts: Mapping[str, CheckpointReader], plan: VocabPlan, pool: ThreadPoolExecutor | None, out_dir: Path,
+           experts: Mapping[str, CheckpointReader], pool: ThreadPoolExecutor | None, out_dir: Path,
            started: float, *, metadata: Mapping[str, str] | None, max_shard_bytes: int | None) -> MergeReport:
     import torch
 
     names = base.names()
     merged_names = [n for n in names if method.merges(n)]
     window = worker_count(context) + 1
-    source = _StreamingSource(base, experts, plan, merged_names, context.device, pool, window)
+    source = _StreamingSource(base, experts, merged_names, context.device, pool, window)
     method.prepare(source)
 
     stamp = {

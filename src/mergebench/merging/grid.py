@@ -69,7 +69,7 @@ class MemorySource(TensorSource):
 def load_inputs(base_dir: Path, expert_dirs: Mapping[str, Path], *, allow_pickle: bool = False
                 ) -> tuple[dict[str, "torch.Tensor"], list[dict[str, "torch.Tensor"]]]:
     """Every tensor of the base and the (vocabulary-aligned, finite-checked) experts, read once."""
-    base_reader, readers, _plan = open_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
+    base_reader, readers = open_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
     base = {name: base_reader.get(name) for name in base_reader.names()}
     experts = []
     for label, reader in readers.items():
