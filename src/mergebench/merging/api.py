@@ -33,8 +33,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
 from mergebench.merging.tensors import scaled_sum
+from mergebench.merging.threads import ordered_map
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (
@@ -67,10 +70,19 @@ class MergeContext:
 
 
 class TensorSource(ABC):
-    """Streams (name, base, experts) for :meth:`MergeMethod.prepare` passes."""
+    """Streams (name, base, experts) for :meth:`MergeMethod.prepare` passes.
 
-    @abstractmethod
-    def names(self) -> list[str]: ...
+    A source reads its tensors one way (from checkpoints, from memory) and shares the rest:
+    :meth:`map` runs on the merge threads it was given (``pool``, at most ``window`` tensors in
+    flight; none: in the calling thread).
+    """
+
+    def __init__(self, names: Sequence[str], *, pool: "ThreadPoolExecutor | None" = None, window: int = 1) -> None:
+        self._names = list(names)
+        self._pool, self._window = pool, window
+
+    def names(self) -> list[str]:
+        return list(self._names)
 
     @abstractmethod
     def tensors(self, name: str) -> tuple["torch.Tensor", Sequence["torch.Tensor"]]:
@@ -85,12 +97,11 @@ class TensorSource(ABC):
         return self.tensors(name)[0].numel()
 
     def map(self, fn: Callable[[str, "torch.Tensor", list["torch.Tensor"]], T]) -> Iterator[T]:
-        """Yield ``fn(name, base, experts)`` for every tensor, in name order (the engine runs it on every core).
+        """Yield ``fn(name, base, experts)`` for every tensor, in name order (on every core when given a pool).
 
         ``fn`` must not mutate shared state: return a value and combine the results as they come.
         """
-        for name in self.names():
-            yield fn(name, *self.tensors(name))
+        return ordered_map(self._pool, lambda name: fn(name, *self.tensors(name)), self._names, self._window)
 
     def __iter__(self) -> Iterator[tuple[str, "torch.Tensor", list["torch.Tensor"]]]:
         for name in self.names():

@@ -109,13 +109,10 @@ class MergeReport:
 
 
 class _StreamingSource(TensorSource):
-    def __init__(self, base: CheckpointReader, experts: Mapping[str, CheckpointReader],
-                 names: list[str], device: str, pool: ThreadPoolExecutor | None = None, window: int = 1) -> None:
-        self.base, self.experts, self._names, self.device = base, experts, names, device
-        self.pool, self.window = pool, window
-
-    def names(self) -> list[str]:
-        return list(self._names)
+    def __init__(self, base: CheckpointReader, experts: Mapping[str, CheckpointReader], names: list[str], device: str,
+                 *, pool: ThreadPoolExecutor | None = None, window: int = 1) -> None:
+        super().__init__(names, pool=pool, window=window)
+        self.base, self.experts, self.device = base, experts, device
 
     def numel(self, name: str) -> int:
         return math.prod(self.base.shape(name))
@@ -125,9 +122,6 @@ class _StreamingSource(TensorSource):
 
         base = self.base.get(name).to(self.device, torch.float32)
         return base, LazyExperts(name, base, self.experts, self.device)
-
-    def map(self, fn):
-        return ordered_map(self.pool, lambda name: fn(name, *self.tensors(name)), self._names, self.window)
 
 
 def open_inputs(base_dir: Path, expert_dirs: Mapping[str, Path], *, allow_pickle: bool = False
@@ -194,7 +188,7 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
     names = base.names()
     merged_names = [n for n in names if method.merges(n)]
     window = worker_count(context) + 1
-    source = _StreamingSource(base, experts, merged_names, context.device, pool, window)
+    source = _StreamingSource(base, experts, merged_names, context.device, pool=pool, window=window)
     method.prepare(source)
 
     stamp = {

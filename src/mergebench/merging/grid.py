@@ -34,10 +34,12 @@ from mergebench.checkpoint import vocab_aligned
 from mergebench.merging.api import MergeContext, TensorSource
 from mergebench.merging.engine import build_method, check_finite, open_inputs
 from mergebench.merging.tensors import scaled_sum
-from mergebench.merging.threads import merge_threads, ordered_map, worker_count
+from mergebench.merging.threads import merge_threads, worker_count
 from mergebench.specs import MethodSpec
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
 
@@ -45,13 +47,9 @@ class MemorySource(TensorSource):
     """Base and experts held in memory (stored dtype), handed out as float32 per tensor."""
 
     def __init__(self, base: Mapping[str, "torch.Tensor"], experts: Sequence[Mapping[str, "torch.Tensor"]],
-                 names: list[str], device: str = "cpu") -> None:
-        self.base, self.experts, self._names, self.device = base, experts, names, device
-        self.pool = None
-        self.window = 1
-
-    def names(self) -> list[str]:
-        return list(self._names)
+                 names: list[str], device: str = "cpu", *, pool: ThreadPoolExecutor | None = None, window: int = 1) -> None:
+        super().__init__(names, pool=pool, window=window)
+        self.base, self.experts, self.device = base, experts, device
 
     def numel(self, name: str) -> int:
         return self.base[name].numel()
@@ -61,9 +59,6 @@ class MemorySource(TensorSource):
 
         return (self.base[name].to(self.device, torch.float32),
                 [e[name].to(self.device, torch.float32) for e in self.experts])
-
-    def map(self, fn):
-        return ordered_map(self.pool, lambda name: fn(name, *self.tensors(name)), self._names, self.window)
 
 
 def load_inputs(base_dir: Path, expert_dirs: Mapping[str, Path], *, allow_pickle: bool = False
@@ -142,9 +137,8 @@ class GridMerger:
 
     def _source(self, method, pool) -> MemorySource:
         names = [n for n in self.base if method.merges(n)]
-        source = MemorySource(self.base, self.experts, names, self.context.device)
-        source.pool, source.window = pool, worker_count(self.context) + 1
-        return source
+        return MemorySource(self.base, self.experts, names, self.context.device, pool=pool,
+                            window=worker_count(self.context) + 1)
 
     def _ensure_deltas(self, groups: Mapping[str, Mapping[str, Any]]) -> None:
         """The merged task vector of every group not computed yet, in one pass over the inputs.
