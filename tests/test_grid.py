@@ -51,6 +51,14 @@ def test_a_bad_point_fails_before_anything_is_read(tiny_llama, tmp_path):
         next(merge_grid(spec("ties"), [{"density": 0.2}, {"density": 2.0}], tiny_llama, {"math": tmp_path / "missing"}))
 
 
+def test_the_grid_merger_validates_points_before_it_reads_its_inputs(tiny_llama, tmp_path):
+    from mergebench.merging.grid import GridMerger
+
+    merger = GridMerger(spec("ties"), tiny_llama, {"math": tmp_path / "missing"})  # reads nothing yet
+    with pytest.raises(UsageError, match=r"density=2.0 is out of range"):
+        merger.scaled([{"density": 0.2}, {"density": 2.0}])
+
+
 def test_grid_points_enumerate_table_7():
     assert len(grid_points(spec("ties"))) == 30
     assert len(grid_points(spec("task_arithmetic"))) == 10

@@ -27,6 +27,7 @@ the same point. Memory: the inputs, plus one merged task vector (float32) per gr
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
@@ -93,15 +94,28 @@ class GridMerger:
         self.context = replace(context or MergeContext(), domains=tuple(expert_dirs))
         self.n_experts = len(expert_dirs)
         self.dtype = dtype
-        self.base, self.experts = load_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
+        self._base_dir, self._expert_dirs, self._allow_pickle = base_dir, dict(expert_dirs), allow_pickle
         self._deltas: dict[str, tuple[set[str], dict[str, "torch.Tensor"]]] = {}
+
+    @cached_property
+    def _inputs(self) -> tuple[dict[str, "torch.Tensor"], list[dict[str, "torch.Tensor"]]]:
+        """Read on first use, after the first points were validated: a bad point fails before any read."""
+        return load_inputs(self._base_dir, self._expert_dirs, allow_pickle=self._allow_pickle)
+
+    @property
+    def base(self) -> dict[str, "torch.Tensor"]:
+        return self._inputs[0]
+
+    @property
+    def experts(self) -> list[dict[str, "torch.Tensor"]]:
+        return self._inputs[1]
 
     def merge(self, points: Iterable[Mapping[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, "torch.Tensor"]]]:
         """Yield ``(resolved params, state dict)`` for every point, grouped by everything but ``scaling``.
 
-        Every point is validated before anything is merged; a bad one raises a UsageError first.
-        The merge threads (torch at one intra-op thread meanwhile) are closed before each yield,
-        so whatever the caller does with a state dict runs on every core.
+        Every point is validated before anything is read or merged; a bad one raises a UsageError
+        first. The merge threads (torch at one intra-op thread meanwhile) are closed before each
+        yield, so whatever the caller does with a state dict runs on every core.
         """
         resolved = self._validated(points)
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -213,8 +227,4 @@ def merge_grid(
 
     Every point is validated before anything is read; a bad one raises a UsageError first.
     """
-    points = list(points)
-    context = replace(context or MergeContext(), domains=tuple(expert_dirs))
-    for params in points:
-        build_method(spec, spec.resolve_params(params), context, len(expert_dirs))
     yield from GridMerger(spec, base_dir, expert_dirs, context=context, dtype=dtype, allow_pickle=allow_pickle).merge(points)
