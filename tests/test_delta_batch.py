@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mergebench.evaluation.api import GenerationRequest, LoglikelihoodRequest  # noqa: E402
-from mergebench.evaluation.delta_batch import DeltaBatch, NotAffine, Variant  # noqa: E402
 from mergebench.evaluation.hf import HFLanguageModel  # noqa: E402
+from mergebench.search.shared_decoding import DeltaBatch, NotAffine, Variant  # noqa: E402
 from tests.helpers import load_tensors  # noqa: E402
 
 PROMPTS = [GenerationRequest("abc", 12), GenerationRequest("hello world, this is", 7), GenerationRequest("x", 9)]

@@ -9,8 +9,8 @@ from mergebench import plugin_manager
 from mergebench.errors import UsageError
 from mergebench.merging.api import MergeContext
 from mergebench.merging.engine import merge_checkpoints
-from mergebench.merging.grid import merge_grid
-from mergebench.search import grid_points
+from mergebench.search.grid_merge import merge_grid
+from mergebench.search.strategies import grid_points
 from tests.helpers import load_tensors
 
 
@@ -52,7 +52,7 @@ def test_a_bad_point_fails_before_anything_is_read(tiny_llama, tmp_path):
 
 
 def test_the_grid_merger_validates_points_before_it_reads_its_inputs(tiny_llama, tmp_path):
-    from mergebench.merging.grid import GridMerger
+    from mergebench.search.grid_merge import GridMerger
 
     merger = GridMerger(spec("ties"), tiny_llama, {"math": tmp_path / "missing"})  # reads nothing yet
     with pytest.raises(UsageError, match=r"density=2.0 is out of range"):
@@ -69,7 +69,7 @@ def test_grid_points_enumerate_table_7():
 
 def test_a_group_task_vector_is_kept_for_later_rounds(tiny_llama, tiny_experts):
     """Asking again for a point of a group already merged reuses its task vector and gives the same state."""
-    from mergebench.merging.grid import GridMerger
+    from mergebench.search.grid_merge import GridMerger
 
     merger = GridMerger(spec("ties"), tiny_llama, tiny_experts)
     (_, first), = merger.merge([{"density": 0.2, "scaling": 0.5}])
@@ -99,9 +99,9 @@ def test_the_caller_gets_each_state_with_torch_threads_restored(tiny_llama, tiny
 def test_a_rounds_groups_share_one_threshold_pass_and_merge_as_each_alone(name, points, tiny_llama, tiny_experts,
                                                                         tmp_path, monkeypatch):
     """Global thresholds of every density (and outlier cut) come from one histogram pass; points equal their checkpoints."""
-    from mergebench.merging.grid import GridMerger
     from mergebench.merging.tensors import scaled_sum
     from mergebench.merging.topk import MagnitudeSelector
+    from mergebench.search.grid_merge import GridMerger
 
     histograms = []
     original = MagnitudeSelector.histogram

@@ -152,7 +152,7 @@ def test_roles_and_suites_of_the_embedded_suite():
 
 
 def test_tasks_that_generate_say_so(context):
-    """``generates`` decides when the search scores a surrogate's items (validation.GENERATION_FROM)."""
+    """``generates`` decides when the search scores a surrogate's items (search.objective.GENERATION_FROM)."""
     offline = [s for s in plugin_manager.registries().tasks.specs() if s.suites & {"mini", "mini-gen", "tiny"}]
     assert len(offline) > 20
     for spec in offline:

@@ -6,9 +6,9 @@ import random
 from pathlib import Path
 
 from mergebench.merging.api import MergeContext
-from mergebench.search import GridSearch, SuccessiveHalving, grid_points
+from mergebench.search.objective import GENERATION_FROM, MergeObjective, Surrogate, item_span
+from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points
 from mergebench.specs import HyperParam, MethodSpec, TaskSpec
-from mergebench.validation import GENERATION_FROM, MergeObjective, Surrogate, item_span
 
 
 class Quadratic:

@@ -22,8 +22,8 @@ from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.merging.api import MergeContext
 from mergebench.pipeline import Pipeline, RunContext
-from mergebench.search import GridSearch, SuccessiveHalving, grid_points
-from mergebench.validation import UNITS, MergeObjective, Surrogate
+from mergebench.search.objective import UNITS, MergeObjective, Surrogate
+from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--method", default="ties")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--no-shared-decoding", action="store_true",
-                        help="score grid points one at a time (the search before evaluation/delta_batch)")
+                        help="score grid points one at a time (the search before shared decoding)")
     args = parser.parse_args()
 
     registries = plugin_manager.registries()

@@ -272,8 +272,8 @@ class Pipeline:
         Cached like every stage: the key holds the inputs' keys, the method, the grid, the
         strategy and the surrogates with their item lists.
         """
-        from mergebench.search import grid_points, strategy
-        from mergebench.validation import GENERATION_FROM, UNITS, MergeObjective, Surrogate
+        from mergebench.search.objective import GENERATION_FROM, UNITS, MergeObjective, Surrogate
+        from mergebench.search.strategies import grid_points, strategy
 
         points = grid_points(method, {k: method.param(k).validate(v) for k, v in (fixed or {}).items()})
         if len(points) <= 1:

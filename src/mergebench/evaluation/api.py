@@ -122,7 +122,7 @@ class Task(ABC):
     supports_start: bool = False
     generates: bool = False
     """Whether items are scored from generated text: each costs a point of the search its own decode
-    steps (see :data:`mergebench.validation.GENERATION_FROM`), where a log-likelihood item costs one pass."""
+    steps (see :data:`mergebench.search.objective.GENERATION_FROM`), where a log-likelihood item costs one pass."""
 
     def __init__(self, spec: TaskSpec, context: Any, limit: int | None = None) -> None:
         self.spec = spec

@@ -51,7 +51,7 @@ class HFLanguageModel(LanguageModel):
     row_listener = None
     """Called with the requests of a generation batch's rows, in row order, before each forward.
 
-    :mod:`mergebench.evaluation.delta_batch` batches rows of different weight variants and needs
+    :mod:`mergebench.search.shared_decoding` batches rows of different weight variants and needs
     to know which row is which after finished rows leave the batch.
     """
 

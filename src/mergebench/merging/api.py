@@ -16,7 +16,7 @@ Optional hooks make methods fast to validate and possible to feed with data:
 
 * A method whose output is ``base + scaling · delta`` sets ``scales_delta = True`` and
   implements :meth:`MergeMethod.merge_delta`; a grid of λ then reuses one delta
-  (:mod:`mergebench.merging.grid`).
+  (:mod:`mergebench.search.grid_merge`).
 * :meth:`MergeMethod.prepare_all` prepares several configurations of a method at once (a
   search's densities): a method whose :meth:`~MergeMethod.prepare` passes could serve them all
   overrides it.

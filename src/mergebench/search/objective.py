@@ -1,6 +1,6 @@
 """The validation objective of the hyperparameter search: merge in memory, score surrogate items.
 
-For one model and method, every grid point is merged by :class:`mergebench.merging.grid.GridMerger`
+For one model and method, every grid point is merged by :class:`mergebench.search.grid_merge.GridMerger`
 (inputs read once for the whole search, points that differ only in λ share one merged task vector,
 kept across rounds) into one resident model (no checkpoint is written), and scored on the
 validation surrogates (tasks with ``role="validation"``: Appendix B.2 of the study). The
@@ -9,7 +9,7 @@ on the same surrogate (inverted for lower-is-better metrics), i.e. the normalize
 study reports, measured on validation data.
 
 Points of methods whose merges are ``base + λ·Δ`` (TIES, DARE, Task Arithmetic, ...) are scored
-together through :mod:`mergebench.evaluation.delta_batch`: their generations share decode
+together through :mod:`mergebench.search.shared_decoding`: their generations share decode
 steps, which one point at a time would pay alone whatever its item count; each point's
 log-likelihoods run on its own weights. Other methods load each point's state dict in turn.
 
@@ -39,7 +39,7 @@ GENERATION_FROM = UNITS // 3
 
 Why: a generated item costs a point its own decode steps (64 for an IFEval-like prompt), a
 log-likelihood item one forward pass. Points with different weights cannot share a decode batch
-for free (:mod:`mergebench.evaluation.delta_batch` shares steps, but a shared step reads the base
+for free (:mod:`mergebench.search.shared_decoding` shares steps, but a shared step reads the base
 and every merged task vector), so on the embedded suite the second round (10 points on 3/27 of
 the items) spent 23 of its 35 s decoding one IFEval-like and one refusal prompt per point (it
 takes ~13 s without them; TIES' halving went from ~3x one evaluation to ~2.6x). From
@@ -81,7 +81,7 @@ def _key(params: Mapping[str, Any]) -> tuple:
 
 
 class MergeObjective:
-    """:class:`mergebench.search.Objective` over in-memory merges of one (model, method)."""
+    """:class:`mergebench.search.strategies.Objective` over in-memory merges of one (model, method)."""
 
     n_items = UNITS
 
@@ -105,7 +105,7 @@ class MergeObjective:
         self.share_decoding = share_decoding
 
     def scores(self, points, start, stop):
-        from mergebench.merging.grid import GridMerger
+        from mergebench.search.grid_merge import GridMerger
 
         if self._lm is None:
             self._lm = self._load_model()
@@ -121,8 +121,8 @@ class MergeObjective:
         return out
 
     def _scores_shared(self, scaled, start, stop):
-        """Points that are ``base + λ·Δ`` evaluated together (:mod:`mergebench.evaluation.delta_batch`)."""
-        from mergebench.evaluation.delta_batch import DeltaBatch, Variant
+        """Points that are ``base + λ·Δ`` evaluated together (:mod:`mergebench.search.shared_decoding`)."""
+        from mergebench.search.shared_decoding import DeltaBatch, Variant
 
         if self._batch is None:
             self._batch = DeltaBatch(self._lm, self._merger.base, {})

@@ -14,7 +14,7 @@ its time merging and evaluating. This module makes the merging part cheap:
 
 Example::
 
-    from mergebench.merging.grid import merge_grid
+    from mergebench.search.grid_merge import merge_grid
     points = [{"density": d, "scaling": s} for d in (0.1, 0.2, 0.3) for s in (0.5, 1.0)]
     for params, state in merge_grid(spec, points, base_dir, {"math": m, "coding": c}):
         model.load_state_dict(state)
