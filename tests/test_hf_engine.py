@@ -101,3 +101,15 @@ def test_generation_matches_transformers_greedy_and_stops_per_row(lm):
     stop = next(ch for ch in text[1:] if ch.isascii() and ch.isprintable())
     short, full = lm.generate([GenerationRequest("abc", 8, (stop,)), GenerationRequest("abc", 8)])
     assert short == text[: text.index(stop)] and full == text
+
+
+def test_a_row_listener_sees_each_batchs_rows_in_order_before_every_forward(lm):
+    """Shared decoding tells rows apart by what the listener was told; rows leave as they reach their budget."""
+    r = [GenerationRequest(f"prompt {i}", max_new_tokens=n) for i, n in enumerate([3, 1, 2, 4, 2])]
+    seen: list[list[GenerationRequest]] = []
+    texts = lm.generate(r, keep_order=True, batch_size=2, row_listener=seen.append)
+
+    assert seen == [[r[0], r[1]], [r[0]], [r[0]],  # batches of two consecutive requests; the prefill, then each step
+                    [r[2], r[3]], [r[2], r[3]], [r[3]], [r[3]],
+                    [r[4]], [r[4]]]
+    assert texts == lm.generate(r) and lm.batch_size == 3  # the listener and this call's batch size change nothing else

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mergebench.errors import UsageError
 from mergebench.specs import TaskSpec
@@ -56,6 +56,35 @@ class LanguageModel(ABC):
 
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]: ...
+
+
+RowListener = Callable[[list[GenerationRequest]], None]
+"""Called with the requests a generation batch's rows hold, in row order, before each forward pass."""
+
+
+class RowTrackingModel(LanguageModel):
+    """A model in this process whose generation tells, before every forward pass, which request each row holds.
+
+    Why: the search's shared decoding (:mod:`mergebench.search.shared_decoding`) puts rows of
+    several weight variants in one batch, hooks the layers of ``model`` (the torch module
+    holding the weights) and must know which row is which as finished rows leave the batch.
+    Other models are evaluated one variant at a time.
+    """
+
+    model: Any
+    tokenizer: Any
+    device: str
+    batch_size: int
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest], *, keep_order: bool = False, batch_size: int | None = None,
+                 row_listener: RowListener | None = None) -> list[str]:
+        """Greedy continuations, as :meth:`LanguageModel.generate`.
+
+        ``keep_order``: batches of consecutive requests (not sorted by prompt length);
+        ``batch_size``: rows of one batch in this call (default: the model's own);
+        ``row_listener``: told each batch's rows before every forward pass.
+        """
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from mergebench import progress
 from mergebench.evaluation import packing
-from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
+from mergebench.evaluation.api import GenerationRequest, Loglikelihood, LoglikelihoodRequest, RowListener, RowTrackingModel
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ def load_model(path: Path | str, device: str = "cpu", dtype: str = "auto"):
     return model, tokenizer
 
 
-class HFLanguageModel(LanguageModel):
+class HFLanguageModel(RowTrackingModel):
     """A transformers causal LM in this process.
 
     ``batch_size`` bounds the rows of one generation batch. Log-likelihood rows are packed into
@@ -48,12 +48,6 @@ class HFLanguageModel(LanguageModel):
     """
 
     backend = "hf"
-    row_listener = None
-    """Called with the requests of a generation batch's rows, in row order, before each forward.
-
-    :mod:`mergebench.search.shared_decoding` batches rows of different weight variants and needs
-    to know which row is which after finished rows leave the batch.
-    """
 
     def __init__(self, model, tokenizer, *, name: str = "model", batch_size: int = 16, device: str = "cpu",
                  token_budget: int = 4096, sequence_tokens: int = 512) -> None:
@@ -89,7 +83,8 @@ class HFLanguageModel(LanguageModel):
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def generate(self, requests: Sequence[GenerationRequest], *, keep_order: bool = False) -> list[str]:
+    def generate(self, requests: Sequence[GenerationRequest], *, keep_order: bool = False, batch_size: int | None = None,
+                 row_listener: RowListener | None = None) -> list[str]:
         """Greedy continuations; batches follow prompt length unless ``keep_order`` (batches of consecutive requests)."""
         import torch
 
@@ -97,15 +92,18 @@ class HFLanguageModel(LanguageModel):
                    for r in requests]
         order = list(range(len(requests))) if keep_order else sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
         outputs: list[str] = [""] * len(requests)
+        rows = batch_size or self.batch_size
         with torch.inference_mode(), progress.progress(f"generate ({self.name})", total=len(requests)) as bar:
-            for start in range(0, len(order), self.batch_size):
-                batch_ids = order[start:start + self.batch_size]
-                texts = self._generate_batch([encoded[i] for i in batch_ids], [requests[i] for i in batch_ids], bar)
+            for start in range(0, len(order), rows):
+                batch_ids = order[start:start + rows]
+                texts = self._generate_batch([encoded[i] for i in batch_ids], [requests[i] for i in batch_ids], bar,
+                                             row_listener)
                 for i, text in zip(batch_ids, texts):
                     outputs[i] = text
         return outputs
 
-    def _generate_batch(self, prompts: list[list[int]], batch: Sequence[GenerationRequest], bar) -> list[str]:
+    def _generate_batch(self, prompts: list[list[int]], batch: Sequence[GenerationRequest], bar,
+                        row_listener: RowListener | None) -> list[str]:
         import torch
         from transformers import DynamicCache
 
@@ -122,8 +120,8 @@ class HFLanguageModel(LanguageModel):
         cache = DynamicCache(config=self.model.config)
         generated: list[list[int]] = [[] for _ in batch]
         active = list(range(len(batch)))  # batch rows still generating, in cache order
-        if self.row_listener is not None:
-            self.row_listener(list(batch))
+        if row_listener is not None:
+            row_listener(list(batch))
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits
         next_positions = positions[:, -1:] + 1
@@ -149,8 +147,8 @@ class HFLanguageModel(LanguageModel):
                 active = [active[slot] for slot in keep]
             step = torch.tensor([[generated[row][-1]] for row in active], device=device)
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            if self.row_listener is not None:
-                self.row_listener([batch[row] for row in active])
+            if row_listener is not None:
+                row_listener([batch[row] for row in active])
             logits = self.model(input_ids=step, attention_mask=mask, position_ids=next_positions,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             next_positions = next_positions + 1

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from mergebench.errors import UsageError
+from mergebench.evaluation.api import RowTrackingModel
 from mergebench.merging.api import MergeContext
 from mergebench.results import ratio
 from mergebench.specs import MethodSpec, TaskSpec
@@ -111,7 +112,7 @@ class MergeObjective:
             self._lm = self._load_model()
             self._merger = GridMerger(self.method, self.base_dir, self.expert_dirs, context=self.context)
         scaled = self._merger.scaled(points) if self.share_decoding else None
-        if scaled is not None and hasattr(self._lm, "row_listener"):
+        if scaled is not None and isinstance(self._lm, RowTrackingModel):
             return self._scores_shared(scaled, start, stop)
         wanted = {_key(self.method.resolve_params(p)): i for i, p in enumerate(points)}
         out: list[dict[str, list[float]] | None] = [None] * len(points)

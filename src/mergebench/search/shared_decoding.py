@@ -35,13 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 from mergebench import progress
-from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
+from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest, RowTrackingModel
 from mergebench.merging.tensors import scaled_sum
 
 if TYPE_CHECKING:
     import torch
-
-    from mergebench.evaluation.hf import HFLanguageModel
 
 T = TypeVar("T")
 
@@ -69,7 +67,7 @@ class DeltaBatch:
     added to it between calls.
     """
 
-    def __init__(self, lm: "HFLanguageModel", base: Mapping[str, "torch.Tensor"],
+    def __init__(self, lm: RowTrackingModel, base: Mapping[str, "torch.Tensor"],
                  deltas: dict[Hashable, Mapping[str, "torch.Tensor"]]) -> None:
         self.lm, self.base, self.deltas = lm, base, deltas
         self.params = dict(lm.model.named_parameters())  # tied weights appear once, under their first name
@@ -142,13 +140,10 @@ class DeltaBatch:
         plan = _RowPlan(lambda request: variants[owner[id(request)]])
         self.restore()
         handles = self._hooks(plan)
-        lm = self.lm
-        saved = lm.batch_size, lm.row_listener
-        lm.batch_size, lm.row_listener = lm.batch_size * ROWS_PER_VARIANT_BATCH, plan.select
         try:
-            texts = lm.generate(flat, keep_order=True)
+            texts = self.lm.generate(flat, keep_order=True, batch_size=self.lm.batch_size * ROWS_PER_VARIANT_BATCH,
+                                     row_listener=plan.select)
         finally:
-            lm.batch_size, lm.row_listener = saved
             for handle in handles:
                 handle.remove()
         out: dict[int, list[str]] = {k: [""] * len(requests) for k, requests in calls.items()}
