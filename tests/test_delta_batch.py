@@ -154,3 +154,26 @@ def test_a_norm_that_refuses_a_weight_per_row_takes_the_generic_update(tiny_llam
 
     assert batch.sharing is True
     assert_each_as_alone(batch, variants, results)
+
+
+def test_a_norm_refusing_a_weight_per_row_is_asked_once_then_takes_the_generic_update(monkeypatch):
+    """``layer_norm`` checks its weight's shape: the first pass finds out, later passes go straight to the fallback."""
+    from mergebench.search.row_updates import RowWeightedUpdate, update_for
+
+    norm = torch.nn.LayerNorm(8)
+    update = update_for(norm, {"weight": "norm.weight", "bias": "norm.bias"})
+    assert isinstance(update, RowWeightedUpdate) and not update.refused
+    tries = []
+    original = update._with_row_weights
+    monkeypatch.setattr(update, "_with_row_weights", lambda *args: tries.append(1) or original(*args))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 8, generator=generator)
+    delta = {"norm.weight": torch.randn(8, generator=generator), "norm.bias": torch.randn(8, generator=generator)}
+    scales = torch.tensor([0.5, 1.0, 2.0])
+    with torch.no_grad():
+        own = torch.stack([torch.nn.functional.layer_norm(x[i], (8,), norm.weight + s * delta["norm.weight"],
+                                                          norm.bias + s * delta["norm.bias"]) for i, s in enumerate(scales)])
+        for _ in range(2):
+            out = update.apply((x,), [("a", 0, 3, scales)], {"a": delta}, norm(x))
+            assert update.refused and tries == [1]
+            torch.testing.assert_close(out, own)

@@ -22,21 +22,21 @@ Log-likelihood passes are already compute-bound (whole sequences in one pass), w
 pass would double the arithmetic; they run per variant with its weights written into the
 model in place (exactly the weights the merge stage would write).
 
-Tasks stay unaware: each variant's task runs in its own thread against a proxy model; the
-proxies' calls are gathered round by round (a round ends when every unfinished task waits on
-a call) and served together by the calling thread, which alone touches torch.
+Tasks stay unaware: their calls are gathered round by round (:mod:`mergebench.search.rounds`);
+the per-layer updates of a shared pass are in :mod:`mergebench.search.row_updates`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 from mergebench import progress
-from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest, RowTrackingModel
+from mergebench.evaluation.api import GenerationRequest, LanguageModel, RowTrackingModel
 from mergebench.merging.tensors import scaled_sum
+from mergebench.search.rounds import Rounds
+from mergebench.search.row_updates import RowPlan, update_for
 
 if TYPE_CHECKING:
     import torch
@@ -103,10 +103,8 @@ class DeltaBatch:
         self._dirty = set()
 
     # -- the shared pass -------------------------------------------------------------------
-    def _hooks(self, rows: "_RowPlan") -> list:
-        """Forward hooks making every layer Δ touches give each row its variant's output (see :func:`_extra_fn`)."""
-        import torch
-
+    def _hooks(self, rows: RowPlan) -> list:
+        """Forward hooks making every layer Δ touches give each row its variant's output (see :mod:`.row_updates`)."""
         owner = {id(p): name for name, p in self.params.items()}
         handles = []
         for module in self.lm.model.modules():
@@ -117,10 +115,10 @@ class DeltaBatch:
                 continue
             if any(True for child in module.children() for _ in child.parameters()):
                 raise NotAffine(f"{type(module).__name__} has parameters and sub-layers with parameters")
-            extra = _extra_fn(module, touched, torch)
+            update = update_for(module, touched)
             groups = {g: d for g, d in self.deltas.items() if any(name in d for name in touched.values())}
             handles.append(module.register_forward_hook(
-                lambda mod, args, out, extra=extra, groups=groups: rows.add(out, args, extra, groups)))
+                lambda mod, args, out, update=update, groups=groups: rows.add(out, args, update, groups)))
         return handles
 
     def _shared_generate(self, variants: Sequence[Variant], calls: Mapping[int, Sequence[GenerationRequest]]
@@ -137,7 +135,7 @@ class DeltaBatch:
         # stays so as rows finish), longest prompts first within a group (less padding)
         groups = list(dict.fromkeys(variants[k].group for k in calls))
         flat.sort(key=lambda r: (groups.index(variants[owner[id(r)]].group), -len(r.prompt)))
-        plan = _RowPlan(lambda request: variants[owner[id(request)]])
+        plan = RowPlan(lambda request: variants[owner[id(request)]])
         self.restore()
         handles = self._hooks(plan)
         try:
@@ -160,7 +158,7 @@ class DeltaBatch:
             self.materialize(variant)
             own = self.lm.model(input_ids=tokens).logits.float()
             self.restore()
-            plan = _RowPlan(lambda _row: variant)
+            plan = RowPlan(lambda _row: variant)
             plan.select([None])
             handles = self._hooks(plan)
             try:
@@ -187,7 +185,7 @@ class DeltaBatch:
         runs = [run] * len(variants) if callable(run) else list(run)
         if len(runs) != len(variants):
             raise ValueError(f"{len(runs)} task functions for {len(variants)} variants")
-        rounds = _Rounds(self.lm, runs)
+        rounds = Rounds(self.lm, runs)
         try:
             return rounds.run(lambda calls: self._serve(variants, calls))
         finally:
@@ -235,206 +233,3 @@ def _in_place(param, base, delta) -> bool:
     import torch
 
     return param.dtype == base.dtype == delta.dtype == torch.float32 and param.device == base.device == delta.device
-
-
-def _extra_fn(module, touched: Mapping[str, str], torch):
-    """How a layer's output becomes each row's variant's output, by the kind of layer.
-
-    Linear and embedding layers add ``λ_row · f(x; Δ)`` per segment of rows (their ``f(x; 0)`` is
-    0). Layers whose touched parameters are all vectors (norms) are called once with a weight per
-    row, ``base + λ_row · Δ_row``: exactly the variant's own weight, one call for all segments.
-    Anything else takes the generic update ``λ_row · (f(x; Δ) − f(x; 0))`` per segment.
-    """
-    import torch.nn.functional as F
-    from torch.func import functional_call
-
-    def per_row(scales, like):
-        return scales.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-    if type(module).forward is torch.nn.Linear.forward:  # subclasses may rescale: they take the generic path
-        def linear(args, group, scales, out):
-            weight, bias = group.get(touched.get("weight")), group.get(touched.get("bias"))
-            x = args[0]
-            if weight is not None:  # scale the inputs: in <= out mostly; add into the rows' output in place
-                rows = (x * per_row(scales, x)).reshape(-1, x.shape[-1])
-                out.view(-1, out.shape[-1]).addmm_(rows, weight.to(x.dtype).t())
-            if bias is not None:
-                out.add_(per_row(scales, out) * bias.to(out.dtype))
-            return out
-        return linear
-    if type(module).forward is torch.nn.Embedding.forward:
-        def embedding(args, group, scales, out):
-            update = F.embedding(args[0], group[touched["weight"]]).to(module.weight.dtype)
-            return out.add_(update * per_row(scales, update))
-        return embedding
-
-    def generic(args, group, scales, out):
-        zeros = {attr: torch.zeros_like(p) for attr, p in module._parameters.items() if p is not None}
-        swapped = {attr: group[name].to(zeros[attr].dtype) if name in group else zeros[attr]
-                   for attr, name in touched.items()}
-        update = functional_call(module, {**zeros, **swapped}, args) - functional_call(module, zeros, args)
-        return out.add_(update * per_row(scales, update))
-
-    if not all(module._parameters[attr].dim() == 1 for attr in touched):
-        return generic
-
-    def row_weighted(args, segments, groups, out):
-        """The layer called once with each row's own vector parameters (shape ``rows × 1… × n``).
-
-        ``None`` if the layer does not take a parameter per row (it then takes the generic path)."""
-        if row_weighted.refused:
-            return None
-        x, rows = args[0], out.shape[0]
-        own = {}
-        for attr, name in touched.items():
-            base = module._parameters[attr].detach()
-            weights = base.expand(rows, -1).clone()
-            for group, start, stop, scales in segments:
-                delta = groups.get(group, {}).get(name)
-                if delta is not None:  # as materialize writes it: base + λ·Δ in float32, per row
-                    weights[start:stop] = scaled_sum(base.to(delta.dtype), delta, scales.to(delta.dtype).view(-1, 1))
-            own[attr] = weights.view(rows, *([1] * (x.dim() - 2)), -1)
-        try:
-            result = functional_call(module, own, args)
-        except RuntimeError:  # a layer that checks its weight's shape (layer_norm)
-            result = None
-        if result is None or result.shape != out.shape or result.dtype != out.dtype:
-            row_weighted.refused = True
-            return None
-        return result
-
-    row_weighted.refused = False
-    row_weighted.generic = generic
-    return row_weighted
-
-
-class _RowPlan:
-    """Which variant each row of the current forward pass belongs to, as contiguous row slices.
-
-    Rows arrive grouped (see :meth:`DeltaBatch._shared_generate`), so each group is a slice
-    ``[start, stop)`` with a per-row scale vector: a layer's update is computed on that slice's
-    rows only and added in place through a view, no gather or scatter of rows.
-    """
-
-    def __init__(self, variant_of: Callable[[Any], Variant]) -> None:
-        self.variant_of = variant_of
-        self.segments: list[tuple[Hashable, int, int, Any]] = []  # (group, start, stop, per-row scales)
-        self.inside = False  # computing a layer's update calls the layer again (generic layers): no hook then
-
-    def select(self, requests: Sequence[Any]) -> None:
-        import torch
-
-        segments: list[tuple[Hashable, int, list[float]]] = []  # (group, start, per-row scales)
-        for row, request in enumerate(requests):
-            variant = self.variant_of(request)
-            if not segments or segments[-1][0] != variant.group:
-                segments.append((variant.group, row, []))
-            segments[-1][2].append(variant.scale)
-        self.segments = [(group, start, start + len(scales), torch.tensor(scales)) for group, start, scales in segments
-                         if any(scales)]
-
-    def add(self, out, args, extra, groups):
-        """``out`` made each row's variant's output, for the groups with a delta of this layer."""
-        if self.inside:
-            return out
-        self.inside = True
-        try:
-            if hasattr(extra, "generic"):  # one call with per-row weights, unless the layer refuses them
-                result = extra(args, self.segments, groups, out)
-                if result is not None:
-                    return result
-                extra = extra.generic
-            rows = out.shape[0]
-            for group, start, stop, scales in self.segments:
-                group_deltas = groups.get(group)
-                if group_deltas is None:
-                    continue
-                part = args if start == 0 and stop == rows else \
-                    tuple(a[start:stop] if hasattr(a, "shape") and a.dim() and a.shape[0] == rows else a for a in args)
-                extra(part, group_deltas, scales, out[start:stop])
-            return out
-        finally:
-            self.inside = False
-
-
-class _Proxy(LanguageModel):
-    """What one variant's task sees: the resident model, with its two calls sent to the rounds."""
-
-    def __init__(self, lm: LanguageModel, rounds: "_Rounds", k: int) -> None:
-        self._lm, self._rounds, self._k = lm, rounds, k
-        self.name = lm.name
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self._lm.has_chat_template
-
-    def chat_prompt(self, messages):
-        return self._lm.chat_prompt(messages)
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        return self._rounds.call(self._k, "generate", list(requests))
-
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        return self._rounds.call(self._k, "loglikelihood", list(requests))
-
-    def __getattr__(self, name: str):
-        return getattr(self._lm, name)
-
-
-class _Rounds:
-    """Runs one job per thread; each round serves every waiting call together."""
-
-    def __init__(self, lm: LanguageModel, runs: Sequence[Callable[[LanguageModel], Any]]) -> None:
-        self.lm, self.runs, self.n = lm, runs, len(runs)
-        self.cond = threading.Condition()
-        self.pending: dict[int, tuple[str, list]] = {}
-        self.answers: dict[int, Any] = {}
-        self.live = self.n
-
-    def call(self, k: int, kind: str, requests: list) -> Any:
-        with self.cond:
-            self.pending[k] = (kind, requests)
-            self.cond.notify_all()
-            while k not in self.answers:
-                self.cond.wait()
-            answer = self.answers.pop(k)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-    def run(self, serve: Callable[[dict[int, tuple[str, list]]], dict[int, Any]]) -> list[Any]:
-        results: list[Any] = [None] * self.n
-        errors: dict[int, BaseException] = {}
-
-        def work(k: int) -> None:
-            try:
-                results[k] = self.runs[k](_Proxy(self.lm, self, k))
-            except BaseException as error:  # noqa: B036 - handed to the calling thread, which re-raises
-                errors[k] = error
-            finally:
-                with self.cond:
-                    self.live -= 1
-                    self.cond.notify_all()
-
-        threads = [threading.Thread(target=work, args=(k,), daemon=True, name=f"variant-{k}") for k in range(self.n)]
-        for thread in threads:
-            thread.start()
-        while True:
-            with self.cond:
-                while self.live and len(self.pending) < self.live:
-                    self.cond.wait()
-                if not self.live:
-                    break
-                calls, self.pending = self.pending, {}
-            try:
-                answers: dict[int, Any] = serve(calls)
-            except BaseException as error:  # noqa: B036 - every waiting task gets it and ends
-                answers = {k: error for k in calls}
-            with self.cond:
-                self.answers.update(answers)
-                self.cond.notify_all()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[min(errors)]
-        return results
