@@ -272,8 +272,9 @@ class Pipeline:
         Cached like every stage: the key holds the inputs' keys, the method, the grid, the
         strategy and the surrogates with their item lists.
         """
-        from mergebench.search.objective import GENERATION_FROM, UNITS, MergeObjective, Surrogate
-        from mergebench.search.strategies import grid_points, strategy
+        from mergebench.search import run_search
+        from mergebench.search.objective import GENERATION_FROM, UNITS, Surrogate
+        from mergebench.search.strategies import grid_points
 
         points = grid_points(method, {k: method.param(k).validate(v) for k, v in (fixed or {}).items()})
         if len(points) <= 1:
@@ -303,16 +304,10 @@ class Pipeline:
                                domains=tuple(experts), statistics=statistics)
 
         def build(out: Path) -> None:
-            from mergebench.evaluation.hf import HFLanguageModel
-
-            objective = MergeObjective(
-                method, base.path, {d: r.path for d, r in experts.items()}, context, surrogates,
-                make_task=lambda spec, limit: spec.load()(spec, self.context, limit=limit),
-                load_model=lambda: HFLanguageModel.from_pretrained(base.path, name=f"{model.name}/{method.name} (search)",
-                                                                   batch_size=self.context.batch_size,
-                                                                   device=self.context.device),
-            )
-            result = strategy(self.context.search).run(points, objective)
+            result = run_search(self.context.search, method, points, base_dir=base.path,
+                                expert_dirs={d: r.path for d, r in experts.items()}, context=context, surrogates=surrogates,
+                                make_task=lambda spec, limit: spec.load()(spec, self.context, limit=limit),
+                                model_name=f"{model.name}/{method.name} (search)", batch_size=self.context.batch_size)
             (out / "search.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
 
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))

@@ -11,3 +11,35 @@ points each). The parts of one search, each behind its own interface:
 * :mod:`~mergebench.search.grid_merge`: many points of one method merged on inputs read once.
 * :mod:`~mergebench.search.shared_decoding`: many ``base + λ·Δ`` points evaluated together.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from mergebench.search.objective import MergeObjective, Surrogate
+from mergebench.search.strategies import SearchResult, strategy
+
+if TYPE_CHECKING:
+    from mergebench.evaluation.api import Task
+    from mergebench.merging.api import MergeContext
+    from mergebench.specs import MethodSpec, TaskSpec
+
+
+def run_search(strategy_name: str, method: "MethodSpec", points: Sequence[Mapping[str, Any]], *, base_dir: Path,
+               expert_dirs: Mapping[str, Path], context: "MergeContext", surrogates: Sequence[Surrogate],
+               make_task: Callable[["TaskSpec", int], "Task"], model_name: str, batch_size: int) -> SearchResult:
+    """Search ``points`` of ``method`` with the strategy ``strategy_name`` (``grid``, ``halving``); the result names the best.
+
+    ``make_task(spec, limit)`` builds a surrogate's task on its first ``limit`` items. The points'
+    weights are written into one copy of the base, loaded in this process (Hugging Face backend,
+    on ``context.device``) when the first point is scored.
+    """
+
+    def load_model():
+        from mergebench.evaluation.hf import HFLanguageModel
+
+        return HFLanguageModel.from_pretrained(base_dir, name=model_name, batch_size=batch_size, device=context.device)
+
+    objective = MergeObjective(method, base_dir, expert_dirs, context, surrogates, make_task=make_task, load_model=load_model)
+    return strategy(strategy_name).run(points, objective)
