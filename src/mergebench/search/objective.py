@@ -1,23 +1,26 @@
 """The validation objective of the hyperparameter search: merge in memory, score surrogate items.
 
-For one model and method, every grid point is merged by :class:`mergebench.search.grid_merge.GridMerger`
-(inputs read once for the whole search, points that differ only in λ share one merged task vector,
-kept across rounds) into one resident model (no checkpoint is written), and scored on the
-validation surrogates (tasks with ``role="validation"``: Appendix B.2 of the study). The
-objective is the mean over surrogates of the merged score relative to the domain expert's score
-on the same surrogate (inverted for lower-is-better metrics), i.e. the normalized performance the
-study reports, measured on validation data.
+For one model and method, every grid point is merged by
+:class:`~mergebench.search.grid_merge.GridMerger` (inputs read once for the whole search, points
+that differ only in λ share one merged task vector, kept across rounds) into one resident model
+(no checkpoint is written), and scored on the validation surrogates (tasks with
+``role="validation"``: Appendix B.2 of the study). The objective is the mean over surrogates of
+the merged score relative to the domain expert's score on the same surrogate (inverted for
+lower-is-better metrics), i.e. the normalized performance the study reports, measured on
+validation data.
 
 Points of methods whose merges are ``base + λ·Δ`` (TIES, DARE, Task Arithmetic, ...) are scored
-together through :mod:`mergebench.search.shared_decoding`: their generations share decode
-steps, which one point at a time would pay alone whatever its item count; each point's
+together through :mod:`~mergebench.search.shared_decoding` when the model can tell the rows of
+a batch apart (:class:`~mergebench.evaluation.api.RowTrackingModel`): their generations share
+decode steps, which one point at a time would pay alone whatever its item count; each point's
 log-likelihoods run on its own weights. Other methods load each point's state dict in turn.
 
 Item ranges: surrogate ``t`` with ``L_t`` items is scored on items ``[round(start L_t / N),
-round(stop L_t / N))`` for the search's item range ``[start, stop)`` out of ``N`` (:func:`item_span`),
-so every surrogate grows in proportion and no item is scored twice for one point. Surrogates
-scored from generated text (``Task.generates``) join later, at unit :data:`GENERATION_FROM`,
-with all their items up to there at once: cheap items first, for the rounds with many points.
+round(stop L_t / N))`` for the search's item range ``[start, stop)`` out of ``N``
+(:func:`item_span`), so every surrogate grows in proportion and no item is scored twice for one
+point. Surrogates scored from generated text (``Task.generates``) join later, at unit
+:data:`GENERATION_FROM`, with all their items up to there at once: cheap items first, for the
+rounds with many points.
 """
 
 from __future__ import annotations
@@ -38,15 +41,11 @@ UNITS = 27
 GENERATION_FROM = UNITS // 3
 """The unit from which items scored from generated text count: successive halving's third round.
 
-Why: a generated item costs a point its own decode steps (64 for an IFEval-like prompt), a
-log-likelihood item one forward pass. Points with different weights cannot share a decode batch
-for free (:mod:`mergebench.search.shared_decoding` shares steps, but a shared step reads the base
-and every merged task vector), so on the embedded suite the second round (10 points on 3/27 of
-the items) spent 23 of its 35 s decoding one IFEval-like and one refusal prompt per point (it
-takes ~13 s without them; TIES' halving went from ~3x one evaluation to ~2.6x). From
-unit 9 on, the 3 finalists score every generated item they would have had, so the final
-decision sees the same items as before; the first two rounds rank on log-likelihood
-surrogates only (a full grid scores all 27 units at once and is unaffected).
+Why: a generated item costs every point its own decode steps where a log-likelihood item costs
+one forward pass, so the rounds with many points rank on log-likelihood surrogates only, and
+from this unit on the finalists score every generated item they would have had, deciding on the
+same items as before (the README's search section has the measurements). A full grid scores
+all units at once and is unaffected.
 """
 
 
@@ -63,13 +62,10 @@ def item_span(start: int, stop: int, items: int, units: int, first_unit: int = 0
     Units below ``first_unit`` cover no item of the task; the unit range reaching it covers all
     the items the units before it would have (see :data:`GENERATION_FROM`).
 
-    Rounded to the nearest item (halves up), not up: rounding up gave every small task an item
-    in the first unit, so on the embedded surrogates one unit scored 7 items where 1/27 of the
-    124 is 4.6 — the IFEval-like surrogate (8 long generations) at 3.4 times its share — and
-    the first round of successive halving (30 points on one unit) scored 1.7 evaluations' worth
-    of items instead of 1.1. A task smaller than ``units`` now joins when its first item's share
-    is reached. Monotone in the unit, so consecutive ranges partition the items, and ``units``
-    units are every item.
+    Rounded to the nearest item (halves up), not up, because rounding up gave every small task
+    an item in the first unit, far more than its share of the first round. A task smaller than
+    ``units`` joins when its first item's share is reached. Monotone in the unit, so consecutive
+    ranges partition the items, and ``units`` units are every item.
     """
     def covered(unit: int) -> int:
         return 0 if unit < first_unit else (2 * unit * items + units) // (2 * units)

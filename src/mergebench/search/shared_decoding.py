@@ -1,29 +1,24 @@
 """Evaluate many merges of the form ``θ = θ_base + λ·Δ`` together, sharing decode steps.
 
-Why: greedy decoding of a few rows is bound by reading the weights, not by arithmetic. On the
-embedded 135M model one decode step costs about 40 ms for one row, 90 ms for sixteen. The
-validation search scores 30 TIES points that differ only in λ and density (three merged task
-vectors Δ); one at a time, every point pays every decode step of every generative surrogate on
-its own, however few items it is scored on.
+Why: greedy decoding of a few rows is bound by reading the weights, not by arithmetic, so points
+decoded one at a time would each pay every decode step of every generative surrogate alone,
+however few items they are scored on.
 
-Every layer whose output is affine in its own parameters (linear, embedding) obeys
-``f(x; θ_B + λΔ) = f(x; θ_B) + λ·(f(x; Δ) − f(x; 0))``. So rows of different variants can share
-one forward pass that reads θ_B and each Δ once: forward hooks add ``λ_row · (f(x; Δ_row) −
-f(x; 0))`` to every such layer's output, with ``λ_row`` and ``Δ_row`` those of the variant the
-row belongs to. Layers whose parameters are vectors (norms) are cheaper still: they are called
-again once with a weight per row, the variant's own ``θ_B + λ_row·Δ_row``. A shared step reads
-the base and one Δ per group, so variants share only when they outnumber that (30 TIES points
-in 3 density groups: yes; 3 finalists in 3 groups: no). Before the first use a self-check
-compares the batched logits with the variant's own weights on a short prompt; an architecture
-the identity does not hold for (a layer not affine in its parameters) fails it and is
-evaluated one variant at a time instead.
+Rows of different variants share one forward pass that reads θ_B and each Δ once: forward hooks
+on every layer Δ touches give each row its variant's output (:mod:`mergebench.search.row_updates`:
+layers affine in their parameters add ``λ_row · (f(x; Δ_row) − f(x; 0))``, norms are called
+again with each row's own weight). A shared step reads the base and one Δ per group, so
+variants share only when they outnumber that (the grid's 30 TIES points in 3 density groups
+do, halving's 3 finalists in 3 groups do not). Before the first use a self-check compares the
+batched logits with the variant's own weights on a short prompt; an architecture the identity
+does not hold for (a layer not affine in its parameters) fails it and is evaluated one variant
+at a time instead.
 
 Log-likelihood passes are already compute-bound (whole sequences in one pass), where the shared
 pass would double the arithmetic; they run per variant with its weights written into the
 model in place (exactly the weights the merge stage would write).
 
-Tasks stay unaware: their calls are gathered round by round (:mod:`mergebench.search.rounds`);
-the per-layer updates of a shared pass are in :mod:`mergebench.search.row_updates`.
+Tasks stay unaware: their calls are gathered round by round (:mod:`mergebench.search.rounds`).
 """
 
 from __future__ import annotations
