@@ -73,3 +73,45 @@ def test_every_registered_validation_surrogate_can_serve_the_search(pipeline):
     assert {"val_wildjailbreak", "val_ifeval_like_mini"} <= {spec.name for spec in surrogates}
     cannot = [spec.name for spec in surrogates if not spec.load().supports_start]
     assert cannot == []
+
+
+def test_a_model_that_cannot_tell_its_rows_apart_scores_points_one_at_a_time_alike(pipeline):
+    """Shared evaluation needs a RowTrackingModel; any other model gets each point's state dict, the same scores."""
+    from mergebench.evaluation.api import LanguageModel
+    from mergebench.evaluation.hf import HFLanguageModel
+    from mergebench.merging.api import MergeContext
+    from mergebench.search.objective import UNITS, MergeObjective, Surrogate
+
+    class Plain(LanguageModel):
+        def __init__(self, lm):
+            self.lm, self.model, self.name = lm, lm.model, lm.name
+
+        has_chat_template = property(lambda self: self.lm.has_chat_template)
+
+        def chat_prompt(self, messages):
+            return self.lm.chat_prompt(messages)
+
+        def generate(self, requests):
+            return self.lm.generate(requests)
+
+        def loglikelihood(self, requests):
+            return self.lm.loglikelihood(requests)
+
+    registries = pipeline.registries
+    model, method = registries.models.get("tiny-llama"), registries.methods.get("task_arithmetic")
+    base = pipeline.base(model)
+    experts = pipeline.experts(model, base)
+    tasks = pipeline.surrogates(model)
+    surrogates = [Surrogate(t, pipeline.evaluate(experts[t.domain], t).n, 1.0) for t in tasks]
+
+    def objective(wrap):
+        return MergeObjective(method, base.path, {d: r.path for d, r in experts.items()}, MergeContext(), surrogates,
+                              make_task=lambda spec, limit: spec.load()(spec, pipeline.context, limit=limit),
+                              load_model=lambda: wrap(HFLanguageModel.from_pretrained(base.path, batch_size=4)))
+
+    points = [{"scaling": 0.5}, {"scaling": 1.0}]
+    shared, alone = objective(lambda lm: lm), objective(Plain)
+    together, one_by_one = shared.scores(points, 0, UNITS), alone.scores(points, 0, UNITS)
+    for mine, theirs in zip(together, one_by_one):  # one call for all surrogates packs rows differently: float noise
+        assert mine.keys() == theirs.keys() and all(mine[k] == pytest.approx(theirs[k], rel=1e-5) for k in mine)
+    assert shared._batch is not None and alone._batch is None
