@@ -9,7 +9,11 @@ points each). The parts of one search, each behind its own interface:
 * :mod:`~mergebench.search.objective`: what a point scores, merged in memory and evaluated on
   item ranges of the validation surrogates, relative to the domain experts.
 * :mod:`~mergebench.search.grid_merge`: many points of one method merged on inputs read once.
-* :mod:`~mergebench.search.shared_decoding`: many ``base + λ·Δ`` points evaluated together.
+* :mod:`~mergebench.search.shared_decoding`: many ``base + λ·Δ`` points evaluated together,
+  their rows in one batch (:mod:`~mergebench.search.row_updates`) and their tasks' calls
+  gathered round by round (:mod:`~mergebench.search.rounds`).
+
+:func:`run_search` runs one search from its inputs; the pipeline's search stage caches its result.
 """
 
 from __future__ import annotations

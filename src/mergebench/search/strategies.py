@@ -1,8 +1,6 @@
-"""Hyperparameter validation search: the full grid, or successive halving on growing item subsets.
+"""Search strategies: the full grid, or successive halving on growing item subsets.
 
-The study tunes each method's coefficients and sparsity on validation surrogates (Appendix B.2,
-Table 7) and finds that validation time dominates TIES and DARE (30 grid points each). Two
-strategies share one interface:
+Two strategies share one interface:
 
 * :class:`GridSearch` scores every grid point on every validation item.
 * :class:`SuccessiveHalving` scores every point on a small prefix of the items, keeps the best
