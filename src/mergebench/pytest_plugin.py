@@ -29,6 +29,9 @@ RESULT_PROPERTY = "mergebench_result"
 cases_key = pytest.StashKey[list]()
 relay_key = pytest.StashKey[Any]()
 
+# The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
+pytest_plugins = ["mergebench.pytest_xdist"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mergebench", "mergebench: benchmark merging methods")
@@ -69,11 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                       help="fail if a value regresses past AMOUNT vs --mb-compare, e.g. normalized:2%% task:gsm8k_mini:1.5pp")
 
 
-def _is_worker(config: pytest.Config) -> bool:
+def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _options(config: pytest.Config) -> dict[str, Any]:
+def selection_options(config: pytest.Config) -> dict[str, Any]:
     return {
         "suites": config.getoption("mb_suite") or ["mini"],
         "models": config.getoption("mb_models"),
@@ -82,6 +85,12 @@ def _options(config: pytest.Config) -> dict[str, Any]:
         "params": config.getoption("mb_param"),
         "checkpoint": config.getoption("mb_checkpoint"),
     }
+
+
+def selection_given(config: pytest.Config) -> bool:
+    """Whether any --mb-* option names what to run (else the default suite, and maybe no benchmark at all)."""
+    options = selection_options(config)
+    return bool(any(options[k] for k in ("models", "methods", "tasks", "params", "checkpoint")) or config.getoption("mb_suite"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,13 +106,11 @@ def pytest_configure(config: pytest.Config) -> None:
         check_backend(config.getoption("mb_backend"))
     except MergebenchError as exc:
         raise pytest.UsageError(f"mergebench: {exc}") from None
-    if _is_worker(config):
-        _configure_worker(config)
+    if is_worker(config):
         return
     thresholds = _check_result_options(config)
     config.pluginmanager.register(ResultCollector(config, thresholds), "mergebench-results")
-    options = _options(config)
-    if any(options[k] for k in ("models", "methods", "tasks", "params", "checkpoint")) or config.getoption("mb_suite"):
+    if selection_given(config):
         _selected_cases(config)  # a bad name or hyperparameter is a usage error before collection starts
 
 
@@ -119,38 +126,10 @@ def _check_result_options(config: pytest.Config):
         raise pytest.UsageError(str(exc)) from None
 
 
-def _configure_worker(config: pytest.Config) -> None:
-    """Give this xdist worker its own GPU and its share of the CPU cores (before torch loads)."""
-    from mergebench.xdist_support import gpu_for_worker
-
-    gpus = config.workerinput.get("mb_gpus") or []
-    worker_id = config.workerinput.get("workerid", "gw0")
-    workers = int(config.workerinput.get("workercount", 1) or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    if gpus and config.getoption("mb_device") in ("auto", "cuda"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for_worker(worker_id, gpus) or ""
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
-    """xdist controller hook: pass GPUs and the progress folder to a new worker."""
-    from mergebench.xdist_support import visible_gpus
-
-    config = node.config
-    node.workerinput["mb_gpus"] = visible_gpus()
-    relay = _relay(config)
-    node.workerinput["mb_progress_dir"] = str(relay.folder)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto`` on a benchmark run: one worker per visible GPU (None lets xdist count CPUs)."""
-    from mergebench.xdist_support import visible_gpus
-
-    runs_benchmarks = any("benchmark" in str(arg) for arg in config.args) or any(
-        v for k, v in _options(config).items() if k != "suites") or config.getoption("mb_suite")
-    gpus = visible_gpus() if runs_benchmarks and config.getoption("mb_device") != "cpu" else []
-    return len(gpus) or None
+    """xdist controller hook: tell a new worker where its progress goes."""
+    node.workerinput["mb_progress_dir"] = str(_relay(node.config).folder)
 
 
 def _relay(config: pytest.Config):
@@ -178,7 +157,7 @@ def _selected_cases(config: pytest.Config):
         from mergebench.selection import select_cases
 
         try:
-            config.stash[cases_key] = select_cases(plugin_manager.registries(), **_options(config))
+            config.stash[cases_key] = select_cases(plugin_manager.registries(), **selection_options(config))
         except MergebenchError as exc:
             raise pytest.UsageError(f"mergebench: {exc}") from None
     return config.stash[cases_key]
@@ -204,7 +183,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_report_collectionfinish(config: pytest.Config, items) -> str | None:
     """When ``-k`` leaves no benchmark case of the selected suites, say which suite has matches."""
     keyword = config.getoption("keyword")
-    if not keyword or _is_worker(config) or cases_key not in config.stash:
+    if not keyword or is_worker(config) or cases_key not in config.stash:
         return None
     if any("mb_case" in getattr(item, "fixturenames", ()) for item in items):
         return None
@@ -367,7 +346,7 @@ class _RelayRichSink(RichSink):
 
 
 def _progress_sink(config: pytest.Config):
-    if _is_worker(config):
+    if is_worker(config):
         from mergebench.xdist_support import FileSink
 
         folder = config.workerinput.get("mb_progress_dir")
@@ -549,6 +528,6 @@ def _run_meta(config: pytest.Config) -> dict[str, Any]:
         "mergebench_version": __version__,
         "machine": platform.node(),
         "python": platform.python_version(),
-        "options": _options(config),
+        "options": selection_options(config),
         "device": config.getoption("mb_device"),
     }

@@ -1,16 +1,9 @@
-"""Running cases on several GPUs with pytest-xdist: one GPU per worker, progress forwarded.
+"""Progress forwarded from pytest-xdist workers to the controller.
 
-* ``pytest -n auto`` starts one worker per visible GPU (``pytest_xdist_auto_num_workers``).
-* The controller hands its GPU list to every worker (``workerinput``); worker ``gwN`` sets
-  ``CUDA_VISIBLE_DEVICES`` to GPU ``N mod count`` in ``pytest_configure`` — before anything
-  imports torch, which collection never does — so each worker sees exactly one GPU.
-* Workers cannot write to the controller's terminal, so their progress goes as JSON-line events
-  (bar start / update / end, notes) to one file per worker in a folder the controller tails
-  (``ProgressRelay``) and replays into its own sink: Rich bars labelled with the worker on a
-  terminal, the same plain lines as a serial run (prefixed ``[gwN]``) otherwise.
-
-GPU discovery never imports torch: ``MERGEBENCH_FAKE_GPUS`` (tests), else
-``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``.
+Workers cannot write to the controller's terminal, so their progress goes as JSON-line events
+(bar start / update / end, notes) to one file per worker in a folder the controller tails
+(``ProgressRelay``) and replays into its own sink: Rich bars labelled with the worker on a
+terminal, the same plain lines as a serial run (prefixed ``[gwN]``) otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +13,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -28,30 +20,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mergebench.progress import Bar, LineSink, Sink
-
-
-def visible_gpus() -> list[str]:
-    fake = os.environ.get("MERGEBENCH_FAKE_GPUS")
-    if fake is not None:
-        return [g.strip() for g in fake.split(",") if g.strip()]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU ")]
-
-
-def worker_index(worker_id: str) -> int:
-    """``gw3`` → 3."""
-    digits = "".join(c for c in worker_id if c.isdigit())
-    return int(digits) if digits else 0
-
-
-def gpu_for_worker(worker_id: str, gpus: list[str]) -> str | None:
-    return gpus[worker_index(worker_id) % len(gpus)] if gpus else None
 
 
 class _FileBar:
