@@ -1,18 +1,18 @@
-"""The pytest plugin: benchmark cases as parametrized tests, results gathered, reported and gated.
+"""The pytest plugin: what to run, as parametrized tests, and the fixtures that run a case.
 
 Any test that takes the ``mb_case`` fixture is parametrized over the selected (model, method,
 task) grid with ids like ``gemma-2-2b-it-ties-gsm8k``, and marked with the task's domain and the
 method's family, so ``-k "ties and gemma"`` or ``-m math`` select cases. Collection imports no
 torch: specs are plain data and implementations load when a case runs.
 
-Results travel from xdist workers to the controller in ``item.user_properties``; the controller
-alone gathers them (:class:`ResultCollector`), prints the tables, writes ``--mb-json`` and
-``--mb-save``, compares with a saved run and fails the session on regressions.
+This module is the ``pytest11`` entry point; each other feature is a plugin module it loads:
+:mod:`~mergebench.pytest_progress` (progress on pytest's terminal, relayed from xdist workers),
+:mod:`~mergebench.pytest_results` (results gathered, saved, compared and gated) and
+:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,10 @@ import pytest
 
 from mergebench.errors import MergebenchError
 
-RESULT_PROPERTY = "mergebench_result"
 cases_key = pytest.StashKey[list]()
 
 # The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
-pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_xdist"]
+pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,16 +54,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="folder with local copies of hub models, as DIR/<org>/<name> (repeatable)")
     group.addoption("--mb-allow-pickle", action="store_true", default=False,
                     help="also load pytorch_model.bin pickles (only for files you trust)")
-    results = parser.getgroup("mergebench-results", "mergebench: saving, comparing and gating results")
-    results.addoption("--mb-json", default=None, metavar="PATH",
-                      help="write every case's result to PATH as JSON (plots are written next to it)")
-    results.addoption("--mb-save", default=None, metavar="TAG",
-                      help="save the results under --mb-save-dir as <machine>-<commit>-<date>-<TAG>.json")
-    results.addoption("--mb-save-dir", default=".mergebench", metavar="DIR", help="where saved runs live (default .mergebench)")
-    results.addoption("--mb-compare", nargs="?", const="", default=None, metavar="RUN",
-                      help="compare with a saved run: a TAG, a path, or nothing for the newest")
-    results.addoption("--mb-compare-fail", action="append", default=[], metavar="KIND[:NAME]:AMOUNT",
-                      help="fail if a value regresses past AMOUNT vs --mb-compare, e.g. normalized:2%% task:gsm8k_mini:1.5pp")
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -101,24 +90,8 @@ def pytest_configure(config: pytest.Config) -> None:
         check_backend(config.getoption("mb_backend"))
     except MergebenchError as exc:
         raise pytest.UsageError(f"mergebench: {exc}") from None
-    if is_worker(config):
-        return
-    thresholds = _check_result_options(config)
-    config.pluginmanager.register(ResultCollector(config, thresholds), "mergebench-results")
-    if selection_given(config):
+    if not is_worker(config) and selection_given(config):
         _selected_cases(config)  # a bad name or hyperparameter is a usage error before collection starts
-
-
-def _check_result_options(config: pytest.Config):
-    from mergebench.gating import parse_thresholds
-
-    fail = config.getoption("mb_compare_fail")
-    if fail and config.getoption("mb_compare") is None:
-        raise pytest.UsageError("--mb-compare-fail needs --mb-compare [RUN] (the saved run to compare with)")
-    try:
-        return parse_thresholds(fail)
-    except MergebenchError as exc:
-        raise pytest.UsageError(str(exc)) from None
 
 
 def _selected_cases(config: pytest.Config):
@@ -222,6 +195,7 @@ class CaseRunner:
     def run(self, case):
         from mergebench import progress
         from mergebench.pytest_progress import progress_sink
+        from mergebench.pytest_results import record_result
 
         with progress.use_sink(progress_sink(self.item.config)):
             try:
@@ -231,123 +205,10 @@ class CaseRunner:
         result.device = {"device": self.pipeline.context.device,
                          "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                          "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}
-        self.item.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_dict())))
+        record_result(self.item, result)
         return result
 
 
 @pytest.fixture
 def mergebench(request: pytest.FixtureRequest, mergebench_pipeline) -> CaseRunner:
     return CaseRunner(mergebench_pipeline, request.node)
-
-
-class ResultCollector:
-    """Controller-side plugin: gathers case results, writes and saves them, compares and gates, prints tables."""
-
-    def __init__(self, config: pytest.Config, thresholds) -> None:
-        self.config = config
-        self.thresholds = thresholds
-        self.rows: list[dict[str, Any]] = []
-        self.written: list[Path] = []
-        self.comparison = None  # (baseline path, deltas, only in baseline, only now)
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
-            return
-        for name, value in report.user_properties:
-            if name == RESULT_PROPERTY:
-                self.rows.append(json.loads(value))
-
-    def results(self):
-        from mergebench.results import CaseResult
-
-        return [CaseResult.from_dict(r) for r in sorted(self.rows, key=lambda r: r["case_id"])]
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if not self.rows:
-            return
-        results = self.results()
-        self._write(results)
-        compare_to = self.config.getoption("mb_compare")
-        if compare_to is not None:
-            from mergebench.gating import compare, unmatched
-            from mergebench.storage import load_run
-
-            try:
-                path, baseline = load_run(compare_to or None, Path(self.config.getoption("mb_save_dir")))
-            except MergebenchError as exc:
-                self.comparison = (None, [], [], [str(exc)])
-                session.exitstatus = pytest.ExitCode.USAGE_ERROR
-                return
-            deltas = compare(baseline, results, self.thresholds)
-            self.comparison = (path, deltas, *unmatched(baseline, results))
-            if any(d.failed_by for d in deltas) and session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def _write(self, results) -> None:
-        from mergebench.plots import write_plots
-        from mergebench.results import write_json
-
-        meta = _run_meta(self.config)
-        json_path = self.config.getoption("mb_json")
-        if json_path:
-            self.written.append(write_json(results, json_path, meta=meta))
-            self.written += write_plots(results, Path(json_path).with_suffix(""))
-        tag = self.config.getoption("mb_save")
-        if tag:
-            from mergebench.storage import save_run
-
-            saved = save_run(results, tag, root=Path(self.config.getoption("mb_save_dir")), meta=meta)
-            self.written.append(saved)
-            self.written += write_plots(results, saved.with_suffix(""))
-
-    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-        if not self.rows:
-            return
-        from mergebench.report import comparison_table, regression_lines, render_session
-
-        width, color = terminalreporter._tw.fullwidth, terminalreporter.hasmarkup
-        terminalreporter.write_sep("=", "mergebench results")
-        terminalreporter.write(render_session(self.results(), width=width, color=color))
-        for path in self.written:
-            terminalreporter.write_line(f"written: {path}")
-        if self.comparison is None:
-            return
-        path, deltas, only_before, only_now = self.comparison
-        if path is None:
-            terminalreporter.write_line(f"mergebench: cannot compare: {only_now[0]}", red=True)
-            return
-        import io
-
-        from rich.console import Console
-
-        buffer = io.StringIO()
-        Console(file=buffer, width=width, force_terminal=color).print(comparison_table(deltas, path.name))
-        terminalreporter.write_sep("=", "mergebench comparison")
-        terminalreporter.write(buffer.getvalue())
-        if only_before:
-            terminalreporter.write_line(f"only in the baseline: {', '.join(only_before)}")
-        if only_now:
-            terminalreporter.write_line(f"new in this run: {', '.join(only_now)}")
-        failed = [d for d in deltas if d.failed_by]
-        for line in regression_lines(deltas):
-            terminalreporter.write_line(line, red=True)
-        if failed:
-            terminalreporter.write_line(f"mergebench: {len(failed)} value(s) regressed past --mb-compare-fail; failing the run",
-                                        red=True, bold=True)
-        elif self.thresholds:
-            terminalreporter.write_line("mergebench: no regression past --mb-compare-fail", green=True)
-
-
-def _run_meta(config: pytest.Config) -> dict[str, Any]:
-    import platform
-
-    from mergebench import __version__
-
-    return {
-        "mergebench_version": __version__,
-        "machine": platform.node(),
-        "python": platform.python_version(),
-        "options": selection_options(config),
-        "device": config.getoption("mb_device"),
-    }
