@@ -28,10 +28,10 @@ pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "me
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from mergebench.selection import suites_help
+
     group = parser.getgroup("mergebench", "mergebench: benchmark merging methods")
-    group.addoption("--mb-suite", action="append", default=None, metavar="NAME",
-                    help="suite(s) to run: mini (embedded model, default), mini-gemma (the mini tasks on Gemma-3-270m), "
-                         "full (the study's 8 models), tiny (tests), all")
+    group.addoption("--mb-suite", action="append", default=None, metavar="NAME", help=suites_help())
     group.addoption("--mb-models", action="append", default=None, metavar="NAMES", help="comma-separated model names")
     group.addoption("--mb-methods", action="append", default=None, metavar="NAMES", help="comma-separated merge methods, or all (default: the study's nine and installed plugins' methods)")
     group.addoption("--mb-tasks", action="append", default=None, metavar="NAMES", help="comma-separated tasks")
@@ -135,7 +135,7 @@ def pytest_report_collectionfinish(config: pytest.Config, items) -> str | None:
     from _pytest.mark.expression import Expression
 
     from mergebench import plugin_manager
-    from mergebench.selection import select_cases
+    from mergebench.selection import ordered_suites, select_cases
 
     try:
         expression = Expression.compile(keyword)
@@ -143,7 +143,7 @@ def pytest_report_collectionfinish(config: pytest.Config, items) -> str | None:
         return None
     registries = plugin_manager.registries()
     hints = []
-    for suite in ("mini", "mini-gemma", "full", "tiny"):
+    for suite in ordered_suites(registries):
         if suite in (config.getoption("mb_suite") or ["mini"]):
             continue
         try:
