@@ -22,6 +22,7 @@ import pytest
 from mergebench.errors import MergebenchError
 
 cases_key = pytest.StashKey[list]()
+BUILT_IN_FAMILIES = ("coefficient", "sparsification", "other")  # the study's Table 1; other also marks the mtl and checkpoint rows
 
 # The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
 pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist"]
@@ -82,7 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     for name in (*DOMAINS, GENERAL):
         config.addinivalue_line("markers", f"{name}: mergebench cases whose task is in the {name} domain")
-    for family in ("coefficient", "sparsification", "other"):
+    for family in BUILT_IN_FAMILIES:
         config.addinivalue_line("markers", f"{family}: mergebench cases of a {family} merge method (the study's Table 1)")
     from mergebench.evaluation.backends import check_backend
 
@@ -114,6 +115,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     cases = _selected_cases(metafunc.config)
     registries = plugin_manager.registries()
+    _register_plugin_markers(metafunc.config, registries)
     params = []
     for case in cases:
         task = registries.tasks.get(case.task)
@@ -122,6 +124,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                  pytest.mark.xdist_group(f"{case.model}-{case.method}")]
         params.append(pytest.param(case, id=case.id, marks=marks))
     metafunc.parametrize("mb_case", params)
+
+
+def _register_plugin_markers(config: pytest.Config, registries) -> None:
+    """Markers for the domains and families plugins add, so their cases are no unknown marks.
+
+    Done here, where the parametrization loads the registries anyway: in ``pytest_configure`` it
+    would import every installed plugin in every pytest process, benchmark or not.
+    """
+    registered = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+    domains = sorted({t.domain for t in registries.tasks.specs()} - registered)
+    for name in domains:
+        config.addinivalue_line("markers", f"{name}: mergebench cases whose task is in the {name} domain")
+    for family in sorted({m.family for m in registries.methods.specs()} - registered - set(domains)):
+        config.addinivalue_line("markers", f"{family}: mergebench cases of a {family} merge method")
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items) -> str | None:
