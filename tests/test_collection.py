@@ -128,3 +128,45 @@ def test_a_models_own_hyperparameter_defaults_apply_to_methods_that_have_them():
     overridden = {c.method: dict(c.params) for c in select_cases(registries, suites=["mini"], tasks=["gsm8k_bpb_mini"],
                                                                   params=["fisher.samples=32"])}
     assert overridden["fisher"] == {"samples": 32} and overridden["regmean"] == {"samples": EMBEDDED_STATISTICS_SAMPLES}
+
+
+def test_the_help_describes_every_built_in_suite_and_the_hint_searches_them_all(bench):
+    """The -k hint once skipped mini-gen and leaderboard; the help now describes every built-in suite."""
+    from mergebench import plugin_manager
+    from mergebench.selection import SUITE_DESCRIPTIONS
+
+    registries = plugin_manager.registries()
+    built_in = {suite for registry in (registries.models, registries.tasks) for spec in registry.specs()
+                if registry.entry(spec.name).provider.plugin.startswith("builtin-") for suite in spec.suites}
+    assert built_in == set(SUITE_DESCRIPTIONS)
+    help_text = " ".join(bench.runpytest("--help").stdout.str().split())
+    assert all(f"{suite} ({text})" in help_text for suite, text in SUITE_DESCRIPTIONS.items())
+    result = bench.runpytest("--collect-only", "-q", "-k", "gsm8k_mini and soup")
+    result.stdout.fnmatch_lines(["mergebench: no selected case matches -k 'gsm8k_mini and soup'; "
+                                 "it matches 1 cases of --mb-suite mini-gen (e.g. smollm2-135m-instruct-soup-gsm8k_mini)"])
+
+
+def _install_plugin(site, name: str, source: str) -> None:
+    """A dist-info with a ``mergebench`` entry point, as ``pip install`` of a third-party plugin leaves it."""
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[mergebench]\n{name} = {name}\n")
+    (site / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def test_a_plugin_methods_new_family_is_a_registered_marker(bench, tmp_path, monkeypatch):
+    _install_plugin(tmp_path / "site", "mb_experimental", """
+        from mergebench import hookimpl
+        from mergebench.specs import MethodSpec
+
+        @hookimpl
+        def mergebench_register_methods(register):
+            register(MethodSpec(name="soup_x", impl="mergebench_builtins.methods.soup:Soup", family="experimental"))
+    """)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    result = bench.runpytest_subprocess("--collect-only", "-q", "--mb-suite", "tiny", "--mb-models", "tiny-llama",
+                                        "--mb-tasks", "toy_math", "-m", "experimental",
+                                        "-W", "error::pytest.PytestUnknownMarkWarning")
+    assert result.ret == pytest.ExitCode.OK, result.outlines + result.errlines
+    assert collected_ids(result) == ["tiny-llama-soup_x-toy_math"]

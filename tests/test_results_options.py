@@ -93,3 +93,16 @@ def test_auto_worker_count_follows_the_gpus(bench, monkeypatch):
     result = bench.runpytest_subprocess("--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-tasks", "toy_math",
                                         "--mb-methods", "soup", "-n", "auto")
     result.stdout.fnmatch_lines(["created: 3/3 workers"])
+
+
+def test_a_comparison_names_unmatched_cases_and_a_missing_baseline_is_a_usage_error(bench):
+    one = ["--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-methods", "soup"]
+    bench.runpytest_subprocess(*one, "--mb-tasks", "toy_math", "--mb-save", "base").assert_outcomes(passed=1)
+    result = bench.runpytest_subprocess(*one, "--mb-tasks", "toy_coding", "--mb-compare", "base")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["*mergebench comparison*", "only in the baseline: tiny-llama-soup-toy_math",
+                                 "new in this run: tiny-llama-soup-toy_coding"])
+    missing = bench.runpytest_subprocess(*one, "--mb-tasks", "toy_coding", "--mb-compare", "nightly")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stdout.fnmatch_lines(["mergebench: cannot compare: no saved run 'nightly' in *"])
+    assert "mergebench comparison" not in missing.stdout.str()

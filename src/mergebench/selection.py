@@ -14,6 +14,16 @@ from mergebench.registry import suggest
 
 ALL = "all"
 
+SUITE_DESCRIPTIONS: dict[str, str] = {
+    "mini": "embedded SmolLM2 model, default",
+    "mini-gen": "the embedded model's heavier generative metrics",
+    "mini-gemma": "the mini tasks on Gemma-3-270m",
+    "full": "the study's 8 models and benchmarks, GPU + hub",
+    "leaderboard": "Open LLM Leaderboard preset on the study's models",
+    "tiny": "random tiny models, for tests",
+}
+"""The built-in suites, lightest first: what ``--mb-suite`` help lists without loading any plugin."""
+
 
 def split_names(values: Iterable[str] | str | None) -> list[str]:
     """``["a,b", "c"]`` → ``["a", "b", "c"]`` (options may be repeated or comma-separated)."""
@@ -29,6 +39,18 @@ def known_suites(registries: Registries) -> set[str]:
     for spec in [*registries.models.specs(), *registries.tasks.specs()]:
         suites |= set(spec.suites)
     return suites
+
+
+def ordered_suites(registries: Registries) -> list[str]:
+    """The known suites, built-ins in :data:`SUITE_DESCRIPTIONS` order, then plugins' by name."""
+    known = known_suites(registries)
+    return [s for s in SUITE_DESCRIPTIONS if s in known] + sorted(known - SUITE_DESCRIPTIONS.keys())
+
+
+def suites_help() -> str:
+    """``--mb-suite`` help: static, since pytest builds it in every process before any selection is made."""
+    described = ", ".join(f"{name} ({text})" for name, text in SUITE_DESCRIPTIONS.items())
+    return f"suite(s) to run: {described}, {ALL}, or a suite an installed plugin adds"
 
 
 def parse_params(items: Iterable[str], registries: Registries, methods: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,180 @@
+"""Benchmark results in a pytest run: gathered, written, saved, compared with a saved run and gated.
+
+A case's result travels in its test's ``user_properties`` (:func:`record_result`) because
+pytest-xdist already ships those from the worker to the controller with each report. The
+controller alone gathers them (:class:`ResultCollector`, registered only there), so the tables,
+``--mb-json``, ``--mb-save`` and the ``--mb-compare`` gate see every worker's cases once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mergebench.errors import MergebenchError
+from mergebench.pytest_plugin import is_worker, selection_options
+
+RESULT_PROPERTY = "mergebench_result"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    results = parser.getgroup("mergebench-results", "mergebench: saving, comparing and gating results")
+    results.addoption("--mb-json", default=None, metavar="PATH",
+                      help="write every case's result to PATH as JSON (plots are written next to it)")
+    results.addoption("--mb-save", default=None, metavar="TAG",
+                      help="save the results under --mb-save-dir as <machine>-<commit>-<date>-<TAG>.json")
+    results.addoption("--mb-save-dir", default=".mergebench", metavar="DIR", help="where saved runs live (default .mergebench)")
+    results.addoption("--mb-compare", nargs="?", const="", default=None, metavar="RUN",
+                      help="compare with a saved run: a TAG, a path, or nothing for the newest")
+    results.addoption("--mb-compare-fail", action="append", default=[], metavar="KIND[:NAME]:AMOUNT",
+                      help="fail if a value regresses past AMOUNT vs --mb-compare, e.g. normalized:2%% task:gsm8k_mini:1.5pp")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not is_worker(config):
+        config.pluginmanager.register(ResultCollector(config, _check_result_options(config)), "mergebench-results")
+
+
+def _check_result_options(config: pytest.Config):
+    from mergebench.gating import parse_thresholds
+
+    fail = config.getoption("mb_compare_fail")
+    if fail and config.getoption("mb_compare") is None:
+        raise pytest.UsageError("--mb-compare-fail needs --mb-compare [RUN] (the saved run to compare with)")
+    try:
+        return parse_thresholds(fail)
+    except MergebenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def record_result(item: pytest.Item, result) -> None:
+    item.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_dict())))
+
+
+@dataclass
+class Comparison:
+    """This run against the saved ``baseline``; when that could not be loaded, ``error`` says why."""
+
+    baseline: Path | None
+    deltas: list = field(default_factory=list)
+    only_in_baseline: list[str] = field(default_factory=list)
+    only_now: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+class ResultCollector:
+    """Controller-side plugin: gathers case results, writes and saves them, compares and gates, prints tables."""
+
+    def __init__(self, config: pytest.Config, thresholds) -> None:
+        self.config = config
+        self.thresholds = thresholds
+        self.rows: list[dict[str, Any]] = []
+        self.written: list[Path] = []
+        self.comparison: Comparison | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == RESULT_PROPERTY:
+                self.rows.append(json.loads(value))
+
+    def results(self):
+        from mergebench.results import CaseResult
+
+        return [CaseResult.from_dict(r) for r in sorted(self.rows, key=lambda r: r["case_id"])]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.rows:
+            return
+        results = self.results()
+        self._write(results)
+        compare_to = self.config.getoption("mb_compare")
+        if compare_to is not None:
+            from mergebench.gating import compare, unmatched
+            from mergebench.storage import load_run
+
+            try:
+                path, baseline = load_run(compare_to or None, Path(self.config.getoption("mb_save_dir")))
+            except MergebenchError as exc:
+                self.comparison = Comparison(None, error=str(exc))
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+                return
+            deltas = compare(baseline, results, self.thresholds)
+            self.comparison = Comparison(path, deltas, *unmatched(baseline, results))
+            if any(d.failed_by for d in deltas) and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write(self, results) -> None:
+        from mergebench.plots import write_plots
+        from mergebench.results import write_json
+
+        meta = _run_meta(self.config)
+        json_path = self.config.getoption("mb_json")
+        if json_path:
+            self.written.append(write_json(results, json_path, meta=meta))
+            self.written += write_plots(results, Path(json_path).with_suffix(""))
+        tag = self.config.getoption("mb_save")
+        if tag:
+            from mergebench.storage import save_run
+
+            saved = save_run(results, tag, root=Path(self.config.getoption("mb_save_dir")), meta=meta)
+            self.written.append(saved)
+            self.written += write_plots(results, saved.with_suffix(""))
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        if not self.rows:
+            return
+        from mergebench.report import comparison_table, regression_lines, render_session
+
+        width, color = terminalreporter._tw.fullwidth, terminalreporter.hasmarkup
+        terminalreporter.write_sep("=", "mergebench results")
+        terminalreporter.write(render_session(self.results(), width=width, color=color))
+        for path in self.written:
+            terminalreporter.write_line(f"written: {path}")
+        comparison = self.comparison
+        if comparison is None:
+            return
+        if comparison.error:
+            terminalreporter.write_line(f"mergebench: cannot compare: {comparison.error}", red=True)
+            return
+        import io
+
+        from rich.console import Console
+
+        buffer = io.StringIO()
+        deltas = comparison.deltas
+        Console(file=buffer, width=width, force_terminal=color).print(comparison_table(deltas, comparison.baseline.name))
+        terminalreporter.write_sep("=", "mergebench comparison")
+        terminalreporter.write(buffer.getvalue())
+        if comparison.only_in_baseline:
+            terminalreporter.write_line(f"only in the baseline: {', '.join(comparison.only_in_baseline)}")
+        if comparison.only_now:
+            terminalreporter.write_line(f"new in this run: {', '.join(comparison.only_now)}")
+        failed = [d for d in deltas if d.failed_by]
+        for line in regression_lines(deltas):
+            terminalreporter.write_line(line, red=True)
+        if failed:
+            terminalreporter.write_line(f"mergebench: {len(failed)} value(s) regressed past --mb-compare-fail; failing the run",
+                                        red=True, bold=True)
+        elif self.thresholds:
+            terminalreporter.write_line("mergebench: no regression past --mb-compare-fail", green=True)
+
+
+def _run_meta(config: pytest.Config) -> dict[str, Any]:
+    import platform
+
+    from mergebench import __version__
+
+    return {
+        "mergebench_version": __version__,
+        "machine": platform.node(),
+        "python": platform.python_version(),
+        "options": selection_options(config),
+        "device": config.getoption("mb_device"),
+    }
