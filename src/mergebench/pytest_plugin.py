@@ -29,6 +29,7 @@ pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "me
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from mergebench.search.strategies import STRATEGIES
     from mergebench.selection import suites_help
 
     group = parser.getgroup("mergebench", "mergebench: benchmark merging methods")
@@ -40,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override a method hyperparameter (repeatable)")
     group.addoption("--mb-checkpoint", default=None, metavar="DIR",
                     help="evaluate this existing merged checkpoint instead of merging (with one --mb-models base)")
-    group.addoption("--mb-search", default="none", choices=("none", "grid", "halving"),
+    group.addoption("--mb-search", default="none", choices=("none", *STRATEGIES),
                     help="tune each method's declared grid on the validation surrogates: the full grid, "
                     "successive halving, or none (declared defaults; the default)")
     group.addoption("--mb-cache-dir", default=None, metavar="DIR",
