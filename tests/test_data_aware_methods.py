@@ -194,6 +194,21 @@ def test_localize_training_moves_the_mask(tiny_llama, tiny_experts, tmp_path):
     assert kept != pytest.approx(0.2, abs=1e-3)
 
 
+def test_statistics_keys_of_the_built_ins_are_pinned():
+    """Cached statistics stay valid across refactorings: these digests were computed before the builders moved."""
+    from mergebench.merging.statistics import fingerprint, statistics_key
+
+    samples = fingerprint(SAMPLES)
+    ls_params = {"samples": 8, "density": 0.1, "sigmoid_bias": 3.0, "lr": 1e8, "epochs": 1, "l1": 0.0}
+    digests = {kind: statistics_key(kind, "expert-key", params, samples, DEFAULT_EXCLUDE, "base-key").digest
+               for kind, params in [("fisher", {"samples": 8}), ("gram", {"samples": 8}), ("ls_mask", ls_params)]}
+    assert digests == {
+        "fisher": "415967786fce9a0a49aa127c6504bb04eea5bd0a6b69d3daa67d1a51e68919c2",
+        "gram": "10ada4c774153c3462534ddb2d76ee44106e775003cfd7cb389a5a55e904c1c7",
+        "ls_mask": "d60654bfe93af57797866797370b948f113d45c5fc982d86e9ee771449efcbfa",
+    }
+
+
 # -- pipeline and CLI ------------------------------------------------------------------------
 def test_pipeline_computes_statistics_from_recipe_samples_once(cache):
     from mergebench.pipeline import Pipeline, RunContext
