@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.tensors import averaged, summed, task_vectors
-from mergebench_builtins.methods.datafed import StatisticMethod
+from mergebench_builtins.methods.statistic_method import StatisticMethod
 
 
 def fisher_average(deltas: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 
 from mergebench.merging.tensors import task_vectors
-from mergebench_builtins.methods.datafed import StatisticMethod
 from mergebench_builtins.methods.dataless_localize_stitch import stitch
+from mergebench_builtins.methods.statistic_method import StatisticMethod
 
 
 class LocalizeStitch(StatisticMethod):
