@@ -173,7 +173,7 @@ def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, 
     limit = int(stat_params.get("samples", 1000))
     samples = {label: read_jsonl(Path(path))[:limit] for label, path in files.items()}
     return ensure_statistics(
-        ArtifactCache(args.cache_dir), impl.statistic, stat_params, Path(args.base),
+        ArtifactCache(args.cache_dir), impl, stat_params, Path(args.base),
         {label: (checkpoint_identity(path), path) for label, path in experts.items()}, samples,
         merged=task_vector_filter(exclude), exclude=exclude, device=device,
     )

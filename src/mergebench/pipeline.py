@@ -217,7 +217,7 @@ class Pipeline:
             recipe = recipe_spec.load()(recipe_spec, self.context)
             samples[domain] = recipe.samples(int(stat_params.get("samples", 1000)), self.context.seed)
         return ensure_statistics(
-            self.cache, impl.statistic, stat_params, base.path, {d: (r.key.digest, r.path) for d, r in experts.items()},
+            self.cache, impl, stat_params, base.path, {d: (r.key.digest, r.path) for d, r in experts.items()},
             samples, merged=task_vector_filter(self.context.exclude), exclude=self.context.exclude,
             device=self.context.device, base_key=base.key.digest,
         )
