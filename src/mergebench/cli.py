@@ -157,25 +157,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, device) -> dict[str, Path]:
     """Statistics of a data-aware method from ``--samples DOMAIN=FILE.jsonl``, cached under ``--cache-dir``."""
     from mergebench.cache import ArtifactCache
-    from mergebench.merging.api import task_vector_filter
-    from mergebench.merging.statistics import checkpoint_identity, ensure_statistics, read_jsonl
+    from mergebench.merging.statistics import checkpoint_identity, read_jsonl, statistics_for
 
     files = _key_values(args.samples, "--samples")
-    impl = spec.load()
-    if not impl.statistic:
+    if not spec.load().statistic:
         if files:
             raise UsageError(f"method {spec.name!r} uses no training samples; drop --samples")
         return {}
     unknown = sorted(set(files) - set(experts))
     if unknown:
         raise UsageError(f"--samples {unknown[0]}=... names no --expert; experts: {', '.join(experts)}")
-    stat_params = impl.statistic_params(params)
-    limit = int(stat_params.get("samples", 1000))
-    samples = {label: read_jsonl(Path(path))[:limit] for label, path in files.items()}
-    return ensure_statistics(
-        ArtifactCache(args.cache_dir), impl, stat_params, Path(args.base),
-        {label: (checkpoint_identity(path), path) for label, path in experts.items()}, samples,
-        merged=task_vector_filter(exclude), exclude=exclude, device=device,
+    base = Path(args.base)
+    return statistics_for(
+        spec, params, ArtifactCache(args.cache_dir), (checkpoint_identity(base), base),
+        {label: (checkpoint_identity(path), path) for label, path in experts.items()},
+        lambda label, count: read_jsonl(Path(files[label]))[:count] if label in files else None,
+        exclude=exclude, device=device,
     )
 
 

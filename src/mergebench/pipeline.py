@@ -198,15 +198,9 @@ class Pipeline:
                    experts: Mapping[str, ModelRef]) -> dict[str, Path]:
         """Each expert's statistic for a data-aware method (empty for the others), computed on samples
         of the expert's training data from its recipe, cached per expert."""
-        from mergebench.merging.api import task_vector_filter
-        from mergebench.merging.statistics import ensure_statistics
+        from mergebench.merging.statistics import statistics_for
 
-        impl = method.load()
-        if not impl.statistic:
-            return {}
-        stat_params = impl.statistic_params(params)
-        samples = {}
-        for domain in experts:
+        def samples_of(domain: str, count: int) -> list[dict[str, str]]:
             source = model.expert(domain)
             if not source.recipe:
                 raise UsageError(
@@ -215,11 +209,11 @@ class Pipeline:
                 )
             recipe_spec = self.registries.recipes.get(source.recipe)
             recipe = recipe_spec.load()(recipe_spec, self.context)
-            samples[domain] = recipe.samples(int(stat_params.get("samples", 1000)), self.context.seed)
-        return ensure_statistics(
-            self.cache, impl, stat_params, base.path, {d: (r.key.digest, r.path) for d, r in experts.items()},
-            samples, merged=task_vector_filter(self.context.exclude), exclude=self.context.exclude,
-            device=self.context.device, base_key=base.key.digest,
+            return recipe.samples(count, self.context.seed)
+
+        return statistics_for(
+            method, params, self.cache, (base.key.digest, base.path), {d: (r.key.digest, r.path) for d, r in experts.items()},
+            samples_of, exclude=self.context.exclude, device=self.context.device,
         )
 
     # -- merge -----------------------------------------------------------------------------

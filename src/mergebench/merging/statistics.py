@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey, canonical_json
 from mergebench.errors import UsageError
+from mergebench.merging.api import task_vector_filter
 
 if TYPE_CHECKING:
     import torch
 
     from mergebench.merging.api import MergeMethod
+    from mergebench.specs import MethodSpec
 
 MAX_TOKENS = 256
 
@@ -184,3 +186,39 @@ def ensure_statistics(
             progress.note(f"  [built] {kind} statistics of {label} in {artifact.seconds:.1f}s")
         found[label] = artifact.path
     return found
+
+
+def statistics_for(
+    spec: "MethodSpec",
+    params: Mapping[str, Any],
+    cache: ArtifactCache,
+    base: tuple[str, Path],
+    experts: Mapping[str, tuple[str, Path]],
+    samples_of: Callable[[str, int], Sequence[Mapping[str, str]] | None],
+    *,
+    exclude: Sequence[str],
+    device: str = "cpu",
+) -> dict[str, Path]:
+    """Each expert's statistic for ``spec``'s method (none for a data-free method), built where missing.
+
+    The one entry point of the pipeline and the CLI, which differ only in where samples come from:
+    ``samples_of(label, n)`` gives up to ``n`` samples of that expert's training data, or None when
+    it has none. ``params`` are the resolved hyperparameters; ``n`` is the method's ``samples``
+    hyperparameter, so its default is declared once, in the method's spec. ``base`` and ``experts``
+    are (key, checkpoint dir) pairs.
+    """
+    method = spec.load()
+    if not method.statistic:
+        return {}
+    if "samples" not in params:
+        raise UsageError(
+            f"method {spec.name!r} computes {method.statistic} statistics from training samples but its spec declares "
+            "no 'samples' hyperparameter saying how many per expert; add HyperParam('samples', ...) to it"
+        )
+    count = int(params["samples"])
+    gathered = {label: samples_of(label, count) for label in experts}
+    return ensure_statistics(
+        cache, method, method.statistic_params(params), base[1], experts,
+        {label: rows for label, rows in gathered.items() if rows is not None},
+        merged=task_vector_filter(exclude), exclude=exclude, device=device, base_key=base[0],
+    )
