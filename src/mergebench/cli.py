@@ -79,8 +79,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         params = "; ".join(
             f"{hp.name}={hp.default!r}" + (f" grid {len(hp.grid)}" if hp.grid else "") for hp in spec.hyperparams
         ) or "—"
-        methods.add_row(spec.name, spec.family, params, ", ".join(d.value for d in spec.data),
-                        str(entry.provider))
+        methods.add_row(spec.name, spec.family, params, _data_needs(spec), str(entry.provider))
     console.print(methods)
 
     tasks = Table(title="Tasks", title_justify="left")
@@ -114,6 +113,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         recipes.add_row(entry.spec.name, entry.spec.domain, entry.spec.summary, str(entry.provider))
     console.print(recipes)
     return 0
+
+
+def _data_needs(spec) -> str:
+    """A method's data needs, derived from its class: a plugin whose class cannot be imported still gets listed."""
+    try:
+        return ", ".join(d.value for d in spec.data)
+    except ImportError as exc:
+        return f"? (cannot import {spec.impl}: {exc})"
 
 
 # -- merge ---------------------------------------------------------------------------------
