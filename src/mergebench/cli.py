@@ -164,7 +164,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, device) -> dict[str, Path]:
     """Statistics of a data-aware method from ``--samples DOMAIN=FILE.jsonl``, cached under ``--cache-dir``."""
     from mergebench.cache import ArtifactCache
-    from mergebench.merging.statistics import checkpoint_identity, read_jsonl, statistics_for
+    from mergebench.identity import checkpoint_identity
+    from mergebench.merging.statistics import read_jsonl, statistics_for
 
     files = _key_values(args.samples, "--samples")
     if not spec.load().statistic:

@@ -14,7 +14,6 @@ determined it, so the pytest cases, the CLI and a second run all share the same 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, TaskResult
+from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio
@@ -84,24 +84,6 @@ class Case:
         return f"{self.model}-{self.method}-{self.task}"
 
 
-def _dir_fingerprint(path: Path) -> str:
-    """Identity of a checkpoint folder we did not build: its config, and each weight file's name, size and mtime.
-
-    Hub snapshots are named by their commit, which is used when present. Rewriting a weight file
-    changes its mtime, so an edited checkpoint gets a new key without hashing gigabytes.
-    """
-    if path.parent.name == "snapshots" and len(path.name) == 40:
-        return f"hub-commit:{path.name}"
-    digest = hashlib.sha256()
-    config = path / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for weight in sorted(path.glob("*.safetensors")):
-        stat = weight.stat()
-        digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
 class Pipeline:
     def __init__(self, context: RunContext, registries: Registries) -> None:
         self.context = context
@@ -135,7 +117,7 @@ class Pipeline:
             from mergebench import hub
 
             path = hub.resolve(model.hub_id or "", model.revision, roots=list(self.context.model_roots) or None)
-            key = ArtifactKey.of("base", {"hub_id": model.hub_id, "revision": model.revision, "content": _dir_fingerprint(path)})
+            key = ArtifactKey.of("base", {"hub_id": model.hub_id, "revision": model.revision, "content": checkpoint_identity(path)})
             return ModelRef(key, path, label)
         if model.source != "builder" or not model.impl:
             raise UsageError(f"model {model.name!r} has source {model.source!r}; expected 'hub' or 'builder' with impl")
@@ -167,7 +149,7 @@ class Pipeline:
             from mergebench import hub
 
             path = hub.resolve(source.hub_id, source.revision, roots=list(self.context.model_roots) or None)
-            key = ArtifactKey.of("expert", {"hub_id": source.hub_id, "revision": source.revision, "content": _dir_fingerprint(path)})
+            key = ArtifactKey.of("expert", {"hub_id": source.hub_id, "revision": source.revision, "content": checkpoint_identity(path)})
             return ModelRef(key, path, label)
         base = base or self.base(model)
         recipe_spec = self.registries.recipes.get(source.recipe or "")
@@ -359,7 +341,7 @@ class Pipeline:
         path = Path(path).resolve()
         if not (path / "config.json").is_file():
             raise UsageError(f"--mb-checkpoint {path} is not a Hugging Face checkpoint folder (no config.json)")
-        key = ArtifactKey.of("checkpoint", {"path": str(path), "content": _dir_fingerprint(path)})
+        key = ArtifactKey.of("checkpoint", {"path": str(path), "content": checkpoint_identity(path)})
         return ModelRef(key, path, f"checkpoint {path.name}")
 
     def run_case(self, case: Case) -> CaseResult:

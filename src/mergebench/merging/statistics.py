@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey, canonical_json
 from mergebench.errors import UsageError
+from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import task_vector_filter
 
 if TYPE_CHECKING:
@@ -125,21 +126,6 @@ def save_statistic(tensors: Mapping[str, "torch.Tensor"], out_dir: Path, kind: s
 
 
 # -- cached per expert ---------------------------------------------------------------------
-def checkpoint_identity(directory: Path) -> str:
-    """Identity of a local checkpoint for statistics keys: its config and each weight file's
-    resolved path, size and modification time (hashing gigabytes of weights would cost more than
-    the statistic; a rewritten file gets a new key)."""
-    digest = hashlib.sha256()
-    directory = Path(directory).resolve()
-    config = directory / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for weight in sorted(directory.glob("*.safetensors")):
-        stat = weight.stat()
-        digest.update(f"{weight}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
 def statistics_key(method: type["MergeMethod"], expert_key: str, params: Mapping[str, Any], samples_fingerprint: str,
                    exclude: Sequence[str], base_key: str = "") -> ArtifactKey:
     """The identity of one expert's statistic; ``base_key`` counts only for statistics relative to the base (L&S masks)."""
