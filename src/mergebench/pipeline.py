@@ -50,11 +50,16 @@ class RunContext:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A checkpoint on disk and the key that identifies its content."""
+    """A checkpoint on disk, the key that identifies its content, and what to call it.
+
+    ``label`` names the artifact in progress lines (``expert tiny-llama/math``); ``name`` names the
+    model itself (``tiny-llama/math``), in its evaluations' labels and the loaded model's.
+    """
 
     key: ArtifactKey
     path: Path
     label: str
+    name: str
 
 
 CHECKPOINT_METHOD = "checkpoint"
@@ -118,7 +123,7 @@ class Pipeline:
 
             path = hub.resolve(model.hub_id or "", model.revision, roots=list(self.context.model_roots) or None)
             key = ArtifactKey.of("base", {"hub_id": model.hub_id, "revision": model.revision, "content": checkpoint_identity(path)})
-            return ModelRef(key, path, label)
+            return ModelRef(key, path, label, model.name)
         if model.source != "builder" or not model.impl:
             raise UsageError(f"model {model.name!r} has source {model.source!r}; expected 'hub' or 'builder' with impl")
         from mergebench.specs import load_object
@@ -127,7 +132,7 @@ class Pipeline:
         builder = load_object(model.impl)
         artifact = self.cache.get_or_build(key, lambda out: builder(out, self.context), label=label, on_wait=self._announce(label))
         self._report(label, artifact.hit, artifact.seconds)
-        return ModelRef(key, artifact.path, label)
+        return ModelRef(key, artifact.path, label, model.name)
 
     def expert(self, model: ModelSpec, domain: str, base: ModelRef | None = None) -> ModelRef:
         return self.trained(model, model.expert(domain), f"expert {model.name}/{domain}", base)
@@ -145,12 +150,13 @@ class Pipeline:
         return self._resolved["trained", model, source]
 
     def _trained(self, model: ModelSpec, source, label: str, base: ModelRef | None) -> ModelRef:
+        name = f"{model.name}/{source.domain}"
         if source.hub_id:
             from mergebench import hub
 
             path = hub.resolve(source.hub_id, source.revision, roots=list(self.context.model_roots) or None)
             key = ArtifactKey.of("expert", {"hub_id": source.hub_id, "revision": source.revision, "content": checkpoint_identity(path)})
-            return ModelRef(key, path, label)
+            return ModelRef(key, path, label, name)
         base = base or self.base(model)
         recipe_spec = self.registries.recipes.get(source.recipe or "")
         recipe = recipe_spec.load()(recipe_spec, self.context)
@@ -169,7 +175,7 @@ class Pipeline:
 
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
         self._report(label, artifact.hit, artifact.seconds)
-        return ModelRef(key, artifact.path, label)
+        return ModelRef(key, artifact.path, label, name)
 
     def experts(self, model: ModelSpec, base: ModelRef | None = None) -> dict[str, ModelRef]:
         base = base or self.base(model)
@@ -229,7 +235,7 @@ class Pipeline:
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
         self._report(label, artifact.hit, artifact.seconds)
         seconds = _build_seconds(artifact.path) + sum(_build_seconds(p) for p in statistics.values())
-        return ModelRef(key, artifact.path, label), seconds
+        return ModelRef(key, artifact.path, label, f"{model.name}/{method.name}"), seconds
 
     # -- hyperparameter search ---------------------------------------------------------------
     def surrogates(self, model: ModelSpec) -> list[TaskSpec]:
@@ -305,7 +311,7 @@ class Pipeline:
             return found
         from mergebench.evaluation.backends import load_language_model
 
-        lm = load_language_model(self.context.backend, ref.path, name=ref.label.split(" ", 1)[-1],
+        lm = load_language_model(self.context.backend, ref.path, name=ref.name,
                                  batch_size=self.context.batch_size, device=self.context.device)
         self._models[ref.key.digest] = lm
         while len(self._models) > 2:
@@ -314,7 +320,7 @@ class Pipeline:
 
     def evaluate(self, ref: ModelRef, task: TaskSpec) -> TaskResult:
         impl = task.load()(task, self.context, limit=self.context.eval_limit)
-        label = f"eval {ref.label.split(' ', 1)[-1]} on {task.name}"
+        label = f"eval {ref.name} on {task.name}"
         key = ArtifactKey.of("eval", {
             "model": ref.key.digest,
             "task": task.name,
@@ -342,7 +348,7 @@ class Pipeline:
         if not (path / "config.json").is_file():
             raise UsageError(f"--mb-checkpoint {path} is not a Hugging Face checkpoint folder (no config.json)")
         key = ArtifactKey.of("checkpoint", {"path": str(path), "content": checkpoint_identity(path)})
-        return ModelRef(key, path, f"checkpoint {path.name}")
+        return ModelRef(key, path, f"checkpoint {path.name}", path.name)
 
     def run_case(self, case: Case) -> CaseResult:
         model = self.registries.models.get(case.model)
