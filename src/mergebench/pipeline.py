@@ -29,7 +29,7 @@ from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio
-from mergebench.specs import DOMAINS, GENERAL, MethodSpec, ModelSpec, TaskSpec
+from mergebench.specs import DOMAINS, GENERAL, MethodSpec, ModelSpec, RecipeSpec, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,7 @@ class Pipeline:
     def _base(self, model: ModelSpec) -> ModelRef:
         label = f"base {model.name}"
         if model.source == "hub":
-            from mergebench import hub
-
-            path = hub.resolve(model.hub_id or "", model.revision, roots=list(self.context.model_roots) or None)
-            key = ArtifactKey.of("base", {"hub_id": model.hub_id, "revision": model.revision, "content": checkpoint_identity(path)})
-            return ModelRef(key, path, label, model.name)
+            return self._from_hub("base", model.hub_id, model.revision, label, model.name)
         if model.source != "builder" or not model.impl:
             raise UsageError(f"model {model.name!r} has source {model.source!r}; expected 'hub' or 'builder' with impl")
         from mergebench.specs import load_object
@@ -152,14 +148,9 @@ class Pipeline:
     def _trained(self, model: ModelSpec, source, label: str, base: ModelRef | None) -> ModelRef:
         name = f"{model.name}/{source.domain}"
         if source.hub_id:
-            from mergebench import hub
-
-            path = hub.resolve(source.hub_id, source.revision, roots=list(self.context.model_roots) or None)
-            key = ArtifactKey.of("expert", {"hub_id": source.hub_id, "revision": source.revision, "content": checkpoint_identity(path)})
-            return ModelRef(key, path, label, name)
+            return self._from_hub("expert", source.hub_id, source.revision, label, name)
         base = base or self.base(model)
-        recipe_spec = self.registries.recipes.get(source.recipe or "")
-        recipe = recipe_spec.load()(recipe_spec, self.context)
+        recipe_spec, recipe = self._recipe(source.recipe or "")
         key = ArtifactKey.of("expert", {
             "base": base.key.digest,
             "recipe": recipe_spec.name,
@@ -181,6 +172,18 @@ class Pipeline:
         base = base or self.base(model)
         return {domain: self.expert(model, domain, base) for domain in model.domains}
 
+    def _from_hub(self, stage: str, hub_id: str | None, revision: str | None, label: str, name: str) -> ModelRef:
+        from mergebench import hub
+
+        path = hub.resolve(hub_id or "", revision, roots=list(self.context.model_roots) or None)
+        key = ArtifactKey.of(stage, {"hub_id": hub_id, "revision": revision, "content": checkpoint_identity(path)})
+        return ModelRef(key, path, label, name)
+
+    def _recipe(self, name: str) -> tuple[RecipeSpec, Any]:
+        """A recipe's spec and its instance for this run: what trains an expert and what gives its training samples."""
+        spec = self.registries.recipes.get(name)
+        return spec, spec.load()(spec, self.context)
+
     # -- statistics of data-aware methods ---------------------------------------------------
     def statistics(self, model: ModelSpec, method: MethodSpec, params: Mapping[str, Any], base: ModelRef,
                    experts: Mapping[str, ModelRef]) -> dict[str, Path]:
@@ -195,8 +198,7 @@ class Pipeline:
                     f"method {method.name!r} needs training samples of the {domain!r} expert of {model.name!r}, "
                     "but its ExpertSource names no recipe describing its training data; add recipe=... to it"
                 )
-            recipe_spec = self.registries.recipes.get(source.recipe)
-            recipe = recipe_spec.load()(recipe_spec, self.context)
+            _, recipe = self._recipe(source.recipe)
             return recipe.samples(count, self.context.seed)
 
         return statistics_for(
