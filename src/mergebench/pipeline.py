@@ -5,8 +5,9 @@ determined it, so the pytest cases, the CLI and a second run all share the same 
 
 * base:    hub id + revision (or the builder's name and version);
 * expert:  hub id + revision, or base key + recipe + version + data fingerprint + seed;
-* statistics (data-aware methods only): expert key + statistic kind + version + the
-  hyperparameters that shape it + fingerprint of the recipe's training samples;
+* statistics (data-aware methods only): expert key + the method's statistic name + version + the
+  hyperparameters that shape it + fingerprint of the recipe's training samples (+ the base's
+  key when the statistic depends on it);
 * merged:  base and expert keys + method + version + hyperparameters + seed + exclusions
   (+ the statistics' keys);
 * eval:    model key + task + version + task fingerprint (items) + backend.
@@ -60,6 +61,21 @@ class ModelRef:
     path: Path
     label: str
     name: str
+
+
+@dataclass(frozen=True)
+class MergeInputs:
+    """What a merge and a search of one (model, method) both start from, and the key fields they share."""
+
+    base: ModelRef
+    experts: dict[str, ModelRef]
+    statistics: dict[str, Path]  # expert → its statistic's folder, for a data-aware method
+    context: MergeContext
+    key: dict[str, Any]  # base, experts, statistics, method and version, seed, exclusions
+
+    @property
+    def expert_dirs(self) -> dict[str, Path]:
+        return {domain: ref.path for domain, ref in self.experts.items()}
 
 
 CHECKPOINT_METHOD = "checkpoint"
@@ -213,31 +229,36 @@ class Pipeline:
         from mergebench.merging.engine import merge_checkpoints
 
         resolved = method.resolve_params(params)
+        inputs = self._merge_inputs(model, method, resolved)
+        label = f"merge {model.name}/{method.name}"
+        key = ArtifactKey.of("merged", {**inputs.key, "params": resolved})
+
+        def build(out: Path) -> None:
+            merge_checkpoints(method, resolved, inputs.base.path, inputs.expert_dirs, out, context=inputs.context,
+                              metadata={"mergebench_key": key.digest}, allow_pickle=self.context.allow_pickle)
+
+        artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
+        self._report(label, artifact.hit, artifact.seconds)
+        seconds = _build_seconds(artifact.path) + sum(_build_seconds(p) for p in inputs.statistics.values())
+        return ModelRef(key, artifact.path, label, f"{model.name}/{method.name}"), seconds
+
+    def _merge_inputs(self, model: ModelSpec, method: MethodSpec, params: Mapping[str, Any]) -> MergeInputs:
+        """What merging ``model``'s experts with ``method`` starts from; ``params`` shape the statistics."""
         base = self.base(model)
         experts = self.experts(model, base)
-        statistics = self.statistics(model, method, resolved, base, experts)
-        label = f"merge {model.name}/{method.name}"
-        key = ArtifactKey.of("merged", {
+        statistics = self.statistics(model, method, params, base, experts)
+        key = {
             **({"statistics": {d: p.name for d, p in statistics.items()}} if statistics else {}),
             "base": base.key.digest,
             "experts": {d: ref.key.digest for d, ref in experts.items()},
             "method": method.name,
             "method_version": method.version,
-            "params": resolved,
             "seed": self.context.seed,
             "exclude": list(self.context.exclude),
-        })
+        }
         context = MergeContext(seed=self.context.seed, device=self.context.device, exclude=self.context.exclude,
                                domains=tuple(experts), statistics=statistics)
-
-        def build(out: Path) -> None:
-            merge_checkpoints(method, resolved, base.path, {d: r.path for d, r in experts.items()}, out,
-                              context=context, metadata={"mergebench_key": key.digest}, allow_pickle=self.context.allow_pickle)
-
-        artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
-        self._report(label, artifact.hit, artifact.seconds)
-        seconds = _build_seconds(artifact.path) + sum(_build_seconds(p) for p in statistics.values())
-        return ModelRef(key, artifact.path, label, f"{model.name}/{method.name}"), seconds
+        return MergeInputs(base, experts, statistics, context, key)
 
     # -- hyperparameter search ---------------------------------------------------------------
     def surrogates(self, model: ModelSpec) -> list[TaskSpec]:
@@ -262,29 +283,19 @@ class Pipeline:
         points = grid_points(method, {k: method.param(k).validate(v) for k, v in (fixed or {}).items()})
         if len(points) <= 1:
             return method.resolve_params(points[0] if points else fixed), 0.0
-        base = self.base(model)
-        experts = self.experts(model, base)
-        defaults = method.resolve_params(fixed)
-        statistics = self.statistics(model, method, defaults, base, experts)
+        inputs = self._merge_inputs(model, method, method.resolve_params(fixed))
+        base, experts, context = inputs.base, inputs.experts, inputs.context
         tasks = self.surrogates(model)
         references = {t.name: self.evaluate(experts[t.domain], t) for t in tasks}
         surrogates = [Surrogate(t, references[t.name].n, references[t.name].score) for t in tasks]
         label = f"search {model.name}/{method.name} ({self.context.search}, {len(points)} points)"
         key = ArtifactKey.of("search", {
-            "base": base.key.digest,
-            "experts": {d: ref.key.digest for d, ref in experts.items()},
-            **({"statistics": {d: p.name for d, p in statistics.items()}} if statistics else {}),
-            "method": method.name,
-            "method_version": method.version,
+            **inputs.key,
             "points": points,
             "strategy": self.context.search,
             "item_order": {"units": UNITS, "generation_from": GENERATION_FROM},
             "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
-            "seed": self.context.seed,
-            "exclude": list(self.context.exclude),
         })
-        context = MergeContext(seed=self.context.seed, device=self.context.device, exclude=self.context.exclude,
-                               domains=tuple(experts), statistics=statistics)
 
         def build(out: Path) -> None:
             from mergebench.evaluation.hf import HFLanguageModel
