@@ -115,7 +115,7 @@ class MethodSpec:
     declared_data: tuple[DataNeed, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self, data: tuple[DataNeed, ...] | None) -> None:
-        object.__setattr__(self, "declared_data", None if data is None else tuple(DataNeed(d) for d in data))
+        object.__setattr__(self, "declared_data", None if data is None else tuple(data))
 
     def param(self, name: str) -> HyperParam:
         for hp in self.hyperparams:
@@ -155,7 +155,7 @@ def _derived_data(spec: MethodSpec) -> tuple[DataNeed, ...]:
     needs = needs or (DataNeed.NONE,)
     if spec.declared_data is not None and set(spec.declared_data) != set(needs):
         def names(found):
-            return "(" + ", ".join(d.value for d in found) + ")"
+            return "(" + ", ".join(getattr(d, "value", str(d)) for d in found) + ")"
 
         raise PluginError(
             f"method {spec.name!r} declares data={names(spec.declared_data)} but needs {names(needs)}: a method's data "

@@ -126,7 +126,7 @@ class MergeMethod:
     θ_pre + σ(S) ⊙ τ): the base's key then joins the statistic's cache key."""
     statistic_needs: ClassVar[tuple[DataNeed, ...]] = ()
     """What the statistic needs besides the training samples every statistic is computed from
-    (Fisher: per-sample gradients). With :attr:`statistic` it makes the method's declared data needs."""
+    (Fisher: per-sample gradients). With :attr:`statistic` it makes the method's data needs (``MethodSpec.data``)."""
 
     def __init__(self, params: Mapping[str, Any], context: MergeContext) -> None:
         self.params = dict(params)
