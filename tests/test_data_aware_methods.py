@@ -26,6 +26,10 @@ def spec(name: str):
     return plugin_manager.registries().methods.get(name)
 
 
+def method(name: str):
+    return spec(name).load()
+
+
 @pytest.fixture(scope="module")
 def weights(tiny_llama, tiny_experts):
     return load_tensors(tiny_llama), {d: load_tensors(p) for d, p in tiny_experts.items()}
@@ -127,7 +131,7 @@ def test_fisher_statistic_is_the_mean_squared_gradient_per_sample(tiny_llama, ti
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache = ArtifactCache(tmp_path / "cache")
-    found = ensure_statistics(cache, "fisher", {"samples": 2}, tiny_llama, {"math": ("k-math", tiny_experts["math"])},
+    found = ensure_statistics(cache, method("fisher"), {"samples": 2}, tiny_llama, {"math": ("k-math", tiny_experts["math"])},
                               {"math": SAMPLES}, merged=task_vector_filter(DEFAULT_EXCLUDE), exclude=DEFAULT_EXCLUDE)
     fisher = load_tensors(found["math"])
     assert "model.embed_tokens.weight" not in fisher and "model.layers.0.mlp.up_proj.weight" in fisher
@@ -142,7 +146,7 @@ def test_fisher_statistic_is_the_mean_squared_gradient_per_sample(tiny_llama, ti
         squares.append(dict(model.named_parameters())[name].grad ** 2)
     torch.testing.assert_close(fisher[name], (squares[0] + squares[1]) / 2, rtol=1e-4, atol=1e-12)
     # a second request reuses the artifact
-    again = ensure_statistics(cache, "fisher", {"samples": 2}, tiny_llama, {"math": ("k-math", tiny_experts["math"])},
+    again = ensure_statistics(cache, method("fisher"), {"samples": 2}, tiny_llama, {"math": ("k-math", tiny_experts["math"])},
                               {"math": SAMPLES}, merged=task_vector_filter(DEFAULT_EXCLUDE), exclude=DEFAULT_EXCLUDE)
     assert again == found and cache.events[-1].hit
 
@@ -150,7 +154,7 @@ def test_fisher_statistic_is_the_mean_squared_gradient_per_sample(tiny_llama, ti
 def test_gram_statistic_is_the_token_average_of_layer_inputs(tiny_llama, tiny_experts, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    found = ensure_statistics(ArtifactCache(tmp_path / "cache"), "gram", {"samples": 2}, tiny_llama,
+    found = ensure_statistics(ArtifactCache(tmp_path / "cache"), method("regmean"), {"samples": 2}, tiny_llama,
                               {"math": ("k", tiny_experts["math"])}, {"math": SAMPLES},
                               merged=task_vector_filter(DEFAULT_EXCLUDE), exclude=DEFAULT_EXCLUDE)
     grams = load_tensors(found["math"])
@@ -172,7 +176,7 @@ def test_gram_statistic_is_the_token_average_of_layer_inputs(tiny_llama, tiny_ex
 def test_localize_mask_without_training_is_the_top_k_initialization(tiny_llama, tiny_experts, weights, tmp_path):
     base, experts = weights
     params = {"samples": 2, "density": 0.2, "sigmoid_bias": 3.0, "lr": 0.0, "epochs": 1, "l1": 0.0}
-    found = ensure_statistics(ArtifactCache(tmp_path / "cache"), "ls_mask", params, tiny_llama,
+    found = ensure_statistics(ArtifactCache(tmp_path / "cache"), method("localize_stitch"), params, tiny_llama,
                               {"math": ("k", tiny_experts["math"])}, {"math": SAMPLES},
                               merged=task_vector_filter(DEFAULT_EXCLUDE), exclude=DEFAULT_EXCLUDE)
     masks = load_tensors(found["math"])
@@ -186,12 +190,28 @@ def test_localize_mask_without_training_is_the_top_k_initialization(tiny_llama, 
 
 def test_localize_training_moves_the_mask(tiny_llama, tiny_experts, tmp_path):
     params = {"samples": 2, "density": 0.2, "sigmoid_bias": 0.01, "lr": 1e6, "epochs": 2, "l1": 0.0}
-    found = ensure_statistics(ArtifactCache(tmp_path / "cache"), "ls_mask", params, tiny_llama,
+    found = ensure_statistics(ArtifactCache(tmp_path / "cache"), method("localize_stitch"), params, tiny_llama,
                               {"math": ("k", tiny_experts["math"])}, {"math": SAMPLES},
                               merged=task_vector_filter(DEFAULT_EXCLUDE), exclude=DEFAULT_EXCLUDE)
     masks = load_tensors(found["math"])
     kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert kept != pytest.approx(0.2, abs=1e-3)
+
+
+def test_statistics_keys_of_the_built_ins_are_pinned():
+    """Cached statistics stay valid across refactorings: these digests were computed before the builders moved."""
+    from mergebench.merging.statistics import fingerprint, statistics_key
+
+    samples = fingerprint(SAMPLES)
+    ls_params = {"samples": 8, "density": 0.1, "sigmoid_bias": 3.0, "lr": 1e8, "epochs": 1, "l1": 0.0}
+    digests = {method(name).statistic: statistics_key(method(name), "expert-key", params, samples, DEFAULT_EXCLUDE,
+                                                      "base-key").digest
+               for name, params in [("fisher", {"samples": 8}), ("regmean", {"samples": 8}), ("localize_stitch", ls_params)]}
+    assert digests == {
+        "fisher": "415967786fce9a0a49aa127c6504bb04eea5bd0a6b69d3daa67d1a51e68919c2",
+        "gram": "10ada4c774153c3462534ddb2d76ee44106e775003cfd7cb389a5a55e904c1c7",
+        "ls_mask": "d60654bfe93af57797866797370b948f113d45c5fc982d86e9ee771449efcbfa",
+    }
 
 
 # -- pipeline and CLI ------------------------------------------------------------------------

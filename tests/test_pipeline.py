@@ -65,3 +65,20 @@ def test_the_multi_task_baseline_is_trained_once_and_scored_like_a_merge(bench, 
         assert case["normalized"] == pytest.approx(case["expert"]["score"] / case["merged"]["score"])  # bits per byte: lower is better
     assert cases["toy_math"]["keys"]["merged"] == cases["toy_coding"]["keys"]["merged"]
     result.stdout.fnmatch_lines(["*each expert vs the base on its own domain*"])
+
+
+def test_each_model_carries_its_name_into_its_evaluations(cache):
+    from mergebench import plugin_manager
+    from mergebench.pipeline import Pipeline, RunContext
+
+    registries = plugin_manager.registries()
+    pipeline = Pipeline(RunContext(cache=cache), registries)
+    model, task = registries.models.get("tiny-llama"), registries.tasks.get("toy_math")
+    base = pipeline.base(model)
+    expert = pipeline.expert(model, "math", base)
+    refs = [base, expert, pipeline.mtl(model, base), pipeline.checkpoint(expert.path)]
+    assert [r.name for r in refs] == ["tiny-llama", "tiny-llama/math", "tiny-llama/mtl", expert.path.name]
+    assert [r.label for r in refs[:3]] == ["base tiny-llama", "expert tiny-llama/math", "multi-task model tiny-llama"]
+    for ref in refs:
+        pipeline.evaluate(ref, task)
+    assert [e.label for e in cache.events if e.stage == "eval"] == [f"eval {r.name} on toy_math" for r in refs]

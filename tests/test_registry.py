@@ -6,7 +6,7 @@ import pytest
 
 from mergebench import hookimpl, plugin_manager
 from mergebench.errors import PluginError, UnknownNameError, UsageError
-from mergebench.specs import MethodSpec, TaskSpec
+from mergebench.specs import DataNeed, HyperParam, MethodSpec, TaskSpec
 
 
 def collect_with(*extra_plugins, load_entrypoints: bool = True):
@@ -91,3 +91,45 @@ def test_hyperparameters_validate_with_clear_messages():
         spec.resolve_params({"scale": 0.5})
     with pytest.raises(UsageError, match="it takes none"):
         collect_with().methods.get("soup").resolve_params({"scaling": 1})
+
+
+# What the built-in specs declared by hand before data needs were derived from the classes.
+DECLARED_BY_HAND = {
+    "soup": ("none",), "model_stock": ("none",),
+    "fisher": ("training_samples", "gradients"), "regmean": ("training_samples", "validation"),
+    "localize_stitch": ("training_samples",),
+    **{name: ("validation",) for name in ("task_arithmetic", "ties", "dare", "consensus", "dataless_localize_stitch",
+                                         "slerp", "della", "breadcrumbs", "tsv", "iso_c", "iso_cts")},
+}
+
+
+def test_data_needs_follow_from_the_class_and_the_grids():
+    methods = collect_with().methods
+    assert {name: tuple(d.value for d in methods.get(name).data) for name in methods.names()} == DECLARED_BY_HAND
+
+
+def test_a_declared_data_need_is_accepted_when_it_agrees_and_an_error_when_it_does_not():
+    grid = (HyperParam("scaling", 1.0, grid=(0.5, 1.0)),)
+    agreeing = MethodSpec(name="m", impl="mergebench_builtins.methods.task_arithmetic:TaskArithmetic",
+                          hyperparams=grid, data=(DataNeed.VALIDATION,))
+    assert agreeing.data == (DataNeed.VALIDATION,)
+    forgot_gradients = MethodSpec(name="m", impl="mergebench_builtins.methods.fisher:Fisher",
+                                  hyperparams=(HyperParam("samples", 4),), data=(DataNeed.TRAINING_SAMPLES,))
+    with pytest.raises(PluginError, match=r"method 'm' declares data=\(training_samples\) but needs "
+                                          r"\(training_samples, gradients\): .*drop data= from its MethodSpec"):
+        _ = forgot_gradients.data
+
+
+def test_plugins_lists_a_method_whose_class_cannot_be_imported(monkeypatch, capsys):
+    from mergebench.cli import main
+
+    class Broken:
+        @hookimpl
+        def mergebench_register_methods(self, register):
+            register(MethodSpec(name="broken", impl="no_such_module_here:Merge"))
+
+    monkeypatch.setattr(plugin_manager, "_cached", collect_with(Broken()))
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main(["plugins"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "broken" in line)
+    assert "? (cannot import no_such_module_here:Merge: No module named 'no_such_module_here')" in row

@@ -79,8 +79,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         params = "; ".join(
             f"{hp.name}={hp.default!r}" + (f" grid {len(hp.grid)}" if hp.grid else "") for hp in spec.hyperparams
         ) or "—"
-        methods.add_row(spec.name, spec.family, params, ", ".join(d.value for d in spec.data),
-                        str(entry.provider))
+        methods.add_row(spec.name, spec.family, params, _data_needs(spec), str(entry.provider))
     console.print(methods)
 
     tasks = Table(title="Tasks", title_justify="left")
@@ -114,6 +113,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         recipes.add_row(entry.spec.name, entry.spec.domain, entry.spec.summary, str(entry.provider))
     console.print(recipes)
     return 0
+
+
+def _data_needs(spec) -> str:
+    """A method's data needs, derived from its class: a plugin whose class cannot be imported still gets listed."""
+    try:
+        return ", ".join(d.value for d in spec.data)
+    except ImportError as exc:
+        return f"? (cannot import {spec.impl}: {exc})"
 
 
 # -- merge ---------------------------------------------------------------------------------
@@ -157,25 +164,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, device) -> dict[str, Path]:
     """Statistics of a data-aware method from ``--samples DOMAIN=FILE.jsonl``, cached under ``--cache-dir``."""
     from mergebench.cache import ArtifactCache
-    from mergebench.merging.api import task_vector_filter
-    from mergebench.merging.statistics import checkpoint_identity, ensure_statistics, read_jsonl
+    from mergebench.identity import checkpoint_identity
+    from mergebench.merging.statistics import read_jsonl, statistics_for
 
     files = _key_values(args.samples, "--samples")
-    impl = spec.load()
-    if not impl.statistic:
+    if not spec.load().statistic:
         if files:
             raise UsageError(f"method {spec.name!r} uses no training samples; drop --samples")
         return {}
     unknown = sorted(set(files) - set(experts))
     if unknown:
         raise UsageError(f"--samples {unknown[0]}=... names no --expert; experts: {', '.join(experts)}")
-    stat_params = impl.statistic_params(params)
-    limit = int(stat_params.get("samples", 1000))
-    samples = {label: read_jsonl(Path(path))[:limit] for label, path in files.items()}
-    return ensure_statistics(
-        ArtifactCache(args.cache_dir), impl.statistic, stat_params, Path(args.base),
-        {label: (checkpoint_identity(path), path) for label, path in experts.items()}, samples,
-        merged=task_vector_filter(exclude), exclude=exclude, device=device,
+    base = Path(args.base)
+    return statistics_for(
+        spec, params, ArtifactCache(args.cache_dir), (checkpoint_identity(base), base),
+        {label: (checkpoint_identity(path), path) for label, path in experts.items()},
+        lambda label, count: read_jsonl(Path(files[label]))[:count] if label in files else None,
+        exclude=exclude, device=device,
     )
 
 

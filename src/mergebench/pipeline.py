@@ -5,8 +5,9 @@ determined it, so the pytest cases, the CLI and a second run all share the same 
 
 * base:    hub id + revision (or the builder's name and version);
 * expert:  hub id + revision, or base key + recipe + version + data fingerprint + seed;
-* statistics (data-aware methods only): expert key + statistic kind + version + the
-  hyperparameters that shape it + fingerprint of the recipe's training samples;
+* statistics (data-aware methods only): expert key + the method's statistic name + version + the
+  hyperparameters that shape it + fingerprint of the recipe's training samples (+ the base's
+  key when the statistic depends on it);
 * merged:  base and expert keys + method + version + hyperparameters + seed + exclusions
   (+ the statistics' keys);
 * eval:    model key + task + version + task fingerprint (items) + backend.
@@ -14,7 +15,6 @@ determined it, so the pytest cases, the CLI and a second run all share the same 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -26,10 +26,11 @@ from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, TaskResult
+from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio
-from mergebench.specs import DOMAINS, GENERAL, MethodSpec, ModelSpec, TaskSpec
+from mergebench.specs import DOMAINS, GENERAL, MethodSpec, ModelSpec, RecipeSpec, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,31 @@ class RunContext:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A checkpoint on disk and the key that identifies its content."""
+    """A checkpoint on disk, the key that identifies its content, and what to call it.
+
+    ``label`` names the artifact in progress lines (``expert tiny-llama/math``); ``name`` names the
+    model itself (``tiny-llama/math``), in its evaluations' labels and the loaded model's.
+    """
 
     key: ArtifactKey
     path: Path
     label: str
+    name: str
+
+
+@dataclass(frozen=True)
+class MergeInputs:
+    """What a merge and a search of one (model, method) both start from, and the key fields they share."""
+
+    base: ModelRef
+    experts: dict[str, ModelRef]
+    statistics: dict[str, Path]  # expert → its statistic's folder, for a data-aware method
+    context: MergeContext
+    key: dict[str, Any]  # base, experts, statistics, method and version, seed, exclusions
+
+    @property
+    def expert_dirs(self) -> dict[str, Path]:
+        return {domain: ref.path for domain, ref in self.experts.items()}
 
 
 CHECKPOINT_METHOD = "checkpoint"
@@ -82,24 +103,6 @@ class Case:
     @property
     def id(self) -> str:
         return f"{self.model}-{self.method}-{self.task}"
-
-
-def _dir_fingerprint(path: Path) -> str:
-    """Identity of a checkpoint folder we did not build: its config, and each weight file's name, size and mtime.
-
-    Hub snapshots are named by their commit, which is used when present. Rewriting a weight file
-    changes its mtime, so an edited checkpoint gets a new key without hashing gigabytes.
-    """
-    if path.parent.name == "snapshots" and len(path.name) == 40:
-        return f"hub-commit:{path.name}"
-    digest = hashlib.sha256()
-    config = path / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for weight in sorted(path.glob("*.safetensors")):
-        stat = weight.stat()
-        digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
 
 
 class Pipeline:
@@ -132,11 +135,7 @@ class Pipeline:
     def _base(self, model: ModelSpec) -> ModelRef:
         label = f"base {model.name}"
         if model.source == "hub":
-            from mergebench import hub
-
-            path = hub.resolve(model.hub_id or "", model.revision, roots=list(self.context.model_roots) or None)
-            key = ArtifactKey.of("base", {"hub_id": model.hub_id, "revision": model.revision, "content": _dir_fingerprint(path)})
-            return ModelRef(key, path, label)
+            return self._from_hub("base", model.hub_id, model.revision, label, model.name)
         if model.source != "builder" or not model.impl:
             raise UsageError(f"model {model.name!r} has source {model.source!r}; expected 'hub' or 'builder' with impl")
         from mergebench.specs import load_object
@@ -145,7 +144,7 @@ class Pipeline:
         builder = load_object(model.impl)
         artifact = self.cache.get_or_build(key, lambda out: builder(out, self.context), label=label, on_wait=self._announce(label))
         self._report(label, artifact.hit, artifact.seconds)
-        return ModelRef(key, artifact.path, label)
+        return ModelRef(key, artifact.path, label, model.name)
 
     def expert(self, model: ModelSpec, domain: str, base: ModelRef | None = None) -> ModelRef:
         return self.trained(model, model.expert(domain), f"expert {model.name}/{domain}", base)
@@ -163,15 +162,11 @@ class Pipeline:
         return self._resolved["trained", model, source]
 
     def _trained(self, model: ModelSpec, source, label: str, base: ModelRef | None) -> ModelRef:
+        name = f"{model.name}/{source.domain}"
         if source.hub_id:
-            from mergebench import hub
-
-            path = hub.resolve(source.hub_id, source.revision, roots=list(self.context.model_roots) or None)
-            key = ArtifactKey.of("expert", {"hub_id": source.hub_id, "revision": source.revision, "content": _dir_fingerprint(path)})
-            return ModelRef(key, path, label)
+            return self._from_hub("expert", source.hub_id, source.revision, label, name)
         base = base or self.base(model)
-        recipe_spec = self.registries.recipes.get(source.recipe or "")
-        recipe = recipe_spec.load()(recipe_spec, self.context)
+        recipe_spec, recipe = self._recipe(source.recipe or "")
         key = ArtifactKey.of("expert", {
             "base": base.key.digest,
             "recipe": recipe_spec.name,
@@ -187,39 +182,44 @@ class Pipeline:
 
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
         self._report(label, artifact.hit, artifact.seconds)
-        return ModelRef(key, artifact.path, label)
+        return ModelRef(key, artifact.path, label, name)
 
     def experts(self, model: ModelSpec, base: ModelRef | None = None) -> dict[str, ModelRef]:
         base = base or self.base(model)
         return {domain: self.expert(model, domain, base) for domain in model.domains}
+
+    def _from_hub(self, stage: str, hub_id: str | None, revision: str | None, label: str, name: str) -> ModelRef:
+        from mergebench import hub
+
+        path = hub.resolve(hub_id or "", revision, roots=list(self.context.model_roots) or None)
+        key = ArtifactKey.of(stage, {"hub_id": hub_id, "revision": revision, "content": checkpoint_identity(path)})
+        return ModelRef(key, path, label, name)
+
+    def _recipe(self, name: str) -> tuple[RecipeSpec, Any]:
+        """A recipe's spec and its instance for this run: what trains an expert and what gives its training samples."""
+        spec = self.registries.recipes.get(name)
+        return spec, spec.load()(spec, self.context)
 
     # -- statistics of data-aware methods ---------------------------------------------------
     def statistics(self, model: ModelSpec, method: MethodSpec, params: Mapping[str, Any], base: ModelRef,
                    experts: Mapping[str, ModelRef]) -> dict[str, Path]:
         """Each expert's statistic for a data-aware method (empty for the others), computed on samples
         of the expert's training data from its recipe, cached per expert."""
-        from mergebench.merging.api import task_vector_filter
-        from mergebench.merging.statistics import ensure_statistics
+        from mergebench.merging.statistics import statistics_for
 
-        impl = method.load()
-        if not impl.statistic:
-            return {}
-        stat_params = impl.statistic_params(params)
-        samples = {}
-        for domain in experts:
+        def samples_of(domain: str, count: int) -> list[dict[str, str]]:
             source = model.expert(domain)
             if not source.recipe:
                 raise UsageError(
                     f"method {method.name!r} needs training samples of the {domain!r} expert of {model.name!r}, "
                     "but its ExpertSource names no recipe describing its training data; add recipe=... to it"
                 )
-            recipe_spec = self.registries.recipes.get(source.recipe)
-            recipe = recipe_spec.load()(recipe_spec, self.context)
-            samples[domain] = recipe.samples(int(stat_params.get("samples", 1000)), self.context.seed)
-        return ensure_statistics(
-            self.cache, impl.statistic, stat_params, base.path, {d: (r.key.digest, r.path) for d, r in experts.items()},
-            samples, merged=task_vector_filter(self.context.exclude), exclude=self.context.exclude,
-            device=self.context.device, base_key=base.key.digest,
+            _, recipe = self._recipe(source.recipe)
+            return recipe.samples(count, self.context.seed)
+
+        return statistics_for(
+            method, params, self.cache, (base.key.digest, base.path), {d: (r.key.digest, r.path) for d, r in experts.items()},
+            samples_of, exclude=self.context.exclude, device=self.context.device,
         )
 
     # -- merge -----------------------------------------------------------------------------
@@ -229,31 +229,36 @@ class Pipeline:
         from mergebench.merging.engine import merge_checkpoints
 
         resolved = method.resolve_params(params)
+        inputs = self._merge_inputs(model, method, resolved)
+        label = f"merge {model.name}/{method.name}"
+        key = ArtifactKey.of("merged", {**inputs.key, "params": resolved})
+
+        def build(out: Path) -> None:
+            merge_checkpoints(method, resolved, inputs.base.path, inputs.expert_dirs, out, context=inputs.context,
+                              metadata={"mergebench_key": key.digest}, allow_pickle=self.context.allow_pickle)
+
+        artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
+        self._report(label, artifact.hit, artifact.seconds)
+        seconds = _build_seconds(artifact.path) + sum(_build_seconds(p) for p in inputs.statistics.values())
+        return ModelRef(key, artifact.path, label, f"{model.name}/{method.name}"), seconds
+
+    def _merge_inputs(self, model: ModelSpec, method: MethodSpec, params: Mapping[str, Any]) -> MergeInputs:
+        """What merging ``model``'s experts with ``method`` starts from; ``params`` shape the statistics."""
         base = self.base(model)
         experts = self.experts(model, base)
-        statistics = self.statistics(model, method, resolved, base, experts)
-        label = f"merge {model.name}/{method.name}"
-        key = ArtifactKey.of("merged", {
+        statistics = self.statistics(model, method, params, base, experts)
+        key = {
             **({"statistics": {d: p.name for d, p in statistics.items()}} if statistics else {}),
             "base": base.key.digest,
             "experts": {d: ref.key.digest for d, ref in experts.items()},
             "method": method.name,
             "method_version": method.version,
-            "params": resolved,
             "seed": self.context.seed,
             "exclude": list(self.context.exclude),
-        })
+        }
         context = MergeContext(seed=self.context.seed, device=self.context.device, exclude=self.context.exclude,
                                domains=tuple(experts), statistics=statistics)
-
-        def build(out: Path) -> None:
-            merge_checkpoints(method, resolved, base.path, {d: r.path for d, r in experts.items()}, out,
-                              context=context, metadata={"mergebench_key": key.digest}, allow_pickle=self.context.allow_pickle)
-
-        artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
-        self._report(label, artifact.hit, artifact.seconds)
-        seconds = _build_seconds(artifact.path) + sum(_build_seconds(p) for p in statistics.values())
-        return ModelRef(key, artifact.path, label), seconds
+        return MergeInputs(base, experts, statistics, context, key)
 
     # -- hyperparameter search ---------------------------------------------------------------
     def surrogates(self, model: ModelSpec) -> list[TaskSpec]:
@@ -279,29 +284,19 @@ class Pipeline:
         points = grid_points(method, {k: method.param(k).validate(v) for k, v in (fixed or {}).items()})
         if len(points) <= 1:
             return method.resolve_params(points[0] if points else fixed), 0.0
-        base = self.base(model)
-        experts = self.experts(model, base)
-        defaults = method.resolve_params(fixed)
-        statistics = self.statistics(model, method, defaults, base, experts)
+        inputs = self._merge_inputs(model, method, method.resolve_params(fixed))
+        base, experts, context = inputs.base, inputs.experts, inputs.context
         tasks = self.surrogates(model)
         references = {t.name: self.evaluate(experts[t.domain], t) for t in tasks}
         surrogates = [Surrogate(t, references[t.name].n, references[t.name].score) for t in tasks]
         label = f"search {model.name}/{method.name} ({self.context.search}, {len(points)} points)"
         key = ArtifactKey.of("search", {
-            "base": base.key.digest,
-            "experts": {d: ref.key.digest for d, ref in experts.items()},
-            **({"statistics": {d: p.name for d, p in statistics.items()}} if statistics else {}),
-            "method": method.name,
-            "method_version": method.version,
+            **inputs.key,
             "points": points,
             "strategy": self.context.search,
             "item_order": {"units": UNITS, "generation_from": GENERATION_FROM},
             "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
-            "seed": self.context.seed,
-            "exclude": list(self.context.exclude),
         })
-        context = MergeContext(seed=self.context.seed, device=self.context.device, exclude=self.context.exclude,
-                               domains=tuple(experts), statistics=statistics)
 
         def build(out: Path) -> None:
             result = run_search(self.context.search, method, points, base_dir=base.path,
@@ -324,7 +319,7 @@ class Pipeline:
             return found
         from mergebench.evaluation.backends import load_language_model
 
-        lm = load_language_model(self.context.backend, ref.path, name=ref.label.split(" ", 1)[-1],
+        lm = load_language_model(self.context.backend, ref.path, name=ref.name,
                                  batch_size=self.context.batch_size, device=self.context.device)
         self._models[ref.key.digest] = lm
         while len(self._models) > 2:
@@ -333,7 +328,7 @@ class Pipeline:
 
     def evaluate(self, ref: ModelRef, task: TaskSpec) -> TaskResult:
         impl = task.load()(task, self.context, limit=self.context.eval_limit)
-        label = f"eval {ref.label.split(' ', 1)[-1]} on {task.name}"
+        label = f"eval {ref.name} on {task.name}"
         key = ArtifactKey.of("eval", {
             "model": ref.key.digest,
             "task": task.name,
@@ -360,8 +355,8 @@ class Pipeline:
         path = Path(path).resolve()
         if not (path / "config.json").is_file():
             raise UsageError(f"--mb-checkpoint {path} is not a Hugging Face checkpoint folder (no config.json)")
-        key = ArtifactKey.of("checkpoint", {"path": str(path), "content": _dir_fingerprint(path)})
-        return ModelRef(key, path, f"checkpoint {path.name}")
+        key = ArtifactKey.of("checkpoint", {"path": str(path), "content": checkpoint_identity(path)})
+        return ModelRef(key, path, f"checkpoint {path.name}", path.name)
 
     def run_case(self, case: Case) -> CaseResult:
         model = self.registries.models.get(case.model)

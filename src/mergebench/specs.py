@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import enum
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from mergebench.errors import UsageError
+from mergebench.errors import PluginError, UsageError
 
 DOMAINS = ("instruction", "math", "multilingual", "coding", "safety")
 """The five domains of the study, in the order of its tables; also the suffixes of the
@@ -92,6 +92,13 @@ class MethodSpec:
 
     ``family`` follows the study's Table 1 (``coefficient`` tuning vs ``sparsification``); it
     becomes a pytest marker. ``grid`` of each hyperparameter is the Table-7 validation grid.
+
+    ``data`` (what the method consumes besides the checkpoints) is derived, not declared, so it
+    cannot disagree with what the engine does: the class's statistic and its needs
+    (:meth:`MergeMethod.data_needs`), plus validation when a hyperparameter has a grid. Reading it
+    imports the class (and torch), so only ``mergebench plugins`` does, never pytest collection.
+    A spec may still pass ``data=`` (specs written before it was derived); reading ``data`` then
+    raises a :class:`PluginError` if the declaration disagrees.
     """
 
     name: str
@@ -99,12 +106,16 @@ class MethodSpec:
     version: str = "1"
     family: str = "coefficient"
     hyperparams: tuple[HyperParam, ...] = ()
-    data: tuple[DataNeed, ...] = (DataNeed.NONE,)
+    data: InitVar[tuple[DataNeed, ...] | None] = None  # read back through the derived property below
     min_experts: int = 1
     max_experts: int | None = None
     opt_in: bool = False  # left out of the default grid: runs when named or with --mb-methods all
     summary: str = ""
     reference_url: str = ""
+    declared_data: tuple[DataNeed, ...] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self, data: tuple[DataNeed, ...] | None) -> None:
+        object.__setattr__(self, "declared_data", None if data is None else tuple(data))
 
     def param(self, name: str) -> HyperParam:
         for hp in self.hyperparams:
@@ -135,6 +146,27 @@ class MethodSpec:
 
     def load(self) -> Any:
         return load_object(self.impl)
+
+
+def _derived_data(spec: MethodSpec) -> tuple[DataNeed, ...]:
+    needs = tuple(spec.load().data_needs())
+    if any(hp.grid for hp in spec.hyperparams):
+        needs += (DataNeed.VALIDATION,)
+    needs = needs or (DataNeed.NONE,)
+    if spec.declared_data is not None and set(spec.declared_data) != set(needs):
+        def names(found):
+            return "(" + ", ".join(getattr(d, "value", str(d)) for d in found) + ")"
+
+        raise PluginError(
+            f"method {spec.name!r} declares data={names(spec.declared_data)} but needs {names(needs)}: a method's data "
+            f"needs follow from its class ({spec.impl}: its statistic and statistic_needs) and from its hyperparameters' "
+            "grids (validation); drop data= from its MethodSpec"
+        )
+    return needs
+
+
+# Set after the class is made: ``data`` is also the name of the InitVar that accepts a declaration.
+MethodSpec.data = property(_derived_data, doc="What the method consumes besides the checkpoints (derived; see MethodSpec).")
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,14 @@ the methods beyond the study get a small grid around their papers' defaults (mar
 opt-in: they run when named (``--mb-methods slerp``) or with ``--mb-methods all``.
 Shared parameter names: ``scaling`` (λ), ``density`` (fraction of task-vector entries kept),
 ``scope`` (``global`` or ``tensor`` top-k), ``p`` (DARE's drop probability); random methods take
-their seed from the merge context (``--seed``).
+their seed from the merge context (``--seed``). A spec declares no data needs: ``MethodSpec.data``
+derives them from the method's class (its statistic) and the grids here.
 """
 
 from __future__ import annotations
 
 from mergebench import hookimpl
-from mergebench.specs import DataNeed, HyperParam, MethodSpec
+from mergebench.specs import HyperParam, MethodSpec
 
 LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(1, 11))
 SCOPES = ("global", "tensor")
@@ -38,24 +39,21 @@ def samples(default: int = 1000) -> HyperParam:
 
 
 def method_specs() -> list[MethodSpec]:
-    data_free = (DataNeed.NONE,)
-    validated = (DataNeed.VALIDATION,)
-    training = (DataNeed.TRAINING_SAMPLES,)
     return [
         MethodSpec(
-            name="soup", impl=f"{PKG}.soup:Soup", family="coefficient", data=data_free,
+            name="soup", impl=f"{PKG}.soup:Soup", family="coefficient",
             summary="Element-wise mean of the finetuned models.",
             reference_url="https://arxiv.org/abs/2203.05482",
         ),
         MethodSpec(
             name="task_arithmetic", impl=f"{PKG}.task_arithmetic:TaskArithmetic", family="coefficient",
-            hyperparams=(scaling(),), data=validated,
+            hyperparams=(scaling(),),
             summary="Base plus λ times the sum of task vectors.",
             reference_url="https://arxiv.org/abs/2212.04089",
         ),
         MethodSpec(
             name="fisher", impl=f"{PKG}.fisher:Fisher", family="coefficient",
-            hyperparams=(samples(),), data=(DataNeed.TRAINING_SAMPLES, DataNeed.GRADIENTS),
+            hyperparams=(samples(),),
             summary="Average weighted entry by entry by each expert's diagonal Fisher information.",
             reference_url="https://arxiv.org/abs/2111.09832",
         ),
@@ -66,13 +64,12 @@ def method_specs() -> list[MethodSpec]:
                            doc="scale of the Gram matrices' off-diagonal entries (the study's 'reduction')"),
                 samples(),
             ),
-            data=training + validated,
             summary="Linear layers solved to reproduce every expert's outputs on its inputs (Gram matrices).",
             reference_url="https://arxiv.org/abs/2212.09849",
         ),
         MethodSpec(
             name="ties", impl=f"{PKG}.ties:Ties", family="sparsification",
-            hyperparams=(scaling(1.0), density(0.2, (0.1, 0.2, 0.3)), scope("global")), data=validated,
+            hyperparams=(scaling(1.0), density(0.2, (0.1, 0.2, 0.3)), scope("global")),
             summary="Trim task vectors to their top-k magnitudes, elect signs, average the agreeing entries.",
             reference_url="https://arxiv.org/abs/2306.01708",
         ),
@@ -83,7 +80,6 @@ def method_specs() -> list[MethodSpec]:
                 HyperParam("p", 0.8, grid=(0.7, 0.8, 0.9), low=0.0, high=0.999,
                            doc="drop probability; the study's sparsity s ∈ {0.1, 0.2, 0.3} kept is p = 1 − s"),
             ),
-            data=validated,
             summary="Drop task-vector entries at random with probability p, rescale by 1/(1−p), add.",
             reference_url="https://arxiv.org/abs/2311.03099",
         ),
@@ -95,7 +91,6 @@ def method_specs() -> list[MethodSpec]:
                            doc="λ_c of the TALL masks |τ_i| ≥ λ_c |τ_MTL − τ_i|"),
                 HyperParam("k", 2, low=1, high=1000, doc="how many task masks must agree"),
             ),
-            data=validated,
             summary="Task arithmetic restricted to entries that at least k tasks' TALL masks select.",
             reference_url="https://arxiv.org/abs/2405.07813",
         ),
@@ -109,14 +104,13 @@ def method_specs() -> list[MethodSpec]:
                 HyperParam("l1", 0.0, low=0.0, doc="L1 penalty on the relaxed mask"),
                 samples(),
             ),
-            data=training,
             summary="Masks trained on each expert's samples localize its skill; the regions are stitched.",
             reference_url="https://arxiv.org/abs/2408.13656",
         ),
         MethodSpec(
             name="dataless_localize_stitch", impl=f"{PKG}.dataless_localize_stitch:DatalessLocalizeStitch",
             family="sparsification",
-            hyperparams=(density(0.1, (0.1, 0.2, 0.3, 0.4, 0.5)), scope("global")), data=validated,
+            hyperparams=(density(0.1, (0.1, 0.2, 0.3, 0.4, 0.5)), scope("global")),
             summary="Each expert's top-k task-vector entries are stitched onto the base, overlaps averaged.",
             reference_url="https://arxiv.org/abs/2408.13656",
         ),
@@ -124,7 +118,6 @@ def method_specs() -> list[MethodSpec]:
             name="slerp", opt_in=True, impl=f"{PKG}.slerp:Slerp", family="other", min_experts=2, max_experts=2,
             hyperparams=(HyperParam("t", 0.5, grid=(0.3, 0.5, 0.7), low=0.0, high=1.0,
                                     doc="interpolation position: 0 = first expert, 1 = second (grid ours)"),),
-            data=validated,
             summary="Spherical interpolation between two experts, tensor by tensor.",
             reference_url="https://en.wikipedia.org/wiki/Slerp",
         ),
@@ -136,7 +129,6 @@ def method_specs() -> list[MethodSpec]:
                 HyperParam("epsilon", 0.1, grid=(0.05, 0.1), low=0.0, high=0.5,
                            doc="spread of keep probabilities around density (grid ours)"),
             ),
-            data=validated,
             summary="Magnitude-ranked random drop with rescaling, then TIES' sign election and mean.",
             reference_url="https://arxiv.org/abs/2406.11617",
         ),
@@ -149,25 +141,23 @@ def method_specs() -> list[MethodSpec]:
                            doc="fraction of largest-magnitude outliers dropped (grid ours)"),
                 scope("tensor"),
             ),
-            data=validated,
             summary="Drop the smallest entries and the largest outliers of each task vector, then add.",
             reference_url="https://arxiv.org/abs/2312.06795",
         ),
         MethodSpec(
             name="model_stock", opt_in=True, impl=f"{PKG}.model_stock:ModelStock", family="other", min_experts=2,
-            data=data_free,
             summary="Move from the base towards the experts' mean by a ratio set by the angle between them.",
             reference_url="https://arxiv.org/abs/2403.19522",
         ),
         MethodSpec(
             name="tsv", opt_in=True, impl=f"{PKG}.tsv:TaskSingularVectors", family="other",
-            hyperparams=(scaling(1.0, (0.5, 0.75, 1.0, 1.25, 1.5)),), data=validated,
+            hyperparams=(scaling(1.0, (0.5, 0.75, 1.0, 1.25, 1.5)),),
             summary="Each task's top singular directions, decorrelated across tasks (TSV-Merge).",
             reference_url="https://arxiv.org/abs/2412.00081",
         ),
         MethodSpec(
             name="iso_c", opt_in=True, impl=f"{PKG}.iso:IsoC", family="other",
-            hyperparams=(scaling(1.0, (0.5, 1.0, 1.5, 2.0)),), data=validated,
+            hyperparams=(scaling(1.0, (0.5, 1.0, 1.5, 2.0)),),
             summary="Summed task matrices with a flattened (isotropic) singular spectrum.",
             reference_url="https://arxiv.org/abs/2502.04959",
         ),
@@ -178,7 +168,6 @@ def method_specs() -> list[MethodSpec]:
                 HyperParam("common_fraction", 0.8, low=0.0, high=1.0,
                            doc="share of the rank given to the common subspace (the paper's 0.8)"),
             ),
-            data=validated,
             summary="Isotropic merging in a common subspace plus task-specific subspaces.",
             reference_url="https://arxiv.org/abs/2502.04959",
         ),

@@ -8,17 +8,21 @@ of its inputs on expert i's samples, W = (Σ_i W_i G̃_i)(Σ_i G̃_i)⁻¹, wher
 diag(G_i) shrinks the off-diagonal entries by α (``alpha``, the study's "reduction", tuned over
 {0.1, 0.3, 0.5, 0.7, 0.9}). Written on task vectors: θ_pre + (Σ_i τ_i G̃_i)(Σ_i G̃_i)⁻¹. Other
 parameters (norms) are averaged. Grams are averaged over tokens, so experts weigh equally
-whatever the length of their samples; they are cached per expert and read layer by layer.
+whatever the length of their samples; they are computed here from forward hooks, cached per
+expert by the harness (:mod:`mergebench.merging.statistics`) and read layer by layer.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from mergebench import progress
+from mergebench.merging.statistics import StatisticJob, encode, load_model, save_statistic
 from mergebench.merging.tensors import averaged, summed, task_vectors
-from mergebench_builtins.methods.datafed import StatisticMethod
+from mergebench_builtins.methods.statistic_method import StatisticMethod
 
 
 def shrink(gram: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -38,6 +42,33 @@ def regmean_delta(deltas: Sequence[torch.Tensor], grams: Sequence[torch.Tensor],
 
 class RegMean(StatisticMethod):
     statistic = "gram"
+
+    @classmethod
+    def compute_statistic(cls, job: StatisticJob, out_dir: Path) -> None:
+        """The Gram matrix XᵀX of the inputs of every merged ``nn.Linear`` (keyed by its weight's
+        name), averaged over the tokens seen."""
+        model, tokenizer = load_model(job.expert_dir, job.device)
+        grams: dict[str, torch.Tensor] = {}
+        tokens: dict[str, int] = {}
+        handles = []
+        for module_name, module in model.named_modules():
+            weight_name = f"{module_name}.weight"
+            if isinstance(module, torch.nn.Linear) and job.merged(weight_name):
+                def hook(_module, inputs, _output, key=weight_name):
+                    x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+                    grams[key] = grams[key].addmm_(x.T, x) if key in grams else x.T @ x
+                    tokens[key] = tokens.get(key, 0) + x.shape[0]
+                handles.append(module.register_forward_hook(hook))
+        try:
+            with torch.no_grad(), progress.progress("gram", total=len(job.samples), unit="samples") as bar:
+                for sample in job.samples:
+                    ids, _ = encode(tokenizer, sample)
+                    model(input_ids=ids.to(job.device))
+                    bar.advance()
+        finally:
+            for handle in handles:
+                handle.remove()
+        save_statistic({n: g / tokens[n] for n, g in grams.items()}, out_dir, "gram")
 
     def merge_tensor(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
         deltas = list(task_vectors(experts, base))

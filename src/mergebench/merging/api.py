@@ -20,9 +20,12 @@ Optional hooks make methods fast to validate and possible to feed with data:
 * :meth:`MergeMethod.prepare_all` prepares several configurations of a method at once (a
   search's densities): a method whose :meth:`~MergeMethod.prepare` passes could serve them all
   overrides it.
-* A data-aware method names the per-expert ``statistic`` it needs (``"fisher"``, ``"gram"``,
-  ``"ls_mask"``, see :mod:`mergebench.merging.statistics`); the engine refuses to run it without
-  ``context.statistics[label]`` for every expert, a folder of safetensors read tensor by tensor.
+* A data-aware method owns a per-expert ``statistic``: it declares its name, version, the
+  hyperparameters that shape it and the data it needs, and computes it in
+  :meth:`MergeMethod.compute_statistic` from samples of the expert's training data. The harness
+  (:mod:`mergebench.merging.statistics`) gathers the samples, caches each expert's statistic as an
+  artifact and passes the folders in ``context.statistics[label]``; the engine refuses to run the
+  method without one for every expert. A plugin adds a statistic this way, with no table to edit.
 """
 
 from __future__ import annotations
@@ -34,11 +37,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Se
 
 from mergebench.merging.tensors import scaled_sum
 from mergebench.merging.threads import ordered_map
+from mergebench.specs import DataNeed
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
 
     import torch
+
+    from mergebench.merging.statistics import StatisticJob
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     r"(^|\.)embed_tokens\.",
@@ -116,7 +123,20 @@ class MergeMethod:
     scales_delta: ClassVar[bool] = False
     """True when ``merge_tensor == base + params["scaling"] * merge_delta``: grids over λ reuse the delta."""
     statistic: ClassVar[str | None] = None
-    """The per-expert statistic a data-aware method reads from ``context.statistics``."""
+    """Name of the per-expert statistic a data-aware method computes (:meth:`compute_statistic`) and
+    reads from ``context.statistics``. Name and version identify the algorithm in its cache key, so
+    methods that share a statistic share its artifacts."""
+    statistic_version: ClassVar[str] = "1"
+    """Bump it when :meth:`compute_statistic` writes something else: cached statistics are then rebuilt."""
+    statistic_keys: ClassVar[tuple[str, ...]] = ("samples",)
+    """Hyperparameters that shape the statistic (part of its cache key); the others only change the merge,
+    so a search over them reuses one statistic."""
+    statistic_relative_to_base: ClassVar[bool] = False
+    """True when the statistic depends on the base too (Localize-and-Stitch's masks are trained on
+    θ_pre + σ(S) ⊙ τ): the base's key then joins the statistic's cache key."""
+    statistic_needs: ClassVar[tuple[DataNeed, ...]] = ()
+    """What the statistic needs besides the training samples every statistic is computed from
+    (Fisher: per-sample gradients). With :attr:`statistic` it makes the method's data needs (``MethodSpec.data``)."""
 
     def __init__(self, params: Mapping[str, Any], context: MergeContext) -> None:
         self.params = dict(params)
@@ -147,7 +167,22 @@ class MergeMethod:
     @classmethod
     def statistic_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
         """The hyperparameters that change the statistic (part of its cache key); the rest only change the merge."""
-        return {}
+        return {key: params[key] for key in cls.statistic_keys if key in params}
+
+    @classmethod
+    def compute_statistic(cls, job: "StatisticJob", out_dir: "Path") -> None:
+        """Write one expert's statistic into ``out_dir`` as safetensors named like the tensors it belongs to.
+
+        Called by the harness only when the cache lacks it; ``out_dir`` becomes the artifact, so
+        write nothing else there. :mod:`mergebench.merging.statistics` has the helpers (loading a
+        model, encoding a sample, saving tensors).
+        """
+        raise NotImplementedError(f"{cls.__name__} declares statistic {cls.statistic!r} but does not compute it")
+
+    @classmethod
+    def data_needs(cls) -> tuple[DataNeed, ...]:
+        """What the method's statistic needs (nothing for a data-free method); validation comes from its spec's grids."""
+        return (DataNeed.TRAINING_SAMPLES, *cls.statistic_needs) if cls.statistic else ()
 
     def merge_delta(self, name: str, base: "torch.Tensor", experts: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """The unscaled merged task vector, for methods with ``scales_delta``."""

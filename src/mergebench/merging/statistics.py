@@ -1,16 +1,14 @@
-"""Per-expert statistics of the data-aware methods, computed once and cached as artifacts.
+"""The harness around the per-expert statistics of data-aware methods: samples in, cached folders out.
 
 Fisher Merging, RegMean and Localize-and-Stitch need something computed from each expert on
 samples of its training data; merging then reads it tensor by tensor, so memory stays bounded
-(the official code holds every model in RAM at once). Each statistic is an artifact of stage
-``statistics`` keyed by (expert key, statistic kind + version, the hyperparameters that shape it,
-the fingerprint of the samples), stored as safetensors named like the weights it belongs to:
-
-* ``fisher``  — diagonal empirical Fisher: mean over samples of the squared gradient of the
-  sample's completion loss (one backward pass per sample), for every merged parameter.
-* ``gram``    — RegMean's Gram matrix XᵀX of the inputs of every merged ``nn.Linear`` (keyed by
-  its weight's name), averaged over the tokens seen, from forward hooks.
-* ``ls_mask`` — Localize-and-Stitch's trained binary mask (uint8) for every merged parameter.
+(the official code holds every model in RAM at once). The method owns its statistic
+(:attr:`MergeMethod.statistic` and :meth:`MergeMethod.compute_statistic`, next to its merge
+formula); this module owns what every statistic shares: checking, reading and fingerprinting the
+samples, encoding one for a model, the cache key, and the cached loop over experts. Each
+statistic is an artifact of stage ``statistics`` keyed by (expert key, statistic name + version,
+the hyperparameters that shape it, the fingerprint of the samples, the base's key if it depends
+on the base), stored as safetensors named like the weights it belongs to.
 
 A sample is ``{"prompt": str, "completion": str}`` (what :meth:`Recipe.samples` returns and what
 ``mergebench merge --samples DOMAIN=FILE.jsonl`` reads); it is rendered with the expert's chat
@@ -21,18 +19,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey, canonical_json
 from mergebench.errors import UsageError
+from mergebench.identity import checkpoint_identity
+from mergebench.merging.api import task_vector_filter
 
 if TYPE_CHECKING:
     import torch
 
+    from mergebench.merging.api import MergeMethod
+    from mergebench.specs import MethodSpec
+
 MAX_TOKENS = 256
-VERSIONS = {"fisher": "1", "gram": "1", "ls_mask": "1"}
 
 
 # -- samples -------------------------------------------------------------------------------
@@ -89,17 +92,31 @@ def encode(tokenizer, sample: Mapping[str, str]) -> tuple["torch.Tensor", "torch
     return torch.tensor([ids]), torch.tensor([labels])
 
 
-# -- the statistics ------------------------------------------------------------------------
-def _load(model_dir: Path, device: str):
+# -- what a method's compute_statistic gets, and helpers it may use -------------------------
+@dataclass(frozen=True)
+class StatisticJob:
+    """One expert's statistic to compute (:meth:`MergeMethod.compute_statistic`)."""
+
+    base_dir: Path
+    expert_dir: Path
+    samples: Sequence[Mapping[str, str]]  # checked, at most the method's ``samples`` of them
+    params: Mapping[str, Any]  # the hyperparameters named by the method's ``statistic_keys``
+    merged: Callable[[str], bool]  # whether a tensor name is merged (the others need no statistic)
+    device: str = "cpu"
+
+
+def load_model(model_dir: Path, device: str):
+    """(model, tokenizer) of a checkpoint in float32, in eval mode: statistics of the model as it is, no dropout."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    model.eval()  # no dropout: statistics of the model as it is
+    model.eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
-def _save(tensors: Mapping[str, "torch.Tensor"], out_dir: Path, kind: str) -> None:
+def save_statistic(tensors: Mapping[str, "torch.Tensor"], out_dir: Path, kind: str) -> None:
+    """Write a statistic as (sharded) safetensors; their metadata name the statistic."""
     from mergebench.checkpoint import ShardedWriter
 
     writer = ShardedWriter(out_dir, metadata={"mergebench_statistic": kind})
@@ -108,138 +125,20 @@ def _save(tensors: Mapping[str, "torch.Tensor"], out_dir: Path, kind: str) -> No
     writer.close()
 
 
-def compute_fisher(base_dir: Path, expert_dir: Path, samples, params, merged: Callable[[str], bool],
-                   device: str, out_dir: Path) -> None:
-    import torch
-
-    model, tokenizer = _load(expert_dir, device)
-    wanted = {n: p for n, p in model.named_parameters() if merged(n)}
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in wanted)
-    fisher = {n: torch.zeros_like(p) for n, p in wanted.items()}
-    with progress.progress("fisher", total=len(samples), unit="samples") as bar:
-        for sample in samples:
-            ids, labels = encode(tokenizer, sample)
-            model.zero_grad(set_to_none=True)
-            model(input_ids=ids.to(device), labels=labels.to(device)).loss.backward()
-            for name, parameter in wanted.items():
-                if parameter.grad is not None:
-                    fisher[name].addcmul_(parameter.grad, parameter.grad)
-            bar.advance()
-    _save({n: f / len(samples) for n, f in fisher.items()}, out_dir, "fisher")
-
-
-def compute_gram(base_dir: Path, expert_dir: Path, samples, params, merged: Callable[[str], bool],
-                 device: str, out_dir: Path) -> None:
-    import torch
-
-    model, tokenizer = _load(expert_dir, device)
-    grams: dict[str, torch.Tensor] = {}
-    tokens: dict[str, int] = {}
-    handles = []
-    for module_name, module in model.named_modules():
-        weight_name = f"{module_name}.weight"
-        if isinstance(module, torch.nn.Linear) and merged(weight_name):
-            def hook(_module, inputs, _output, key=weight_name):
-                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-                grams[key] = grams[key].addmm_(x.T, x) if key in grams else x.T @ x
-                tokens[key] = tokens.get(key, 0) + x.shape[0]
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad(), progress.progress("gram", total=len(samples), unit="samples") as bar:
-            for sample in samples:
-                ids, _ = encode(tokenizer, sample)
-                model(input_ids=ids.to(device))
-                bar.advance()
-    finally:
-        for handle in handles:
-            handle.remove()
-    _save({n: g / tokens[n] for n, g in grams.items()}, out_dir, "gram")
-
-
-def train_ls_mask(base_dir: Path, expert_dir: Path, samples, params, merged: Callable[[str], bool],
-                  device: str, out_dir: Path) -> None:
-    """Localize-and-Stitch's localization (He et al. 2025, Algorithm 1), on the CPU or GPU.
-
-    Mask logits S start at ±``sigmoid_bias`` on the top ``density`` entries of |τ| (over the whole
-    model); the model θ_pre + σ(S) ⊙ τ is trained on the samples for ``epochs`` by SGD on S with
-    learning rate ``lr`` and an L1 penalty ``l1`` on σ(S); the mask is σ(S) > 1/2.
-    """
-    import torch
-
-    from mergebench.checkpoint import CheckpointReader
-    from mergebench.merging.topk import MagnitudeSelector, topk_count
-
-    model, tokenizer = _load(base_dir, device)
-    expert = CheckpointReader(expert_dir)
-    wanted = {n: p for n, p in model.named_parameters() if merged(n)}
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in wanted)
-    pre = {n: p.detach().clone() for n, p in wanted.items()}
-    tau = {n: expert.get(n).to(device, torch.float32) - pre[n] for n in wanted}
-    selector = MagnitudeSelector([topk_count(sum(t.numel() for t in tau.values()), params["density"])])
-    for t in tau.values():
-        selector.add(t)
-    for t in tau.values():
-        selector.refine(t)
-    threshold = selector.thresholds()[0]
-    bias = params["sigmoid_bias"]
-    logits = {n: torch.where(t.abs() >= threshold, bias, -bias).to(torch.float32) for n, t in tau.items()}
-    steps = params["epochs"] * len(samples)
-    with progress.progress("localize", total=steps, unit="steps") as bar:
-        for _ in range(params["epochs"]):
-            for sample in samples:
-                with torch.no_grad():
-                    for n, parameter in wanted.items():
-                        parameter.copy_(pre[n] + torch.sigmoid(logits[n]) * tau[n])
-                ids, labels = encode(tokenizer, sample)
-                model.zero_grad(set_to_none=True)
-                model(input_ids=ids.to(device), labels=labels.to(device)).loss.backward()
-                with torch.no_grad():
-                    for n, parameter in wanted.items():
-                        sig = torch.sigmoid(logits[n])
-                        slope = sig * (1 - sig)
-                        grad = slope * params["l1"]
-                        if parameter.grad is not None:
-                            grad = grad + parameter.grad * tau[n] * slope
-                        logits[n] -= params["lr"] * grad
-                bar.advance()
-    _save({n: (s > 0).to(torch.uint8) for n, s in logits.items()}, out_dir, "ls_mask")
-
-
-BUILDERS = {"fisher": compute_fisher, "gram": compute_gram, "ls_mask": train_ls_mask}
-RELATIVE_TO_BASE = {"ls_mask"}  # trained on θ_pre + σ(S) ⊙ τ: depends on the base too
-
-
 # -- cached per expert ---------------------------------------------------------------------
-def checkpoint_identity(directory: Path) -> str:
-    """Identity of a local checkpoint for statistics keys: its config and each weight file's
-    resolved path, size and modification time (hashing gigabytes of weights would cost more than
-    the statistic; a rewritten file gets a new key)."""
-    digest = hashlib.sha256()
-    directory = Path(directory).resolve()
-    config = directory / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for weight in sorted(directory.glob("*.safetensors")):
-        stat = weight.stat()
-        digest.update(f"{weight}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def statistics_key(kind: str, expert_key: str, params: Mapping[str, Any], samples_fingerprint: str,
+def statistics_key(method: type["MergeMethod"], expert_key: str, params: Mapping[str, Any], samples_fingerprint: str,
                    exclude: Sequence[str], base_key: str = "") -> ArtifactKey:
-    """The identity of one expert's statistic; ``base_key`` only for statistics relative to the base (L&S masks)."""
+    """The identity of one expert's statistic; ``base_key`` counts only for statistics relative to the base (L&S masks)."""
     return ArtifactKey.of("statistics", {
-        "kind": kind, "version": VERSIONS[kind], "expert": expert_key, "params": dict(params),
-        **({"base": base_key} if kind in RELATIVE_TO_BASE else {}),
+        "kind": method.statistic, "version": method.statistic_version, "expert": expert_key, "params": dict(params),
+        **({"base": base_key} if method.statistic_relative_to_base else {}),
         "samples": samples_fingerprint, "exclude": list(exclude), "max_tokens": MAX_TOKENS,
     })
 
 
 def ensure_statistics(
     cache: ArtifactCache,
-    kind: str,
+    method: type["MergeMethod"],
     params: Mapping[str, Any],
     base_dir: Path,
     experts: Mapping[str, tuple[str, Path]],
@@ -250,9 +149,10 @@ def ensure_statistics(
     device: str = "cpu",
     base_key: str = "",
 ) -> dict[str, Path]:
-    """The statistics folder of every expert (label → (key digest, checkpoint dir)), built if missing."""
-    if kind not in BUILDERS:
-        raise UsageError(f"unknown statistic {kind!r}; known: {', '.join(BUILDERS)}")
+    """The statistics folder of every expert (label → (key digest, checkpoint dir)), built by the method if missing."""
+    kind = method.statistic
+    if not kind:
+        raise UsageError(f"method {method.__name__} declares no statistic")
     missing = [label for label in experts if label not in samples]
     if missing:
         raise UsageError(
@@ -263,14 +163,48 @@ def ensure_statistics(
     found = {}
     for label, (expert_key, expert_dir) in experts.items():
         rows = check_samples(samples[label], f"the samples of expert {label!r}")
-        key = statistics_key(kind, expert_key, params, fingerprint(rows), exclude,
+        key = statistics_key(method, expert_key, params, fingerprint(rows), exclude,
                              base_key or checkpoint_identity(Path(base_dir)))
-        builder = BUILDERS[kind]
-        artifact = cache.get_or_build(
-            key, lambda out, d=expert_dir, r=rows, build=builder: build(Path(base_dir), Path(d), r, params, merged, device, out),
-            label=f"{kind} statistics of {label}",
-        )
+        job = StatisticJob(Path(base_dir), Path(expert_dir), rows, dict(params), merged, device)
+        artifact = cache.get_or_build(key, lambda out, job=job: method.compute_statistic(job, out),
+                                      label=f"{kind} statistics of {label}")
         if not artifact.hit:
             progress.note(f"  [built] {kind} statistics of {label} in {artifact.seconds:.1f}s")
         found[label] = artifact.path
     return found
+
+
+def statistics_for(
+    spec: "MethodSpec",
+    params: Mapping[str, Any],
+    cache: ArtifactCache,
+    base: tuple[str, Path],
+    experts: Mapping[str, tuple[str, Path]],
+    samples_of: Callable[[str, int], Sequence[Mapping[str, str]] | None],
+    *,
+    exclude: Sequence[str],
+    device: str = "cpu",
+) -> dict[str, Path]:
+    """Each expert's statistic for ``spec``'s method (none for a data-free method), built where missing.
+
+    The one entry point of the pipeline and the CLI, which differ only in where samples come from:
+    ``samples_of(label, n)`` gives up to ``n`` samples of that expert's training data, or None when
+    it has none. ``params`` are the resolved hyperparameters; ``n`` is the method's ``samples``
+    hyperparameter, so its default is declared once, in the method's spec. ``base`` and ``experts``
+    are (key, checkpoint dir) pairs.
+    """
+    method = spec.load()
+    if not method.statistic:
+        return {}
+    if "samples" not in params:
+        raise UsageError(
+            f"method {spec.name!r} computes {method.statistic} statistics from training samples but its spec declares "
+            "no 'samples' hyperparameter saying how many per expert; add HyperParam('samples', ...) to it"
+        )
+    count = int(params["samples"])
+    gathered = {label: samples_of(label, count) for label in experts}
+    return ensure_statistics(
+        cache, method, method.statistic_params(params), base[1], experts,
+        {label: rows for label, rows in gathered.items() if rows is not None},
+        merged=task_vector_filter(exclude), exclude=exclude, device=device, base_key=base[0],
+    )

@@ -1,8 +1,10 @@
-"""Shared plumbing of the data-aware methods: their per-expert statistics, read tensor by tensor."""
+"""The base of the built-in data-aware methods: their per-expert statistics, read back tensor by tensor.
+
+Each subclass declares and computes its statistic (see :class:`MergeMethod`); this class only opens
+the cached folders the harness passes in ``context.statistics``.
+"""
 
 from __future__ import annotations
-
-from typing import Any, Mapping
 
 import torch
 
@@ -12,13 +14,6 @@ from mergebench.merging.api import MergeMethod
 
 class StatisticMethod(MergeMethod):
     """A method that reads ``context.statistics[label]`` (a safetensors folder) for every expert."""
-
-    statistic_keys: tuple[str, ...] = ("samples",)
-    """Hyperparameters that shape the statistic (part of its cache key)."""
-
-    @classmethod
-    def statistic_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: params[key] for key in cls.statistic_keys if key in params}
 
     def _readers(self) -> list[CheckpointReader]:
         readers = getattr(self, "_opened", None)
