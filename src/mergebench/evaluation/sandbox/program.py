@@ -15,8 +15,10 @@ class Program:
     e.g. HumanEval's helper functions) and then ``tests`` run in the driver's process, where every
     top-level name of the candidate that ``trusted`` does not define is a proxy that calls into
     the candidate, except names of builtins, which only ``entry_points`` (the functions under
-    test, e.g. MBPP's ``sum``) may take over. Without ``tests``, "passed" only means the candidate
-    ran to its end without raising, which the candidate itself controls.
+    test, e.g. MBPP's ``sum``) may take over. The tests may also fetch a candidate name with
+    ``__sandbox_candidate__(name)`` and bound a call's time with
+    ``__sandbox_timed_call__(seconds, function, *args)``. Without ``tests``, "passed" only means the
+    candidate ran to its end without raising, which the candidate itself controls.
     """
 
     candidate: str

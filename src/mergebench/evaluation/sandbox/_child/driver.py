@@ -6,7 +6,8 @@ and no file descriptor with the candidate: it was forked before the tests were r
 dumpable (no ptrace, no /proc access by the candidate) and its verdict pipe was closed in the
 candidate before the candidate's code ran.
 
-The tests see the candidate's top-level names as :class:`Remote` objects: calling one sends the
+The tests see the candidate's top-level names as :class:`Remote` objects (bound as globals, or
+looked up with ``__sandbox_candidate__(name)``): calling one sends the
 arguments (plain literals only) over a pipe and returns the candidate's answer decoded as plain
 literals, or raises the candidate's exception as a builtin exception of the same name. A result
 that is not a literal comes back as another :class:`Remote`, which can be called or passed back
@@ -113,7 +114,7 @@ def rebuilt_exception(name: str, message: str) -> BaseException:
 
 
 def timed_call(seconds: float, function, *args, **kwargs):
-    """Call a candidate function, failing with TimeoutError if it takes longer (for per-input limits)."""
+    """``__sandbox_timed_call__``: a candidate call failing with TimeoutError past ``seconds`` (per-input limits)."""
     if type(function) is not Remote:
         return function(*args, **kwargs)
     return function._channel.call(function._id, args, kwargs, timeout=seconds)
@@ -128,10 +129,19 @@ def drive(channel: Channel, job: dict, cpu_seconds: float) -> tuple[str, str]:
             return ("memory" if name == "MemoryError" else "failed"), _describe(name, ready[2])
         if not (type(ready) is list and len(ready) == 2 and ready[0] == "ready" and type(ready[1]) is dict):
             raise wire.ProtocolError("malformed first message")
-        namespace = {"__name__": "__main__", "__builtins__": builtins, "__sandbox_timed_call__": timed_call}
+        exports = ready[1]
+
+        def candidate(name: str):
+            """The candidate's top-level ``name`` without binding it (e.g. a function called ``sum``)."""
+            if name not in exports:
+                raise NameError(f"the candidate defines no {name!r}")
+            return exports[name]
+
+        namespace = {"__name__": "__main__", "__builtins__": builtins, "__sandbox_timed_call__": timed_call,
+                     "__sandbox_candidate__": candidate}
         exec(compile(job["trusted"], "<trusted>", "exec"), namespace)
         entry_points = set(job["entry_points"])
-        for name, value in ready[1].items():  # trusted definitions, and builtins the tests use, stay the driver's
+        for name, value in exports.items():  # trusted definitions, and builtins the tests use, stay the driver's
             if type(name) is str and name not in namespace and (name in entry_points or not hasattr(builtins, name)):
                 namespace[name] = value
         exec(compile(job["tests"], "<tests>", "exec"), namespace)
