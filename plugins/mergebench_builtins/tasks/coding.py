@@ -23,13 +23,13 @@ import ast
 from collections import Counter
 
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, LoglikelihoodRequest, TaskResult
+from mergebench.evaluation.sandbox import VERSION as SANDBOX_VERSION
 from mergebench.evaluation.sandbox import Limits, Program, run_programs
 from mergebench_builtins.data import olmo_eval
 from mergebench_builtins.tasks.base import GoldBPB, SplitTask, user_prompt
 
 FENCE = "```python\n"
 STOPS = ("```", "\nif __name__", "\nprint(", "\nassert ")
-SANDBOX_VERSION = 2  # 2: kernel namespaces, checks in a separate driver process, deterministic hashing
 
 
 def _mbpp_code(doc: dict) -> str:

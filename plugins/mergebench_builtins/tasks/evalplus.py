@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mergebench.errors import DataUnavailableError, UsageError
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, Task, TaskResult
+from mergebench.evaluation.sandbox import VERSION as SANDBOX_VERSION
 from mergebench.evaluation.sandbox import Limits, Outcome, Program, run_programs
 
 INSTRUCTION = "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
@@ -55,6 +56,9 @@ class EvalPlus(Task):
         if lm.has_chat_template:
             return lm.chat_prompt([{"role": "user", "content": ask}]) + f"{RESPONSE}\n```python\n"
         return f"{ask}\n{RESPONSE}\n```python\n"
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "executor": "mergebench-sandbox", "sandbox": SANDBOX_VERSION}
 
     def evaluate(self, lm: LanguageModel) -> TaskResult:
         dataset = self.options["dataset"]

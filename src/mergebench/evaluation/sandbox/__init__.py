@@ -51,7 +51,9 @@ from mergebench.evaluation.sandbox.policy import (
 )
 from mergebench.evaluation.sandbox.program import STATUSES, Limits, Outcome, Program
 
-__all__ = ["STATUSES", "UNSANDBOXED_ENV", "Limits", "Outcome", "Program", "SandboxError",
+VERSION = 2  # in evaluation cache keys: 2 = kernel namespaces, checks in a separate driver, deterministic hashing
+
+__all__ = ["STATUSES", "UNSANDBOXED_ENV", "VERSION", "Limits", "Outcome", "Program", "SandboxError",
            "SandboxUnavailableError", "allow_unsandboxed_code", "run_program", "run_programs",
            "unsandboxed_code_allowed"]
 
