@@ -413,6 +413,7 @@ def test_without_namespaces_generated_code_is_refused(no_namespaces):
 
 
 def test_the_opt_in_runs_it_with_limits_but_without_isolation(no_namespaces):
+    policy._warn_unsandboxed.cache_clear()  # it warns once per process
     policy.allow_unsandboxed_code()
     try:
         with pytest.warns(UserWarning, match="WITHOUT the kernel sandbox"):

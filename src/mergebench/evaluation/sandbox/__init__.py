@@ -81,5 +81,7 @@ def run_programs(programs: Sequence[Program | str], limits: Limits | Sequence[Li
         return []
     policy.isolation()  # refuse before starting any, not after the first
     per_program = [limits] * len(programs) if isinstance(limits, Limits) else list(limits)
+    if len(per_program) != len(programs):
+        raise ValueError(f"{len(per_program)} limits for {len(programs)} programs")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(run_program, programs, per_program))
