@@ -232,6 +232,31 @@ def test_humaneval_plus_through_evalplus_on_a_local_dataset_file(tmp_path, monke
     assert [(s["base_status"], s["plus_status"]) for s in result.samples] == [("pass", "pass"), ("fail", "fail")]
 
 
+def test_evalplus_solutions_run_in_the_sandbox_and_cannot_judge_themselves(tmp_path, monkeypatch):
+    """No environment and no network for the solution; per-input time limits; no always-equal objects."""
+    import json
+
+    import evalplus.data.humaneval as humaneval
+
+    same = {"task_id": "HumanEval/2", "prompt": 'def same(x):\n    """x."""\n', "entry_point": "same",
+            "canonical_solution": "    return x\n", "base_input": [[1]], "plus_input": [[2]], "atol": 0, "contract": ""}
+    path = tmp_path / "HumanEvalPlus.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in EVALPLUS_FIXTURE + [same]))
+    monkeypatch.setenv("HUMANEVAL_OVERRIDE_PATH", str(path))
+    monkeypatch.setattr(humaneval, "HUMANEVAL_OVERRIDE_PATH", str(path))
+    answers = {
+        "def add": "import os, socket\ndef add(a, b):\n    try:\n        socket.create_connection(('1.1.1.1', 53), timeout=1)\n"
+                   "        return 'network'\n    except OSError:\n        return a + b + len(os.environ)\n",
+        "def double": "import time\ndef double(x):\n    if x == 0:\n        time.sleep(1.5)\n    return 2 * x\n",
+        "def same": "class Yes:\n    def __eq__(self, other):\n        return True\ndef same(x):\n    return Yes()\n",
+    }
+    lm = ScriptedLM(generate=lambda p: next(v for k, v in answers.items() if k in p))
+    spec = plugin_manager.registries().tasks.get("humaneval_plus")
+    result = spec.load()(spec, SimpleNamespace(cache=None), limit=None).evaluate(lm)
+    assert [(s["base_status"], s["plus_status"]) for s in result.samples] == [("pass", "pass"), ("pass", "fail"), ("fail", "fail")]
+    assert "TimeoutError" in result.samples[1]["plus_detail"] and "not a plain value" in result.samples[2]["base_detail"]
+
+
 def test_a_hub_safety_task_scores_an_item_range_as_the_search_asks(monkeypatch):
     import dataclasses
 

@@ -88,6 +88,24 @@ def test_mbpp_program_runs_the_reference_code_against_its_asserts(context):
         assert run_program(task.program(doc, doc["code"]), Limits(timeout=5, memory_mb=512)).status == "passed"
 
 
+def test_the_checks_use_the_benchmarks_helpers_and_builtins_not_the_completions(context):
+    """HumanEval/32 checks find_zero with the prompt's poly; MBPP/126's function under test is named sum."""
+    from mergebench.evaluation.sandbox import run_program
+
+    limits = Limits(timeout=5, memory_mb=512)
+    humaneval = make("humaneval_mini", context)
+    doc = next(d for d in humaneval.partition().eval if d["task_id"] == "HumanEval/32")
+    cheat = "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n"  # a poly of its own would make any answer a root
+    assert run_program(humaneval.program(doc, cheat), limits).status == "failed"
+    assert run_program(humaneval.program(doc, doc["canonical_solution"]), limits).status == "passed"
+    mbpp = make("mbpp_mini", context)
+    doc = {"task_id": 126, "code": "def sum(a, b):\n    return a + b\n", "test_list": ["assert sum(10, 15) == 25"]}
+    assert run_program(mbpp.program(doc, doc["code"]), limits).status == "passed"
+    cheat = "def area(r):\n    return 1\n\ndef abs(x):\n    return 0\n"
+    doc = {"task_id": 0, "code": "def area(r):\n    return 3.14 * r * r\n", "test_list": ["assert abs(area(2) - 12.56) < 0.01"]}
+    assert run_program(mbpp.program(doc, cheat), limits).status == "failed"
+
+
 def test_harmful_refusals_and_benign_answers(context):
     harm = make("harmbench_mini", context, limit=4)
     replies = iter(["I'm sorry, I can't help with that.", "Sure, step one:", "I cannot do that.", "Here you go"])

@@ -7,7 +7,11 @@ is opened in the assistant's turn; without one, the prompt text is used as is.
 * ``humaneval_bpb_mini`` / ``mbpp_bpb_mini``: bits per byte of the canonical solution.
 * ``humaneval_mini`` / ``mbpp_mini``: greedy completions executed against the benchmark's own
   tests in :mod:`mergebench.evaluation.sandbox` (never in this process); pass@1 with one greedy
-  sample. A program that loops, allocates without bound or crashes is a scored failure.
+  sample. A program that loops, allocates without bound or crashes is a scored failure. The
+  completion (with the HumanEval prompt, or with MBPP's setup code) is the sandbox's candidate;
+  the benchmark's checks run in the sandbox's separate driver process, so the completion cannot
+  judge itself, and HumanEval's helper functions from the prompt (``poly``, ``encode_cyclic``)
+  are the benchmark's own there, not the completion's.
 
 Items: all 164 HumanEval problems are evaluation-only; MBPP uses the 100 problems reserved for
 evaluation (the coding recipe trains on the other 400).
@@ -15,10 +19,12 @@ evaluation (the coding recipe trains on the other 400).
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, LoglikelihoodRequest, TaskResult
-from mergebench.evaluation.sandbox import Limits, run_programs
+from mergebench.evaluation.sandbox import VERSION as SANDBOX_VERSION
+from mergebench.evaluation.sandbox import Limits, Program, run_programs
 from mergebench_builtins.data import olmo_eval
 from mergebench_builtins.tasks.base import GoldBPB, SplitTask, user_prompt
 
@@ -77,11 +83,12 @@ class ExecutedPass(SplitTask):
     def prompt(self, lm: LanguageModel, doc: dict) -> str:
         raise NotImplementedError
 
-    def program(self, doc: dict, completion: str) -> str:
+    def program(self, doc: dict, completion: str) -> Program:
         raise NotImplementedError
 
     def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "limits": [self.limits.timeout, self.limits.memory_mb]}
+        return {**super().fingerprint(), "limits": [self.limits.timeout, self.limits.memory_mb],
+                "sandbox": SANDBOX_VERSION}
 
     def evaluate(self, lm: LanguageModel) -> TaskResult:
         docs = self.docs()
@@ -101,8 +108,10 @@ class HumanEvalPass(ExecutedPass):
     def prompt(self, lm: LanguageModel, doc: dict) -> str:
         return humaneval_context(lm, doc)
 
-    def program(self, doc: dict, completion: str) -> str:
-        return f"{doc['prompt']}{completion}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+    def program(self, doc: dict, completion: str) -> Program:
+        return Program(candidate=f"{doc['prompt']}{completion}\n",
+                       tests=f"{doc['test']}\n\ncheck({doc['entry_point']})\n",
+                       trusted=without_function(doc["prompt"], doc["entry_point"]), entry_points=(doc["entry_point"],))
 
 
 class MBPPPass(ExecutedPass):
@@ -111,6 +120,31 @@ class MBPPPass(ExecutedPass):
     def prompt(self, lm: LanguageModel, doc: dict) -> str:
         return mbpp_context(lm, doc)
 
-    def program(self, doc: dict, completion: str) -> str:
-        setup = doc.get("test_setup_code") or ""
-        return f"{completion}\n\n{setup}\n" + "\n".join(doc["test_list"]) + "\n"
+    def program(self, doc: dict, completion: str) -> Program:
+        setup = (doc.get("test_setup_code") or "").replace("\r\n", "\n")  # builds objects of the completion's classes
+        tests = "\n".join(doc["test_list"]) + "\n"
+        return Program(candidate=f"{completion}\n\n{setup}\n", tests=tests, entry_points=functions_under_test(_mbpp_code(doc), tests))
+
+
+def functions_under_test(reference: str, tests: str) -> tuple[str, ...]:
+    """Functions the reference solution defines and the tests call: these may shadow builtins (MBPP's ``sum``)."""
+    try:
+        defined = {n.name for n in ast.parse(reference).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        called = {n.func.id for n in ast.walk(ast.parse(tests)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    except SyntaxError:
+        return ()
+    return tuple(sorted(defined & called))
+
+
+def without_function(source: str, name: str) -> str:
+    """``source`` minus its top-level ``def name``: a HumanEval prompt's helpers, without the stub to complete."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ""
+    lines = source.splitlines(keepends=True)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+            return "".join(lines[:start] + lines[node.end_lineno:])
+    return source

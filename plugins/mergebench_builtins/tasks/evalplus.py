@@ -1,12 +1,16 @@
-"""HumanEval+ and MBPP+ pass@1 through evalplus (full suite).
+"""HumanEval+ and MBPP+ pass@1 with evalplus's data and checks, executed in mergebench's sandbox (full suite).
 
 Completions come from any mergebench backend with evalplus's own instruction prompt (the code
-block opened in the assistant's turn); evalplus scores them against base and plus tests in a child
-process (:mod:`mergebench.evaluation.evalplus_runner`). pass@1 with one greedy sample per problem
-counts a problem as solved when both its base and plus tests pass. ``limit`` keeps the first N
-problems (evalplus is pointed at a subset file, as its ``*_OVERRIDE_PATH`` variables allow). The
-datasets download from GitHub the first time; offline, set ``HUMANEVAL_OVERRIDE_PATH`` /
-``MBPP_OVERRIDE_PATH`` to local copies.
+block opened in the assistant's turn). evalplus computes the expected outputs from the canonical
+solutions in a child process (:mod:`mergebench.evaluation.evalplus_runner`, benchmark code only);
+each solution then runs in :mod:`mergebench.evaluation.sandbox` (no environment, no network, no
+host filesystem), once against the base inputs and once against the plus inputs, judged by
+evalplus's comparisons ported into the sandbox's driver (:mod:`mergebench.evaluation.evalplus_checks`)
+instead of evalplus's in-process executor, whose verdict the solution could write. pass@1 with
+one greedy sample per problem counts a problem as solved when both its base and plus tests pass.
+``limit`` keeps the first N problems (evalplus is pointed at a subset file, as its
+``*_OVERRIDE_PATH`` variables allow). The datasets download from GitHub the first time; offline,
+set ``HUMANEVAL_OVERRIDE_PATH`` / ``MBPP_OVERRIDE_PATH`` to local copies.
 """
 
 from __future__ import annotations
@@ -20,10 +24,15 @@ from pathlib import Path
 
 from mergebench.errors import DataUnavailableError, UsageError
 from mergebench.evaluation.api import GenerationRequest, LanguageModel, Task, TaskResult
+from mergebench.evaluation.sandbox import VERSION as SANDBOX_VERSION
+from mergebench.evaluation.sandbox import Limits, Outcome, Program, run_programs
 
 INSTRUCTION = "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
 RESPONSE = "Below is a Python script with a self-contained function that solves the problem and passes corresponding tests:"
 OVERRIDE = {"humaneval": "HUMANEVAL_OVERRIDE_PATH", "mbpp": "MBPP_OVERRIDE_PATH"}
+MEMORY_MB = 4096  # evalplus's default EVALPLUS_MAX_MEMORY_BYTES
+RUNNER_ENV = ("PATH", "HOME", "LANG", "PYTHONPATH")  # what the expected-output child keeps of our environment
+STATUS = {"passed": "pass", "timeout": "timeout"}  # evalplus's words; everything else is "fail"
 
 
 def load_problems(dataset: str) -> dict[str, dict]:
@@ -48,39 +57,50 @@ class EvalPlus(Task):
             return lm.chat_prompt([{"role": "user", "content": ask}]) + f"{RESPONSE}\n```python\n"
         return f"{ask}\n{RESPONSE}\n```python\n"
 
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "executor": "mergebench-sandbox", "sandbox": SANDBOX_VERSION}
+
     def evaluate(self, lm: LanguageModel) -> TaskResult:
         dataset = self.options["dataset"]
         problems = load_problems(dataset)
         ids = list(problems)[: self.limit] if self.limit else list(problems)
         max_new = int(self.options.get("max_new_tokens", 768))
         completions = lm.generate([GenerationRequest(self.prompt(lm, problems[i]), max_new, ("```",)) for i in ids])
-        with tempfile.TemporaryDirectory(prefix="mergebench-evalplus-") as work:
-            work_path = Path(work)
-            subset = work_path / f"{dataset}_subset.jsonl"
-            with open(subset, "w", encoding="utf-8") as handle:
-                for task_id in ids:
-                    handle.write(json.dumps(_serializable(problems[task_id], dataset)) + "\n")
-            samples = work_path / "samples.jsonl"
-            with open(samples, "w", encoding="utf-8") as handle:
-                for task_id, code in zip(ids, completions):
-                    handle.write(json.dumps({"task_id": task_id, "solution": code}) + "\n")
-            env = {**os.environ, OVERRIDE[dataset]: str(subset), "XDG_CACHE_HOME": str(work_path / "cache")}
-            done = subprocess.run([sys.executable, "-m", "mergebench.evaluation.evalplus_runner", dataset, str(samples)],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
-                                  timeout=float(self.options.get("timeout", 3600)))
-            results_file = work_path / "samples_eval_results.json"
-            if not results_file.exists():
-                raise UsageError(f"evalplus produced no results (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-            results = json.loads(results_file.read_text())["eval"]
+        checks = expected_checks(dataset, [problems[i] for i in ids], float(self.options.get("timeout", 3600)))
+        jobs = [(i, task_id, part) for i, task_id in enumerate(ids) for part in ("base", "plus")
+                if "tests" in checks[task_id][part]]
+        outcomes = dict(zip([(task_id, part) for _, task_id, part in jobs], run_programs(
+            [Program(completions[i], checks[task_id][part]["tests"]) for i, task_id, part in jobs],
+            [Limits(timeout=checks[task_id][part]["timeout"], memory_mb=MEMORY_MB) for _, task_id, part in jobs])))
         scores, samples_out = [], []
         for task_id, code in zip(ids, completions):
-            row = results[task_id][0]
-            solved = row["base_status"] == "pass" and row["plus_status"] == "pass"
-            scores.append(float(solved))
-            samples_out.append({"task_id": task_id, "solution": code, "base_status": row["base_status"],
-                                "plus_status": row["plus_status"]})
+            row = {"task_id": task_id, "solution": code}
+            for part in ("base", "plus"):  # a part without tests: its data could not be written as literals
+                outcome = outcomes.get((task_id, part)) or Outcome("failed", f"unscorable: {checks[task_id][part].get('error')}")
+                row[f"{part}_status"] = STATUS.get(outcome.status, "fail")
+                row[f"{part}_detail"] = outcome.detail
+            scores.append(float(row["base_status"] == row["plus_status"] == "pass"))
+            samples_out.append(row)
         base = sum(s["base_status"] == "pass" for s in samples_out) / max(len(samples_out), 1)
         return self.result(scores, samples_out, base_pass_at_1=base)
+
+
+def expected_checks(dataset: str, problems: list[dict], timeout: float) -> dict:
+    """Each problem's base and plus checks, from evalplus's expected outputs computed in a child process."""
+    with tempfile.TemporaryDirectory(prefix="mergebench-evalplus-") as work:
+        work_path = Path(work)
+        subset = work_path / f"{dataset}_subset.jsonl"
+        with open(subset, "w", encoding="utf-8") as handle:
+            for problem in problems:
+                handle.write(json.dumps(_serializable(problem, dataset)) + "\n")
+        out = work_path / "checks.json"
+        env = {k: os.environ[k] for k in RUNNER_ENV if k in os.environ}
+        env.update({OVERRIDE[dataset]: str(subset), "XDG_CACHE_HOME": str(work_path / "cache")})
+        done = subprocess.run([sys.executable, "-m", "mergebench.evaluation.evalplus_runner", dataset, str(out)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=timeout)
+        if not out.exists():
+            raise UsageError(f"evalplus computed no expected outputs (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+        return json.loads(out.read_text())
 
 
 def _serializable(problem: dict, dataset: str) -> dict:
