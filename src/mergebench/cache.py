@@ -6,9 +6,11 @@ upstream artifacts). Changing any input changes the key, so a cache entry is nev
 re-running the same case finds every artifact and rebuilds nothing.
 
 Writes are atomic: a builder fills ``<root>/tmp/<digest>.<pid>.<nonce>/`` and the finished
-directory is renamed to ``<root>/<stage>/<digest>``; ``meta.json`` inside records the inputs.
-A file lock per key makes a second process (an xdist worker, another shell) wait for the first
-instead of building the same artifact twice. A builder that raises leaves nothing behind.
+directory is renamed to ``<root>/<stage>/<digest>``; ``meta.json`` inside records the inputs and
+the size and SHA-256 of every file (see :mod:`mergebench.cache_integrity`), which the first
+lookup of the artifact in a process checks. A file lock per key makes a second process (an xdist
+worker, another shell) wait for the first instead of building the same artifact twice. A builder
+that raises leaves nothing behind. A lookup that hits sets the artifact folder's mtime (its last use).
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 
-from mergebench import __version__
+from mergebench import __version__, cache_integrity
 from mergebench.errors import CacheFullError
 
 SCHEMA = 1
 """Bump when the layout of artifacts changes incompatibly; it is part of every key."""
 
-META_FILE = "meta.json"
+META_FILE = cache_integrity.META_FILE
+RESERVED = frozenset({"tmp", "locks", "work"})
+"""Folders of the cache root that hold no stage's artifacts."""
 
 
 def default_cache_root() -> Path:
@@ -124,8 +128,25 @@ class ArtifactCache:
         return self.root / key.stage / key.digest
 
     def lookup(self, key: ArtifactKey) -> Path | None:
+        """The artifact's folder if it was built, checked against its manifest on first use in this process.
+
+        Raises :class:`~mergebench.cache_integrity.CacheCorruptError` when a file differs from what
+        the build wrote: a corrupt artifact is never handed out.
+        """
         path = self.path(key)
-        return path if (path / META_FILE).is_file() else None
+        if not (path / META_FILE).is_file():
+            return None
+        if cache_integrity.ensure_verified(path):
+            _mark_used(path)
+        return path
+
+    def artifacts(self, stage: str | None = None) -> Iterator[Path]:
+        """Every built artifact's folder (of one ``stage``, or all), sorted; symlinks and half-built folders skipped."""
+        stages = [stage] if stage else sorted(p.name for p in _subdirs(self.root) if p.name not in RESERVED)
+        for name in stages:
+            for path in sorted(_subdirs(self.root / name)):
+                if (path / META_FILE).is_file():
+                    yield path
 
     def work_dir(self, key: ArtifactKey) -> Path:
         """A persistent scratch directory for a resumable builder (kept across crashes, removed on success)."""
@@ -182,6 +203,7 @@ class ArtifactCache:
                 "mergebench_version": __version__,
                 "build_seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                cache_integrity.MANIFEST_KEY: cache_integrity.build_manifest(tmp),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             final = self.path(key)
@@ -198,6 +220,7 @@ class ArtifactCache:
                     "MERGEBENCH_CACHE (or --mb-cache-dir) at a disk with room: the README says how much a run needs"
                 ) from error
             raise
+        cache_integrity.mark_verified(final)
         work = self.root / "work" / key.digest
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -211,6 +234,21 @@ class ArtifactCache:
 
     def read_meta(self, key: ArtifactKey) -> dict[str, Any]:
         return json.loads((self.path(key) / META_FILE).read_text())
+
+
+def _mark_used(path: Path) -> None:
+    """Stamp the artifact folder's mtime as its last use (its files, and so its manifest, stay as built)."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache is still usable
+        pass
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _out_of_space(error: BaseException) -> bool:
