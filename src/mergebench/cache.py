@@ -5,12 +5,14 @@ its version, method, version and hyperparameters, task and version, seed, and th
 upstream artifacts). Changing any input changes the key, so a cache entry is never stale;
 re-running the same case finds every artifact and rebuilds nothing.
 
-Writes are atomic: a builder fills ``<root>/tmp/<digest>.<pid>.<nonce>/`` and the finished
+Writes are atomic: a builder fills ``<root>/tmp/<digest>.<pid>.<nonce>.<host>/`` and the finished
 directory is renamed to ``<root>/<stage>/<digest>``; ``meta.json`` inside records the inputs and
 the size and SHA-256 of every file (see :mod:`mergebench.cache_integrity`), which the first
 lookup of the artifact in a process checks. A file lock per key makes a second process (an xdist
 worker, another shell) wait for the first instead of building the same artifact twice. A builder
-that raises leaves nothing behind. A lookup that hits sets the artifact folder's mtime (its last use).
+that raises leaves nothing behind; one that was killed leaves its tmp folder, which the next cache
+of this host sweeps once that process is gone (:mod:`mergebench.leftovers`). A lookup that hits
+sets the artifact folder's mtime, so ``mergebench cache gc --older-than DAYS`` knows what is unused.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 
-from mergebench import __version__, cache_integrity
+from mergebench import __version__, cache_integrity, leftovers
 from mergebench.errors import CacheFullError
 
 SCHEMA = 1
@@ -39,6 +40,8 @@ SCHEMA = 1
 META_FILE = cache_integrity.META_FILE
 RESERVED = frozenset({"tmp", "locks", "work"})
 """Folders of the cache root that hold no stage's artifacts."""
+
+_swept: set[str] = set()
 
 
 def default_cache_root() -> Path:
@@ -120,9 +123,14 @@ class CacheEvent:
 class ArtifactCache:
     """Artifacts under ``root``; ``events`` records every lookup made through this object."""
 
-    def __init__(self, root: Path | str | None = None) -> None:
+    def __init__(self, root: Path | str | None = None, *, sweep: bool = True) -> None:
+        """``sweep``: remove this host's tmp folders of dead builds (once per root and process; the
+        ``mergebench cache`` commands pass False so that a dry run deletes nothing)."""
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
         self.events: list[CacheEvent] = []
+        if sweep and str(self.root) not in _swept:  # one listdir when nothing was left over
+            _swept.add(str(self.root))
+            leftovers.sweep_cache_tmp(self.root)
 
     def path(self, key: ArtifactKey) -> Path:
         return self.root / key.stage / key.digest
@@ -189,7 +197,7 @@ class ArtifactCache:
             lock.release()
 
     def _build_locked(self, key: ArtifactKey, build: Callable[[Path], None], label: str) -> Artifact:
-        tmp = self.root / "tmp" / f"{key.digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp = self.root / "tmp" / leftovers.cache_tmp_name(key.digest)
         tmp.mkdir(parents=True)
         started = time.perf_counter()
         try:

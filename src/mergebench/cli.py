@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -120,6 +119,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from mergebench import plugin_manager, progress
     from mergebench.devices import resolve_device
+    from mergebench.leftovers import out_tmp_path
     from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
     from mergebench.merging.engine import merge_checkpoints
 
@@ -136,7 +136,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     statistics = _merge_statistics(args, spec, params, experts, exclude, device)
     context = MergeContext(seed=args.seed, device=device, exclude=exclude, domains=tuple(experts),
                            statistics=statistics, threads=args.threads)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = out_tmp_path(out)  # named by host and pid; dead merges' leftovers next to it are swept
     try:
         with progress.use_sink(progress.default_sink()):
             report = merge_checkpoints(spec, params, Path(args.base), experts, tmp, context=context,
