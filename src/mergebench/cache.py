@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from filelock import FileLock
 
@@ -148,12 +148,14 @@ class ArtifactCache:
             _mark_used(path)
         return path
 
-    def artifacts(self, stage: str | None = None) -> Iterator[Path]:
-        """Every built artifact's folder (of one ``stage``, or all), sorted; symlinks and half-built folders skipped."""
-        stages = [stage] if stage else sorted(p.name for p in _subdirs(self.root) if p.name not in RESERVED)
-        for name in stages:
+    def stages(self) -> list[str]:
+        return sorted(p.name for p in _subdirs(self.root) if p.name not in RESERVED)
+
+    def artifacts(self, stages: Iterable[str] = ()) -> Iterator[Path]:
+        """Every built artifact's folder (of ``stages``, or all), sorted; symlinks and half-built folders skipped."""
+        for name in list(stages) or self.stages():
             for path in sorted(_subdirs(self.root / name)):
-                if (path / META_FILE).is_file():
+                if len(path.name) == 64 and (path / META_FILE).is_file():
                     yield path
 
     def work_dir(self, key: ArtifactKey) -> Path:

@@ -242,6 +242,19 @@ def ensure_verified(directory: Path) -> bool:
     return True
 
 
+def verify_if_artifact(directory: Path | str) -> bool:
+    """Check a folder given on the command line when it is a cache artifact (its meta.json names it); True if it is."""
+    directory = Path(directory).resolve()
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("digest") != directory.name or meta.get("stage") != directory.parent.name:
+        return False
+    ensure_verified(directory)
+    return True
+
+
 def forget_verified() -> None:
     """Check every artifact again on its next lookup, as a new process would."""
     _verified.clear()
