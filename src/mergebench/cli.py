@@ -206,11 +206,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _verify_cached_inputs(paths: Sequence[Path]) -> None:
-    """Folders given on the command line that are cache artifacts are checked against their manifest first."""
+    """Check checkpoint folders given on the command line before anything loads them: a cache artifact
+    against its manifest, every folder's safetensors headers and sizes (a truncated shard is one line
+    naming the file, also on paths that load with transformers, such as data-aware statistics)."""
     from mergebench.cache_integrity import verify_if_artifact
+    from mergebench.checkpoint.reader import check_safetensors
 
     for path in paths:
         verify_if_artifact(path)
+        if path.is_dir():
+            check_safetensors(path)
 
 
 # -- finetune ------------------------------------------------------------------------------
