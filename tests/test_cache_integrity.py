@@ -135,13 +135,20 @@ def test_an_artifact_written_before_manifests_loads_with_a_one_line_note(cache: 
     del meta["manifest"]
     (path / "meta.json").write_text(json.dumps(meta))
     cache_integrity.forget_verified()
+    other = build_checkpoint(cache, 2)
+    meta = json.loads((other / "meta.json").read_text())
+    del meta["manifest"]
+    (other / "meta.json").write_text(json.dumps(meta))
+    cache_integrity.forget_verified()
     out = io.StringIO()
     with progress.use_sink(progress.LineSink(out)):
         assert build_checkpoint(cache) == path  # a hit, not a rebuild
-        assert build_checkpoint(cache) == path
+        assert build_checkpoint(cache) == path and build_checkpoint(cache, 2) == other
     lines = out.getvalue().splitlines()
-    assert len(lines) == 1 and "[unverified]" in lines[0] and "built before mergebench recorded file hashes" in lines[0]
-    assert cache_integrity.check(path).status == "unverified"
+    assert len(lines) == 1, "one note per cache and process, not one per old artifact"
+    assert f"[unverified] cached artifact expert/{path.name[:12]} (demo expert) was built before mergebench recorded " \
+           "file hashes" in lines[0] and "mergebench cache verify" in lines[0]
+    assert cache_integrity.check(path).status == cache_integrity.check(other).status == "unverified"
 
 
 def test_a_lookup_that_hits_marks_the_artifact_used(cache: ArtifactCache):

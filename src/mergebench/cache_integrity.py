@@ -21,7 +21,8 @@ Where the hashes come from, cheapest first:
 Verification reads every file (threads across files, so a sharded 9B checkpoint hashes on
 several cores); it runs once per artifact per process and is remembered by the files' stat
 identities, so a later lookup in the same process only stats the files. An artifact built
-before manifests existed is *unverified*: used as before, with a one-line note.
+before manifests existed is *unverified*: used as before, with a one-line note (once per cache
+and process: a warm run over an old cache would otherwise print one per evaluation).
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ def fix(directory: Path) -> str:
 
 # -- once per process --------------------------------------------------------------------------
 _verified: dict[str, tuple] = {}
+_noted: set[str] = set()
 
 
 def _signature(directory: Path) -> tuple:
@@ -225,7 +227,7 @@ def ensure_verified(directory: Path) -> bool:
 
     Returns True when it checked now (the first use in this process). A mismatch raises
     :class:`CacheCorruptError` naming the artifact, the file and the fix; an artifact without a
-    manifest is noted once and used.
+    manifest is used, with one note per cache and process.
     """
     key = str(directory)
     signature = _signature(directory)
@@ -235,9 +237,11 @@ def ensure_verified(directory: Path) -> bool:
     if verdict.status == "corrupt":
         _verified.pop(key, None)
         raise CacheCorruptError(f"{describe(directory)} is corrupt: {'; '.join(verdict.problems)}; {fix(directory)}")
-    if verdict.status == "unverified":
-        progress.note(f"  [unverified] {describe(directory)} was built before mergebench recorded file hashes; "
-                      f"used as is (delete {directory} to rebuild it with them)")
+    if verdict.status == "unverified" and str(directory.parent.parent) not in _noted:
+        _noted.add(str(directory.parent.parent))  # one line per cache and process, not one per old artifact
+        progress.note(f"  [unverified] {describe(directory)} was built before mergebench recorded file hashes, "
+                      f"as may be others in {directory.parent.parent}: used as is (`mergebench cache verify` lists "
+                      "them; delete one to have it rebuilt with hashes)")
     _verified[key] = signature
     return True
 
@@ -258,3 +262,4 @@ def verify_if_artifact(directory: Path | str) -> bool:
 def forget_verified() -> None:
     """Check every artifact again on its next lookup, as a new process would."""
     _verified.clear()
+    _noted.clear()
