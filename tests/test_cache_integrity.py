@@ -99,6 +99,7 @@ def test_bytes_overwritten_in_place_are_an_error_naming_artifact_file_and_fix(ca
     (lambda p: (p / "extra.safetensors").write_bytes(b"x"), "extra.safetensors was not written by the build"),
     (lambda p: (p / "model-00001-of-00004.safetensors").write_bytes(b"short"), "has 5 bytes, the build wrote"),
     (lambda p: (p / "meta.json").write_text("{"), "meta.json is unreadable"),
+    (lambda p: ((p / "config.json").unlink(), (p / "config.json").symlink_to(p / "gone")), "config.json is unreadable"),
 ])
 def test_missing_extra_truncated_files_and_a_broken_meta_are_corrupt(cache: ArtifactCache, damage, said):
     path = build_checkpoint(cache)

@@ -169,7 +169,11 @@ def check(directory: Path) -> Verdict:
     to_hash = []
     for name, entry in expected.items():
         if name in present:
-            size = present[name].stat().st_size
+            try:
+                size = present[name].stat().st_size
+            except OSError as exc:  # a dangling symlink, no permission
+                problems.append(f"{name} is unreadable ({exc.strerror})")
+                continue
             if size != entry["size"]:
                 problems.append(f"{name} has {size} bytes, the build wrote {entry['size']} (truncated or replaced)")
             else:
@@ -178,11 +182,15 @@ def check(directory: Path) -> Verdict:
         return Verdict("corrupt", problems, 0, time.perf_counter() - started)
     big = [n for n in to_hash if expected[n]["size"] >= _PARALLEL_FROM]
     workers = min(4, os.cpu_count() or 1, len(big))
-    if workers > 1:
-        with ThreadPoolExecutor(workers, thread_name_prefix="mergebench-verify") as pool:
-            digests = dict(zip(to_hash, pool.map(lambda n: sha256_file(present[n]), to_hash)))
-    else:
-        digests = {n: sha256_file(present[n]) for n in to_hash}
+    try:
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="mergebench-verify") as pool:
+                digests = dict(zip(to_hash, pool.map(lambda n: sha256_file(present[n]), to_hash)))
+        else:
+            digests = {n: sha256_file(present[n]) for n in to_hash}
+    except OSError as exc:
+        return Verdict("corrupt", [f"{Path(exc.filename or '?').name} is unreadable ({exc.strerror})"], 0,
+                       time.perf_counter() - started)
     for name in to_hash:
         if digests[name] != expected[name]["sha256"]:
             problems.append(f"{name} has SHA-256 {digests[name][:16]}…, the build wrote {expected[name]['sha256'][:16]}… "
@@ -213,8 +221,14 @@ _noted: set[str] = set()
 
 
 def _signature(directory: Path) -> tuple:
-    return tuple((name, _identity(path.stat())) for name, path in _files(directory).items()) + (
-        _identity((directory / META_FILE).stat()),)
+    """The stat identities of an artifact's files: unchanged since verified means no need to hash again."""
+    def identity(path: Path) -> tuple[int, int, int]:
+        try:
+            return _identity(path.stat())
+        except OSError:
+            return (0, -1, 0)  # gone or dangling: differs from any real file, so it is checked
+
+    return tuple((name, identity(path)) for name, path in _files(directory).items()) + (identity(directory / META_FILE),)
 
 
 def mark_verified(directory: Path) -> None:

@@ -101,7 +101,7 @@ def cache_leftovers(root: Path, *, legacy: bool = False) -> list[Leftover]:
     ``legacy`` also judges host-less names from before (walking them for their newest change)."""
     try:
         entries = sorted(os.scandir(root / "tmp"), key=lambda e: e.name)
-    except FileNotFoundError:
+    except OSError:  # no tmp folder yet, or one this user cannot list: nothing to sweep
         return []
     here, found = host(), []
     for entry in entries:
@@ -136,7 +136,7 @@ def out_leftovers(parent: Path) -> list[Leftover]:
     """``mergebench merge`` temporaries in ``parent`` with the sweep's decision (only names of the new scheme)."""
     try:
         entries = sorted(os.scandir(parent), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return []
     here, found = host(), []
     for entry in entries:
