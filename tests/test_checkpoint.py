@@ -61,3 +61,25 @@ def test_no_weights_at_all(tmp_path: Path):
 def test_tiny_model_has_the_tensors_we_expect(tiny_llama: Path):
     names = set(load_tensors(tiny_llama))
     assert "model.embed_tokens.weight" in names and "lm_head.weight" in names
+
+
+def truncated_copy(source: Path, out: Path, cut: int = 100) -> Path:
+    shutil.copytree(source, out)
+    weights = out / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size - cut)
+    return out
+
+
+def test_check_safetensors_names_a_truncated_shard_before_transformers_sees_it(tiny_llama: Path, tmp_path: Path):
+    from mergebench.checkpoint.reader import check_safetensors
+    from mergebench.evaluation.hf import load_model
+
+    assert check_safetensors(tiny_llama) == [tiny_llama / "model.safetensors"]
+    broken = truncated_copy(tiny_llama, tmp_path / "broken", cut=1)  # one byte short: the header still parses
+    for call in (check_safetensors, load_model):
+        with pytest.raises(CheckpointError, match=r"broken/model.safetensors is not a readable safetensors file .*"
+                                                  r"truncated or corrupt.*delete"):
+            call(broken)
+    (tmp_path / "pickles").mkdir()
+    assert check_safetensors(tmp_path / "pickles") == []  # nothing to check: the loader says what is missing

@@ -78,3 +78,25 @@ def test_finetune_builds_experts_the_mtl_model_and_a_named_recipe_once(tmp_path)
     assert both.returncode != 0 and "--recipe trains one expert: name its domain with --domain" in both.stderr
     typo = run("finetune", "--base", "tiny-llama", "--domain", "math", "--recipe", "synthetic-mth", *cache)
     assert typo.returncode != 0 and "did you mean 'synthetic-math'" in typo.stderr
+
+
+def test_a_truncated_shard_is_one_line_from_eval_and_merge(tiny_llama, tiny_experts, tmp_path):
+    """eval (transformers loads it), merge (mergebench's reader) and a data-aware merge (statistics load it)."""
+    import json
+
+    from tests.test_checkpoint import truncated_copy
+
+    broken = truncated_copy(tiny_experts["math"], tmp_path / "broken")
+    samples = tmp_path / "math.jsonl"
+    samples.write_text(json.dumps({"prompt": "Add:", "completion": "2 + 2 = 4"}))
+    merge = ["merge", "--base", str(tiny_llama), "--expert", f"math={broken}", "--device", "cpu",
+             "--cache-dir", str(tmp_path / "cache")]
+    for args in (["eval", "--model", str(broken), "--task", "toy_math", "--device", "cpu", "--cache-dir", str(tmp_path)],
+                 [*merge, "--method", "task_arithmetic", "--out", str(tmp_path / "merged")],
+                 [*merge, "--method", "fisher", "--samples", f"math={samples}", "--out", str(tmp_path / "merged")]):
+        done = run(*args)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+        assert f"mergebench: error: {broken / 'model.safetensors'} is not a readable safetensors file" in done.stderr
+        assert "truncated or corrupt" in done.stderr and f"delete {broken}" in done.stderr
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.tmp-*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def test_a_wheel_from_the_wheelhouse_is_verified_and_extracted(tmp_path, monkeyp
     monkeypatch.setenv("MERGEBENCH_WHEELHOUSE", str(tmp_path / "house"))
     root = fetch(WheelSource("data-pkg", "1.0", digest), ("pkg/data",), ArtifactCache(tmp_path / "cache"))
     assert (root / "pkg/data/a.txt").read_text() == "A" and not (root / "pkg/other.txt").exists()
+    manifest = json.loads((root / "meta.json").read_text())["manifest"]
+    assert manifest["files"]["pkg/data/b.txt"] == {"size": 1, "sha256": hashlib.sha256(b"B").hexdigest()}
+    assert manifest["hashed_after"]["files"] == 0  # hashed as they were extracted, not read back
 
 
 def test_a_wheel_with_the_wrong_hash_is_refused_and_not_cached(tmp_path, monkeypatch):

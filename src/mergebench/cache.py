@@ -5,10 +5,14 @@ its version, method, version and hyperparameters, task and version, seed, and th
 upstream artifacts). Changing any input changes the key, so a cache entry is never stale;
 re-running the same case finds every artifact and rebuilds nothing.
 
-Writes are atomic: a builder fills ``<root>/tmp/<digest>.<pid>.<nonce>/`` and the finished
-directory is renamed to ``<root>/<stage>/<digest>``; ``meta.json`` inside records the inputs.
-A file lock per key makes a second process (an xdist worker, another shell) wait for the first
-instead of building the same artifact twice. A builder that raises leaves nothing behind.
+Writes are atomic: a builder fills ``<root>/tmp/<digest>.<pid>.<nonce>.<host>/`` and the finished
+directory is renamed to ``<root>/<stage>/<digest>``; ``meta.json`` inside records the inputs and
+the size and SHA-256 of every file (see :mod:`mergebench.cache_integrity`), which the first
+lookup of the artifact in a process checks. A file lock per key makes a second process (an xdist
+worker, another shell) wait for the first instead of building the same artifact twice. A builder
+that raises leaves nothing behind; one that was killed leaves its tmp folder, which the next cache
+of this host sweeps once that process is gone (:mod:`mergebench.leftovers`). A lookup that hits
+sets the artifact folder's mtime, so ``mergebench cache gc --older-than DAYS`` knows what is unused.
 """
 
 from __future__ import annotations
@@ -21,20 +25,23 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from filelock import FileLock
 
-from mergebench import __version__
+from mergebench import __version__, cache_integrity, leftovers
 from mergebench.errors import CacheFullError
 
 SCHEMA = 1
 """Bump when the layout of artifacts changes incompatibly; it is part of every key."""
 
-META_FILE = "meta.json"
+META_FILE = cache_integrity.META_FILE
+RESERVED = frozenset({"tmp", "locks", "work"})
+"""Folders of the cache root that hold no stage's artifacts."""
+
+_swept: set[str] = set()
 
 
 def default_cache_root() -> Path:
@@ -116,16 +123,40 @@ class CacheEvent:
 class ArtifactCache:
     """Artifacts under ``root``; ``events`` records every lookup made through this object."""
 
-    def __init__(self, root: Path | str | None = None) -> None:
+    def __init__(self, root: Path | str | None = None, *, sweep: bool = True) -> None:
+        """``sweep``: remove this host's tmp folders of dead builds (once per root and process; the
+        ``mergebench cache`` commands pass False so that a dry run deletes nothing)."""
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
         self.events: list[CacheEvent] = []
+        if sweep and str(self.root) not in _swept:  # one listdir when nothing was left over
+            _swept.add(str(self.root))
+            leftovers.sweep_cache_tmp(self.root)
 
     def path(self, key: ArtifactKey) -> Path:
         return self.root / key.stage / key.digest
 
     def lookup(self, key: ArtifactKey) -> Path | None:
+        """The artifact's folder if it was built, checked against its manifest on first use in this process.
+
+        Raises :class:`~mergebench.cache_integrity.CacheCorruptError` when a file differs from what
+        the build wrote: a corrupt artifact is never handed out.
+        """
         path = self.path(key)
-        return path if (path / META_FILE).is_file() else None
+        if not (path / META_FILE).is_file():
+            return None
+        if cache_integrity.ensure_verified(path):
+            _mark_used(path)
+        return path
+
+    def stages(self) -> list[str]:
+        return sorted(p.name for p in _subdirs(self.root) if p.name not in RESERVED)
+
+    def artifacts(self, stages: Iterable[str] = ()) -> Iterator[Path]:
+        """Every built artifact's folder (of ``stages``, or all), sorted; symlinks and half-built folders skipped."""
+        for name in list(stages) or self.stages():
+            for path in sorted(_subdirs(self.root / name)):
+                if len(path.name) == 64 and (path / META_FILE).is_file():
+                    yield path
 
     def work_dir(self, key: ArtifactKey) -> Path:
         """A persistent scratch directory for a resumable builder (kept across crashes, removed on success)."""
@@ -168,7 +199,7 @@ class ArtifactCache:
             lock.release()
 
     def _build_locked(self, key: ArtifactKey, build: Callable[[Path], None], label: str) -> Artifact:
-        tmp = self.root / "tmp" / f"{key.digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp = self.root / "tmp" / leftovers.cache_tmp_name(key.digest)
         tmp.mkdir(parents=True)
         started = time.perf_counter()
         try:
@@ -182,6 +213,7 @@ class ArtifactCache:
                 "mergebench_version": __version__,
                 "build_seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                cache_integrity.MANIFEST_KEY: cache_integrity.build_manifest(tmp),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             final = self.path(key)
@@ -198,6 +230,7 @@ class ArtifactCache:
                     "MERGEBENCH_CACHE (or --mb-cache-dir) at a disk with room: the README says how much a run needs"
                 ) from error
             raise
+        cache_integrity.mark_verified(final)
         work = self.root / "work" / key.digest
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -211,6 +244,21 @@ class ArtifactCache:
 
     def read_meta(self, key: ArtifactKey) -> dict[str, Any]:
         return json.loads((self.path(key) / META_FILE).read_text())
+
+
+def _mark_used(path: Path) -> None:
+    """Stamp the artifact folder's mtime as its last use (its files, and so its manifest, stay as built)."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache is still usable
+        pass
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _out_of_space(error: BaseException) -> bool:

