@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from mergebench import judge_options
 from mergebench.errors import MergebenchError
 from mergebench.progress import LineSink, RichSink, live_bars_wanted
 
@@ -57,6 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="folder with local copies of hub models, as DIR/<org>/<name> (repeatable)")
     group.addoption("--mb-allow-pickle", action="store_true", default=False,
                     help="also load pytorch_model.bin pickles (only for files you trust)")
+    judge_options.add_options(group)
     results = parser.getgroup("mergebench-results", "mergebench: saving, comparing and gating results")
     results.addoption("--mb-json", default=None, metavar="PATH",
                       help="write every case's result to PATH as JSON (plots are written next to it)")
@@ -407,6 +409,7 @@ def mergebench_pipeline(pytestconfig: pytest.Config):
         batch_size=pytestconfig.getoption("mb_batch_size"),
         backend=pytestconfig.getoption("mb_backend"),
         search=pytestconfig.getoption("mb_search"),
+        judge=judge_options.settings(pytestconfig),
     )
     return Pipeline(context, plugin_manager.registries())
 

@@ -26,15 +26,11 @@ judgment, else the first ``[x]``, with ``x`` a number (``\\d+\\.?\\d*``); no ran
 from __future__ import annotations
 
 import ast
-import email.utils
-import http.client
 import json
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -144,6 +140,10 @@ class JudgeClient:
 
     # -- HTTP with retries ---------------------------------------------------------------
     def _call(self, method: str, path: str, body: dict | None, timeout: float, *, retry_unreachable: bool) -> Any:
+        import http.client  # here, not at import: the pytest plugin imports this module at start-up
+        import urllib.error
+        import urllib.request
+
         url = self.base + path
         headers = {"Accept": "application/json"}
         data = None
@@ -196,6 +196,8 @@ class JudgeClient:
             try:
                 return min(max(float(retry_after), 0.0), self.max_wait)
             except ValueError:
+                import email.utils
+
                 try:
                     when = email.utils.parsedate_to_datetime(retry_after).timestamp()
                     return min(max(when - time.time(), 0.0), self.max_wait)
