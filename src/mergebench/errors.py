@@ -41,3 +41,7 @@ class CacheFullError(MergebenchError):
 
 class PluginError(MergebenchError):
     """A plugin that registers badly: duplicate names, misspelt hooks, bad specs."""
+
+
+class JudgeError(MergebenchError):
+    """A judge model's endpoint that cannot be reached, refuses the request or keeps failing."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -26,6 +26,7 @@ from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, TaskResult
+from mergebench.evaluation.judge import JudgeSettings
 from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
@@ -47,6 +48,7 @@ class RunContext:
     backend: str = "hf"
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     search: str = "none"  # hyperparameter validation search: none (declared defaults), grid or halving
+    judge: JudgeSettings = field(default_factory=JudgeSettings.from_env)  # judged tasks' judge (mt_bench)
 
 
 @dataclass(frozen=True)

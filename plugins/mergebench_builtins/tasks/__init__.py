@@ -1,6 +1,6 @@
 """Built-in evaluation tasks: the study's suite (lm-eval by name), the embedded mini suite, validation surrogates.
 
-Suites: ``full`` (the study, hub + GPU), ``leaderboard`` (Open LLM Leaderboard preset),
+Suites: ``full`` (the study, hub + GPU), ``leaderboard`` (Open LLM Leaderboard preset, plus MT-Bench),
 ``mini`` (the default on the embedded model, item counts sized for ~45 s a model on two idle cores), ``mini-gen``
 (the heavier generative metrics of the same domains on the embedded model: GSM8K exact match,
 executed HumanEval/MBPP), ``mini-gemma`` (the ``mini`` tasks on the second embedded family,
@@ -184,7 +184,8 @@ LEADERBOARD = frozenset({"leaderboard"})
 
 
 def leaderboard_tasks() -> list[TaskSpec]:
-    """The Open LLM Leaderboard (v1) preset: six tasks with its shot counts, no chat template."""
+    """The Open LLM Leaderboard (v1) preset: six tasks with its shot counts, no chat template (with
+    :func:`judged_tasks`' ``mt_bench``, the chat benchmark the merging playbook lists beside them)."""
     return [
         _lm_eval("lb_arc_challenge", GENERAL, "arc_challenge", "acc_norm", "ARC-Challenge 25-shot, normalized accuracy",
                  suites=LEADERBOARD, num_fewshot=25, chat=False),
@@ -197,6 +198,17 @@ def leaderboard_tasks() -> list[TaskSpec]:
                  num_fewshot=5, chat=False),
         _lm_eval("lb_gsm8k", GENERAL, "gsm8k", "exact_match", "GSM8K 5-shot exact match (strict)", suites=LEADERBOARD,
                  num_fewshot=5, filter="strict-match", chat=False),
+    ]
+
+
+def judged_tasks() -> list[TaskSpec]:
+    """MT-Bench-style judged chat (full suite and leaderboard preset): needs a judge model (``--mb-judge-url``)."""
+    return [
+        TaskSpec(name="mt_bench", impl=f"{T}.mt_bench:MTBench", domain=GENERAL, metric="judge_score",
+                 suites=frozenset({"full", "leaderboard"}), needs_chat_template=True,
+                 summary="MT-Bench (80 two-turn questions, 8 categories), each turn rated 1-10 by a judge model "
+                 "with FastChat's single-answer prompts, mean rating",
+                 options=(("dataset", "lighteval/mt-bench"), ("max_new_tokens", 1024), ("split", "train"))),
     ]
 
 
@@ -236,7 +248,8 @@ def evalplus_tasks() -> list[TaskSpec]:
 
 @hookimpl
 def mergebench_register_tasks(register):
-    for spec in [*study_tasks(), *evalplus_tasks(), *safety_tasks(), *forgetting_tasks(), *leaderboard_tasks()]:
+    for spec in [*study_tasks(), *evalplus_tasks(), *safety_tasks(), *forgetting_tasks(), *leaderboard_tasks(),
+                 *judged_tasks()]:
         register(spec)
     for spec in [*mini_tasks(), *validation_tasks(), *full_validation_tasks()]:
         register(spec)
