@@ -162,10 +162,14 @@ def test_a_lookup_that_hits_marks_the_artifact_used(cache: ArtifactCache):
     assert path.stat().st_mtime > 1_000_000
 
 
-def test_a_corrupt_expert_is_not_merged(tmp_path: Path):
-    """The pipeline on the tiny model: an expert overwritten in place stops the merge before it is built."""
+@pytest.mark.parametrize("eager_bytes", [64 << 20, 0], ids=["checked-on-lookup", "checked-when-read"])
+def test_a_corrupt_expert_is_not_merged(tmp_path: Path, monkeypatch, eager_bytes):
+    """The pipeline on the tiny model: an expert overwritten in place stops the merge before it is built,
+    whether the lookup checks it (small artifacts) or the merge that reads it (weights over the threshold)."""
+    import mergebench.cache
     from mergebench.pipeline import Pipeline, RunContext
 
+    monkeypatch.setattr(mergebench.cache, "EAGER_VERIFY_BYTES", eager_bytes)
     registries = plugin_manager.registries()
     model = registries.models.get("tiny-llama")
     cache = ArtifactCache(tmp_path / "cache")
@@ -177,3 +181,21 @@ def test_a_corrupt_expert_is_not_merged(tmp_path: Path):
                                                 r"model.safetensors has SHA-256"):
         pipeline.merged(model, registries.methods.get("task_arithmetic"))
     assert not (cache.root / "merged").exists()
+
+
+def test_weights_are_hashed_by_the_stage_that_reads_them_not_by_a_lookup(cache: ArtifactCache, monkeypatch):
+    """A warm run looks up every model to key its results but loads none: it must not hash gigabytes."""
+    import mergebench.cache
+
+    path = build_checkpoint(cache)
+    cache_integrity.forget_verified()
+    monkeypatch.setattr(mergebench.cache, "EAGER_VERIFY_BYTES", 0)
+    hashed = []
+    real = cache_integrity.sha256_file
+    monkeypatch.setattr(cache_integrity, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    assert cache.lookup(ArtifactKey.of("expert", {"n": 1})) == path
+    assert hashed == []
+    assert cache_integrity.verify_if_artifact(path) and len(hashed) == 6
+    overwrite_floats(path / "model-00002-of-00004.safetensors")
+    with pytest.raises(CacheCorruptError, match="model-00002-of-00004.safetensors has SHA-256"):
+        cache_integrity.verify_if_artifact(path)

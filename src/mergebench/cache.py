@@ -38,6 +38,8 @@ SCHEMA = 1
 """Bump when the layout of artifacts changes incompatibly; it is part of every key."""
 
 META_FILE = cache_integrity.META_FILE
+EAGER_VERIFY_BYTES = 64 << 20
+"""Artifacts up to this size are verified on lookup; larger ones (weights) when a stage reads them."""
 RESERVED = frozenset({"tmp", "locks", "work"})
 """Folders of the cache root that hold no stage's artifacts."""
 
@@ -136,15 +138,17 @@ class ArtifactCache:
         return self.root / key.stage / key.digest
 
     def lookup(self, key: ArtifactKey) -> Path | None:
-        """The artifact's folder if it was built, checked against its manifest on first use in this process.
+        """The artifact's folder if it was built; a small one is checked against its manifest on first use here.
 
         Raises :class:`~mergebench.cache_integrity.CacheCorruptError` when a file differs from what
-        the build wrote: a corrupt artifact is never handed out.
+        the build wrote. An artifact over :data:`EAGER_VERIFY_BYTES` (weights) is checked by the
+        stage that reads it (:func:`~mergebench.cache_integrity.verify_if_artifact`): its path alone
+        names it in downstream keys, and a warm run would otherwise hash every model it never loads.
         """
         path = self.path(key)
         if not (path / META_FILE).is_file():
             return None
-        if cache_integrity.ensure_verified(path):
+        if cache_integrity.manifest_bytes(path) > EAGER_VERIFY_BYTES or cache_integrity.ensure_verified(path):
             _mark_used(path)
         return path
 

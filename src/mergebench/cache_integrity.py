@@ -19,7 +19,10 @@ Where the hashes come from, cheapest first:
   That is CPU only, about 1 GB/s on one core here (the README has the measured figures).
 
 Verification reads every file (threads across files, so a sharded 9B checkpoint hashes on
-several cores); it runs once per artifact per process and is remembered by the files' stat
+several cores), when the files are about to be read: a lookup checks small artifacts (results,
+data) at once, and the stages that load weights check theirs first (:func:`verify_if_artifact`),
+so a warm run that only needs cached results never hashes gigabytes of weights. It runs once
+per artifact per process and is remembered by the files' stat
 identities, so a later lookup in the same process only stats the files. An artifact built
 before manifests existed is *unverified*: used as before, with a one-line note (once per cache
 and process: a warm run over an old cache would otherwise print one per evaluation).
@@ -258,6 +261,15 @@ def ensure_verified(directory: Path) -> bool:
                       "them; delete one to have it rebuilt with hashes)")
     _verified[key] = signature
     return True
+
+
+def manifest_bytes(directory: Path) -> int:
+    """The bytes an artifact's manifest lists (0 without one): what verifying it would read."""
+    try:
+        manifest = json.loads((directory / META_FILE).read_text()).get(MANIFEST_KEY) or {}
+        return sum(int(entry.get("size", 0)) for entry in (manifest.get("files") or {}).values())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0  # unreadable or malformed: small enough to be checked now, which reports it
 
 
 def verify_if_artifact(directory: Path | str) -> bool:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey
+from mergebench.cache_integrity import verify_if_artifact
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, TaskResult
 from mergebench.evaluation.judge import JudgeSettings
@@ -78,6 +79,11 @@ class MergeInputs:
     @property
     def expert_dirs(self) -> dict[str, Path]:
         return {domain: ref.path for domain, ref in self.experts.items()}
+
+    def verify(self) -> None:
+        """Check the cached inputs against their manifests before a merge or a search reads them."""
+        for path in (self.base.path, *self.expert_dirs.values(), *self.statistics.values()):
+            verify_if_artifact(path)
 
 
 CHECKPOINT_METHOD = "checkpoint"
@@ -179,6 +185,7 @@ class Pipeline:
         })
 
         def build(out: Path) -> None:
+            verify_if_artifact(base.path)
             summary = recipe.train(base.path, out, seed=self.context.seed, work_dir=self.cache.work_dir(key))
             (out / "mergebench_expert.json").write_text(json.dumps(summary, indent=2, default=str))
 
@@ -236,6 +243,7 @@ class Pipeline:
         key = ArtifactKey.of("merged", {**inputs.key, "params": resolved})
 
         def build(out: Path) -> None:
+            inputs.verify()
             merge_checkpoints(method, resolved, inputs.base.path, inputs.expert_dirs, out, context=inputs.context,
                               metadata={"mergebench_key": key.digest}, allow_pickle=self.context.allow_pickle)
 
@@ -301,6 +309,7 @@ class Pipeline:
         })
 
         def build(out: Path) -> None:
+            inputs.verify()
             result = run_search(self.context.search, method, points, base_dir=base.path,
                                 expert_dirs={d: r.path for d, r in experts.items()}, context=context, surrogates=surrogates,
                                 make_task=lambda spec, limit: spec.load()(spec, self.context, limit=limit),
@@ -321,6 +330,7 @@ class Pipeline:
             return found
         from mergebench.evaluation.backends import load_language_model
 
+        verify_if_artifact(ref.path)
         lm = load_language_model(self.context.backend, ref.path, name=ref.name,
                                  batch_size=self.context.batch_size, device=self.context.device)
         self._models[ref.key.digest] = lm

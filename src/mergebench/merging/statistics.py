@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey, canonical_json
+from mergebench.cache_integrity import verify_if_artifact
 from mergebench.errors import UsageError
 from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import task_vector_filter
@@ -166,12 +167,18 @@ def ensure_statistics(
         key = statistics_key(method, expert_key, params, fingerprint(rows), exclude,
                              base_key or checkpoint_identity(Path(base_dir)))
         job = StatisticJob(Path(base_dir), Path(expert_dir), rows, dict(params), merged, device)
-        artifact = cache.get_or_build(key, lambda out, job=job: method.compute_statistic(job, out),
-                                      label=f"{kind} statistics of {label}")
+        artifact = cache.get_or_build(key, lambda out, job=job: _compute(method, job, out), label=f"{kind} statistics of {label}")
         if not artifact.hit:
             progress.note(f"  [built] {kind} statistics of {label} in {artifact.seconds:.1f}s")
         found[label] = artifact.path
     return found
+
+
+def _compute(method: type["MergeMethod"], job: StatisticJob, out: Path) -> None:
+    """The method's statistic of one expert, its cached inputs checked against their manifests first."""
+    verify_if_artifact(job.base_dir)
+    verify_if_artifact(job.expert_dir)
+    method.compute_statistic(job, out)
 
 
 def statistics_for(
