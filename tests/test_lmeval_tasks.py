@@ -266,7 +266,7 @@ def test_a_hub_safety_task_scores_an_item_range_as_the_search_asks(monkeypatch):
                         datasets.Dataset.from_list(SAFETY_FIXTURES[(path, name)]))
     spec = plugin_manager.registries().tasks.get("xstest")
     spec = dataclasses.replace(spec, options=tuple(sorted({**dict(spec.options), "judge": "keyword"}.items())))
-    task = spec.load()(spec, SimpleNamespace(cache=None), limit=3)
-    task.start = 1  # items 1 and 2: the unsafe prompt refused (right), the safe one answered (right)
+    task = spec.load()(spec, SimpleNamespace(cache=None), limit=3).item_range(1, 3)  # items 1 and 2: the unsafe
+    # prompt refused (right), the safe one answered (right)
     result = task.evaluate(ScriptedLM(generate=lambda p: next(v for k, v in REPLIES.items() if k in p)))
     assert task.supports_start and result.values == [1.0, 1.0]

@@ -9,6 +9,7 @@ import pytest
 
 from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
+from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, Loglikelihood
 from mergebench.evaluation.sandbox import Limits
 
@@ -178,3 +179,15 @@ def test_tasks_that_generate_say_so(context):
         task = spec.load()(spec, context, limit=2)
         task.evaluate(lm)
         assert task.generates == bool(lm.generations), spec.name
+
+
+def test_an_item_range_scores_exactly_those_items_and_tasks_without_ranges_refuse_one(context):
+    """The search narrows a surrogate to items [start, stop) of its list; limit stays the list's length."""
+    spec = plugin_manager.registries().tasks.get("val_mmlu_stem_mini")
+    whole = spec.load()(spec, context, limit=6)
+    docs = whole.docs()
+    ranged = spec.load()(spec, context, limit=6).item_range(2, 5)
+    assert ranged.limit == 6 and ranged.docs() == docs[2:5]
+    multilingual = plugin_manager.registries().tasks.get("multilingual_bpb_mini")
+    with pytest.raises(UsageError, match="cannot score an item range"):
+        multilingual.load()(multilingual, context).item_range(0, 1)

@@ -231,7 +231,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     registries = plugin_manager.registries()
     model = registries.models.get(args.base)
     pipeline = Pipeline(_context(args), registries)
-    from mergebench.specs import ExpertSource
+    from mergebench.specs import ExpertSpec
 
     domains = args.domain or list(model.domains)
     if args.recipe and len(domains) != 1:
@@ -240,7 +240,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         for domain in domains:
             if args.recipe:  # train with this recipe even where the model's expert would be fetched from the hub
                 recipe = registries.recipes.get(args.recipe)
-                ref = pipeline.trained(model, ExpertSource(domain=domain, recipe=recipe.name), f"{domain} expert of {model.name}")
+                ref = pipeline.trained(model, ExpertSpec(domain=domain, recipe=recipe.name), f"{domain} expert of {model.name}")
             elif domain == "mtl":
                 ref = pipeline.mtl(model)
             else:

@@ -32,7 +32,7 @@ from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio
-from mergebench.specs import DOMAINS, GENERAL, MethodSpec, ModelSpec, RecipeSpec, TaskSpec
+from mergebench.specs import DOMAINS, GENERAL, ExpertSpec, MethodSpec, ModelSpec, RecipeSpec, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -163,23 +163,23 @@ class Pipeline:
             raise UsageError(f"model {model.name!r} has no multi-task baseline (ModelSpec.mtl); drop 'mtl' from --mb-methods")
         return self.trained(model, model.mtl, f"multi-task model {model.name}", base)
 
-    def trained(self, model: ModelSpec, source, label: str, base: ModelRef | None = None) -> ModelRef:
-        """A model of ``source``: fetched when it names a hub id, else trained by its recipe on the base (cached)."""
-        if ("trained", model, source) not in self._resolved:
-            self._resolved["trained", model, source] = self._trained(model, source, label, base)
-        return self._resolved["trained", model, source]
+    def trained(self, model: ModelSpec, expert: ExpertSpec, label: str, base: ModelRef | None = None) -> ModelRef:
+        """The model ``expert`` names: fetched when it names a hub id, else trained by its recipe on the base (cached)."""
+        if ("trained", model, expert) not in self._resolved:
+            self._resolved["trained", model, expert] = self._trained(model, expert, label, base)
+        return self._resolved["trained", model, expert]
 
-    def _trained(self, model: ModelSpec, source, label: str, base: ModelRef | None) -> ModelRef:
-        name = f"{model.name}/{source.domain}"
-        if source.hub_id:
-            return self._from_hub("expert", source.hub_id, source.revision, label, name)
+    def _trained(self, model: ModelSpec, expert: ExpertSpec, label: str, base: ModelRef | None) -> ModelRef:
+        name = f"{model.name}/{expert.domain}"
+        if expert.hub_id:
+            return self._from_hub("expert", expert.hub_id, expert.revision, label, name)
         base = base or self.base(model)
-        recipe_spec, recipe = self._recipe(source.recipe or "")
+        recipe_spec, recipe = self._recipe(expert.recipe or "")
         key = ArtifactKey.of("expert", {
             "base": base.key.digest,
             "recipe": recipe_spec.name,
             "recipe_version": recipe_spec.version,
-            "domain": source.domain,
+            "domain": expert.domain,
             "fingerprint": recipe.fingerprint(),
             "seed": self.context.seed,
         })
@@ -217,13 +217,13 @@ class Pipeline:
         from mergebench.merging.statistics import statistics_for
 
         def samples_of(domain: str, count: int) -> list[dict[str, str]]:
-            source = model.expert(domain)
-            if not source.recipe:
+            expert = model.expert(domain)
+            if not expert.recipe:
                 raise UsageError(
                     f"method {method.name!r} needs training samples of the {domain!r} expert of {model.name!r}, "
-                    "but its ExpertSource names no recipe describing its training data; add recipe=... to it"
+                    "but its ExpertSpec names no recipe describing its training data; add recipe=... to it"
                 )
-            _, recipe = self._recipe(source.recipe)
+            _, recipe = self._recipe(expert.recipe)
             return recipe.samples(count, self.context.seed)
 
         return statistics_for(

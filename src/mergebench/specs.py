@@ -197,7 +197,7 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class ExpertSource:
+class ExpertSpec:
     """Where one domain expert of a model comes from, and what it was trained on.
 
     With ``hub_id`` the weights are fetched from that repository; otherwise ``recipe`` trains
@@ -233,17 +233,17 @@ class ModelSpec:
     revision: str | None = None
     impl: str | None = None
     version: str = "1"
-    experts: tuple[ExpertSource, ...] = ()
+    experts: tuple[ExpertSpec, ...] = ()
     suites: frozenset[str] = frozenset()
     summary: str = ""
     options: tuple[tuple[str, Any], ...] = field(default=())
-    mtl: ExpertSource | None = None
+    mtl: ExpertSpec | None = None
     """The multi-task baseline (one model trained on all domains' data), when the model has one."""
     param_defaults: tuple[tuple[str, Any], ...] = ()
     """Hyperparameter defaults for this model's merges, over the methods' own (e.g. fewer statistics
     samples on a CPU-sized model); ``--mb-param`` still overrides them. They land in each case's params."""
 
-    def expert(self, domain: str) -> ExpertSource:
+    def expert(self, domain: str) -> ExpertSpec:
         for source in self.experts:
             if source.domain == domain:
                 return source

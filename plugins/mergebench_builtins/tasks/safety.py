@@ -63,7 +63,7 @@ class RefusalTask(SplitTask):
 
 class HarmBenchRefusal(RefusalTask):
     split = "harmbench"
-    sources = (harmbench.HARMBENCH_WHEEL,)
+    wheels = (harmbench.HARMBENCH_WHEEL,)
     cap = "standard behaviours only"
 
     def keeps(self, doc: dict) -> bool:
@@ -78,7 +78,7 @@ class HarmBenchRefusal(RefusalTask):
 
 class BenignAnswered(RefusalTask):
     split = "alpaca"
-    sources = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
+    wheels = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
     counts_refusal = False
 
     def prompt(self, doc: dict) -> str:

@@ -48,7 +48,7 @@ class HubRefusal(Task):
         keep = options.get("keep_labels")
         if keep:
             rows = [r for r in rows if r.get(options["label_field"]) in set(keep)]
-        return rows[self.start: self.limit]
+        return rows[self.start: self.stop]
 
     def should_refuse(self, row: dict) -> bool:
         field = self.options.get("label_field")

@@ -32,7 +32,7 @@ class ToyBPB(Task):
     supports_start = True
 
     def evaluate(self, lm: LanguageModel) -> TaskResult:
-        texts = (VALIDATION_TEXTS if self.options.get("validation") else TEXTS)[self.spec.domain][self.start: self.limit]
+        texts = (VALIDATION_TEXTS if self.options.get("validation") else TEXTS)[self.spec.domain][self.start: self.stop]
         requests = [LoglikelihoodRequest("Text: ", t) for t in texts]
         scores = [-r.logprob / math.log(2) / len(q.continuation.encode()) for q, r in zip(requests, lm.loglikelihood(requests))]
         return self.result(scores, [{"text": t, "bpb": s} for t, s in zip(texts, scores)])

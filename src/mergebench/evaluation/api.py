@@ -143,11 +143,12 @@ class Task(ABC):
     Subclasses set how many items they score by default (``default_limit``) and implement
     :meth:`items` (the fixed evaluation items; data is fetched here) and :meth:`evaluate`.
     ``limit`` from the command line shortens the item list (a smoke run), and is part of the
-    evaluation's cache key.
+    evaluation's cache key. A task that sets ``supports_start`` scores the items ``[start, stop)``
+    of that list, which the search narrows with :meth:`item_range`.
     """
 
     default_limit: int | None = None
-    start: int = 0  # first item scored; tasks that support it set ``supports_start`` (search scores item ranges)
+    start: int = 0
     supports_start: bool = False
     generates: bool = False
     """Whether items are scored from generated text: each costs a point of the search its own decode
@@ -159,6 +160,14 @@ class Task(ABC):
         self.options = dict(spec.options)
         # a spec may size its task (option ``limit``: the same class serves the mini and full suites)
         self.limit = limit if limit is not None else self.options.get("limit", self.default_limit)
+        self.stop: int | None = self.limit  # the end of the items scored (None: all)
+
+    def item_range(self, start: int, stop: int) -> "Task":
+        """Score only the items ``[start, stop)`` of this task's list (the search's unit ranges)."""
+        if not self.supports_start:
+            raise UsageError(f"task {self.spec.name!r} cannot score an item range (it does not set supports_start)")
+        self.start, self.stop = start, stop
+        return self
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data this task scores (part of the evaluation cache key)."""

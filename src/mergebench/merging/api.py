@@ -6,7 +6,7 @@ merge device; a sequence that may read each expert when it is indexed, so stream
 keeps one expert in float32 at a time). The engine streams tensors from the checkpoints, so a data-free method never
 holds more than one tensor per input. Methods that need a view of the whole model before
 merging (global top-k thresholds, statistics gathered from data) override
-:meth:`MergeMethod.prepare`, which receives a :class:`TensorSource` to stream over.
+:meth:`MergeMethod.prepare`, which receives a :class:`TensorInputs` to stream over.
 
 Task vectors (``expert - base``) exclude the embeddings and the LM head by default, as the
 study does: for those tensors the engine keeps the base's values unless the method sets
@@ -76,7 +76,7 @@ class MergeContext:
     threads: int = 0  # tensors merged concurrently; 0 = one per CPU core
 
 
-class TensorSource(ABC):
+class TensorInputs(ABC):
     """Streams (name, base, experts) for :meth:`MergeMethod.prepare` passes.
 
     A source reads its tensors one way (from checkpoints, from memory) and shares the rest:
@@ -149,12 +149,12 @@ class MergeMethod:
             return True
         return not any(p.search(name) for p in self._exclude)
 
-    def prepare(self, source: TensorSource) -> None:
+    def prepare(self, inputs: TensorInputs) -> None:
         """Optional pass over the tensors the method merges, before any output tensor is produced."""
 
     @classmethod
-    def prepare_all(cls, methods: Sequence["MergeMethod"], source: TensorSource) -> None:
-        """Prepare ``methods`` (instances of this class, other hyperparameters) over one source.
+    def prepare_all(cls, methods: Sequence["MergeMethod"], inputs: TensorInputs) -> None:
+        """Prepare ``methods`` (instances of this class, other hyperparameters) over one set of inputs.
 
         Each in turn by default. The grid merger calls this with every configuration a search
         round needs, so a method whose passes over the inputs can gather what every
@@ -162,7 +162,7 @@ class MergeMethod:
         reads the inputs once instead of once per configuration.
         """
         for method in methods:
-            method.prepare(source)
+            method.prepare(inputs)
 
     @classmethod
     def statistic_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from mergebench import progress
 from mergebench.checkpoint import CheckpointReader, ShardedWriter, check_compatible, copy_tokenizer_files, vocab_aligned
 from mergebench.errors import CheckpointError, UsageError
-from mergebench.merging.api import MergeContext, MergeMethod, TensorSource
+from mergebench.merging.api import MergeContext, MergeMethod, TensorInputs
 from mergebench.merging.threads import keep_freed_memory, merge_threads, ordered_map, worker_count
 from mergebench.specs import MethodSpec
 
@@ -108,7 +108,7 @@ class MergeReport:
     total_bytes: int
 
 
-class _StreamingSource(TensorSource):
+class StreamedInputs(TensorInputs):
     def __init__(self, base: CheckpointReader, experts: Mapping[str, CheckpointReader], names: list[str], device: str,
                  *, pool: ThreadPoolExecutor | None = None, window: int = 1) -> None:
         super().__init__(names, pool=pool, window=window)
@@ -188,8 +188,8 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
     names = base.names()
     merged_names = [n for n in names if method.merges(n)]
     window = worker_count(context) + 1
-    source = _StreamingSource(base, experts, merged_names, context.device, pool=pool, window=window)
-    method.prepare(source)
+    inputs = StreamedInputs(base, experts, merged_names, context.device, pool=pool, window=window)
+    method.prepare(inputs)
 
     stamp = {
         "mergebench_method": spec.name,
@@ -208,7 +208,7 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
             original = base.get(name)
             if name not in merged_set:
                 return original
-            base_t, expert_ts = source.tensors(name)
+            base_t, expert_ts = inputs.tensors(name)
             result = method.merge_tensor(name, base_t, expert_ts)
             if tuple(result.shape) != tuple(original.shape):
                 raise RuntimeError(

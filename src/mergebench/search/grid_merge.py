@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from mergebench.checkpoint import vocab_aligned
-from mergebench.merging.api import MergeContext, TensorSource
+from mergebench.merging.api import MergeContext, TensorInputs
 from mergebench.merging.engine import build_method, check_finite, open_inputs
 from mergebench.merging.tensors import scaled_sum
 from mergebench.merging.threads import merge_threads, worker_count
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class MemorySource(TensorSource):
+class InMemoryInputs(TensorInputs):
     """Base and experts held in memory (stored dtype), handed out as float32 per tensor."""
 
     def __init__(self, base: Mapping[str, "torch.Tensor"], experts: Sequence[Mapping[str, "torch.Tensor"]],
@@ -98,17 +98,17 @@ class GridMerger:
         self._deltas: dict[str, tuple[set[str], dict[str, "torch.Tensor"]]] = {}
 
     @cached_property
-    def _inputs(self) -> tuple[dict[str, "torch.Tensor"], list[dict[str, "torch.Tensor"]]]:
+    def _loaded(self) -> tuple[dict[str, "torch.Tensor"], list[dict[str, "torch.Tensor"]]]:
         """Read on first use, after the first points were validated: a bad point fails before any read."""
         return load_inputs(self._base_dir, self._expert_dirs, allow_pickle=self._allow_pickle)
 
     @property
     def base(self) -> dict[str, "torch.Tensor"]:
-        return self._inputs[0]
+        return self._loaded[0]
 
     @property
     def experts(self) -> list[dict[str, "torch.Tensor"]]:
-        return self._inputs[1]
+        return self._loaded[1]
 
     def merge(self, points: Iterable[Mapping[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, "torch.Tensor"]]]:
         """Yield ``(resolved params, state dict)`` for every point, grouped by everything but ``scaling``.
@@ -149,9 +149,9 @@ class GridMerger:
     def _out(self, name: str, tensor: "torch.Tensor") -> "torch.Tensor":
         return tensor.to(self.dtype or self.base[name].dtype)
 
-    def _source(self, method, pool) -> MemorySource:
+    def _tensor_inputs(self, method, pool) -> InMemoryInputs:
         names = [n for n in self.base if method.merges(n)]
-        return MemorySource(self.base, self.experts, names, self.context.device, pool=pool,
+        return InMemoryInputs(self.base, self.experts, names, self.context.device, pool=pool,
                             window=worker_count(self.context) + 1)
 
     def _ensure_deltas(self, groups: Mapping[str, Mapping[str, Any]]) -> None:
@@ -169,13 +169,13 @@ class GridMerger:
             return
         methods = list(missing.values())
         with merge_threads(self.context) as pool:
-            source = self._source(methods[0], pool)
-            if any(self._source(m, pool).names() != source.names() for m in methods[1:]):
+            inputs = self._tensor_inputs(methods[0], pool)
+            if any(self._tensor_inputs(m, pool).names() != inputs.names() for m in methods[1:]):
                 raise ValueError(f"{self.spec.name}: configurations of one search merge different tensors")
-            type(methods[0]).prepare_all(methods, source)
+            type(methods[0]).prepare_all(methods, inputs)
             with torch.inference_mode():
-                merged = list(source.map(lambda n, b, e: [m.merge_delta(n, b, e) for m in methods]))
-        names = source.names()
+                merged = list(inputs.map(lambda n, b, e: [m.merge_delta(n, b, e) for m in methods]))
+        names = inputs.names()
         for i, key in enumerate(missing):
             self._deltas[key] = (set(names), {name: row[i] for name, row in zip(names, merged)})
 
@@ -200,11 +200,11 @@ class GridMerger:
         for params in members:
             method = build_method(self.spec, params, self.context, self.n_experts)
             with merge_threads(self.context) as pool:
-                source = self._source(method, pool)
-                method.prepare(source)
-                merged_set = set(source.names())
+                inputs = self._tensor_inputs(method, pool)
+                method.prepare(inputs)
+                merged_set = set(inputs.names())
                 with torch.inference_mode():
-                    merged = dict(zip(source.names(), source.map(lambda n, b, e, m=method: m.merge_tensor(n, b, e))))
+                    merged = dict(zip(inputs.names(), inputs.map(lambda n, b, e, m=method: m.merge_tensor(n, b, e))))
             yield dict(params), {name: self._out(name, merged[name]) if name in merged_set else self._out(name, t)
                                  for name, t in self.base.items()}
 

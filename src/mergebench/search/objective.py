@@ -143,9 +143,7 @@ class MergeObjective:
         first, last = self.span(surrogate, start, stop)
         if last <= first:
             return []
-        task = self.make_task(surrogate.spec, last)
-        task.start = first
-        return task.evaluate(lm).values
+        return self.make_task(surrogate.spec, last).item_range(first, last).evaluate(lm).values
 
     def span(self, surrogate: Surrogate, start: int, stop: int) -> tuple[int, int]:
         """The items of ``surrogate`` that the search's units ``[start, stop)`` cover."""

