@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from mergebench import cache_integrity, leftovers
-from mergebench.cache import ArtifactCache, ArtifactKey
+from mergebench.cache import ArtifactCache, ArtifactKey, leftovers
+from mergebench.cache import integrity as cache_integrity
 
 DIGEST = "ab" * 32
 

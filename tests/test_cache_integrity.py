@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mergebench import cache_integrity, plugin_manager, progress
+from mergebench import plugin_manager, progress
 from mergebench.cache import ArtifactCache, ArtifactKey
-from mergebench.cache_integrity import CacheCorruptError
+from mergebench.cache import integrity as cache_integrity
+from mergebench.cache.integrity import CacheCorruptError
 from mergebench.checkpoint import ShardedWriter
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mergebench.errors import UsageError
-from mergebench.gating import compare, parse_threshold, unmatched
+from mergebench.results.gating import compare, parse_threshold, unmatched
 from tests.test_results import case
 
 

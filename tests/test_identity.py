@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from mergebench.identity import checkpoint_identity
+from mergebench.checkpoint.identity import checkpoint_identity
 
 MTIME_NS = 1_700_000_000_000_000_000
 

@@ -292,7 +292,7 @@ def test_the_key_is_never_in_results_samples_cache_key_or_errors(tiny_llama, jud
                                                             "max_new_tokens": 4}.items())))
     cache = ArtifactCache(tmp_path / "cache")
     pipeline = Pipeline(context_for(judge.url, cache=cache), registries)
-    ref = ModelRef(ArtifactKey.of("base", {"path": str(tiny_llama)}), tiny_llama, "base tiny")
+    ref = ModelRef(ArtifactKey.of("base", {"path": str(tiny_llama)}), tiny_llama, "base tiny", "tiny")
     result = pipeline.evaluate(ref, spec)
     assert result.score == 6.0
     written = "\n".join(p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))

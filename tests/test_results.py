@@ -65,7 +65,7 @@ def test_json_round_trip(tmp_path):
 
 
 def test_expert_table_shows_each_experts_gain_over_the_base_in_the_metrics_direction():
-    from mergebench.report import expert_gain, render_session
+    from mergebench.results.report import expert_gain, render_session
 
     results = [
         case("gsm8k_bpb_mini", "math", 0.9, expert=0.8, base=1.0, higher=False),  # bits per byte: 20% lower = +20%

@@ -42,7 +42,7 @@ def evict(directory: Path) -> None:
 
 
 def verify(directory: Path, label: str, size: int) -> float:
-    from mergebench import cache_integrity
+    from mergebench.cache import integrity as cache_integrity
 
     rates = []
     for state in ("warm", "cold"):
@@ -89,8 +89,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
 
-    from mergebench import cache_integrity
     from mergebench.cache import ArtifactCache, ArtifactKey
+    from mergebench.cache import integrity as cache_integrity
 
     print(f"CPU: {_cpu()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     data = os.urandom(256 * 2**20)

@@ -127,8 +127,8 @@ def _data_needs(spec) -> str:
 # -- merge ---------------------------------------------------------------------------------
 def cmd_merge(args: argparse.Namespace) -> int:
     from mergebench import plugin_manager, progress
+    from mergebench.cache.leftovers import out_tmp_path
     from mergebench.devices import resolve_device
-    from mergebench.leftovers import out_tmp_path
     from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
     from mergebench.merging.engine import merge_checkpoints
 
@@ -167,7 +167,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, device) -> dict[str, Path]:
     """Statistics of a data-aware method from ``--samples DOMAIN=FILE.jsonl``, cached under ``--cache-dir``."""
     from mergebench.cache import ArtifactCache
-    from mergebench.identity import checkpoint_identity
+    from mergebench.checkpoint.identity import checkpoint_identity
     from mergebench.merging.statistics import read_jsonl, statistics_for
 
     files = _key_values(args.samples, "--samples")
@@ -214,7 +214,7 @@ def _verify_cached_inputs(paths: Sequence[Path]) -> None:
     """Check checkpoint folders given on the command line before anything loads them: a cache artifact
     against its manifest, every folder's safetensors headers and sizes (a truncated shard is one line
     naming the file, also on paths that load with transformers, such as data-aware statistics)."""
-    from mergebench.cache_integrity import verify_if_artifact
+    from mergebench.cache.integrity import verify_if_artifact
     from mergebench.checkpoint.reader import check_safetensors
 
     for path in paths:
@@ -251,19 +251,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 # -- report --------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from mergebench.report import comparison_table, regression_lines, render_session
     from mergebench.results import read_json
+    from mergebench.results.report import comparison_table, regression_lines, render_session
 
     results = [r for path in args.results for r in read_json(path)]
     console = _console()
     sys.stdout.write(render_session(results, width=console.width, color=console.is_terminal))
     if args.plots:
-        from mergebench.plots import write_plots
+        from mergebench.results.plots import write_plots
 
         for path in write_plots(results, Path(args.results[0]).with_suffix("")):
             console.print(f"written: {path}")
     if args.compare:
-        from mergebench.gating import compare, parse_thresholds
+        from mergebench.results.gating import compare, parse_thresholds
 
         deltas = compare(read_json(args.compare), results, parse_thresholds(args.fail))
         console.print(comparison_table(deltas, Path(args.compare).name))
@@ -299,7 +299,7 @@ def _folders(count: int) -> str:
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
-    from mergebench.cache_integrity import check, describe
+    from mergebench.cache.integrity import check, describe
 
     cache = _cache(args)
     counts = {"ok": 0, "corrupt": 0, "unverified": 0}
@@ -324,7 +324,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_gc(args: argparse.Namespace) -> int:
-    from mergebench.cache_gc import execute, plan
+    from mergebench.cache.gc import execute, plan
 
     if args.older_than is not None and args.older_than < 0:
         raise UsageError("--older-than takes a number of days >= 0")

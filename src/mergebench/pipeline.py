@@ -24,11 +24,11 @@ from typing import Any, Callable, Mapping
 
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey
-from mergebench.cache_integrity import verify_if_artifact
+from mergebench.cache.integrity import verify_if_artifact
+from mergebench.checkpoint.identity import checkpoint_identity
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, TaskResult
 from mergebench.evaluation.judge import JudgeSettings
-from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mergebench import judge_options
+from mergebench import pytest_judge
 from mergebench.errors import MergebenchError
 
 cases_key = pytest.StashKey[list]()
@@ -57,7 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="folder with local copies of hub models, as DIR/<org>/<name> (repeatable)")
     group.addoption("--mb-allow-pickle", action="store_true", default=False,
                     help="also load pytorch_model.bin pickles (only for files you trust)")
-    judge_options.add_options(group)
+    pytest_judge.add_options(group)
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -200,7 +200,7 @@ def mergebench_pipeline(pytestconfig: pytest.Config):
         batch_size=pytestconfig.getoption("mb_batch_size"),
         backend=pytestconfig.getoption("mb_backend"),
         search=pytestconfig.getoption("mb_search"),
-        judge=judge_options.settings(pytestconfig),
+        judge=pytest_judge.settings(pytestconfig),
     )
     return Pipeline(context, plugin_manager.registries())
 

@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _check_result_options(config: pytest.Config):
-    from mergebench.gating import parse_thresholds
+    from mergebench.results.gating import parse_thresholds
 
     fail = config.getoption("mb_compare_fail")
     if fail and config.getoption("mb_compare") is None:
@@ -96,8 +96,8 @@ class ResultCollector:
         self._write(results)
         compare_to = self.config.getoption("mb_compare")
         if compare_to is not None:
-            from mergebench.gating import compare, unmatched
-            from mergebench.storage import load_run
+            from mergebench.results.gating import compare, unmatched
+            from mergebench.results.storage import load_run
 
             try:
                 path, baseline = load_run(compare_to or None, Path(self.config.getoption("mb_save_dir")))
@@ -111,8 +111,8 @@ class ResultCollector:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _write(self, results) -> None:
-        from mergebench.plots import write_plots
         from mergebench.results import write_json
+        from mergebench.results.plots import write_plots
 
         meta = _run_meta(self.config)
         json_path = self.config.getoption("mb_json")
@@ -121,7 +121,7 @@ class ResultCollector:
             self.written += write_plots(results, Path(json_path).with_suffix(""))
         tag = self.config.getoption("mb_save")
         if tag:
-            from mergebench.storage import save_run
+            from mergebench.results.storage import save_run
 
             saved = save_run(results, tag, root=Path(self.config.getoption("mb_save_dir")), meta=meta)
             self.written.append(saved)
@@ -130,7 +130,7 @@ class ResultCollector:
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
         if not self.rows:
             return
-        from mergebench.report import comparison_table, regression_lines, render_session
+        from mergebench.results.report import comparison_table, regression_lines, render_session
 
         width, color = terminalreporter._tw.fullwidth, terminalreporter.hasmarkup
         terminalreporter.write_sep("=", "mergebench results")

@@ -21,8 +21,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergebench import cache_integrity
 from mergebench.cache import ArtifactCache, ArtifactKey
+from mergebench.cache import integrity as cache_integrity
 from mergebench.errors import DataUnavailableError
 
 

@@ -5,7 +5,7 @@ a shard is assembled (safetensors header, then the spilled bytes) when it is ful
 written under temporary names and renamed to ``model-0000k-of-0000n.safetensors`` once ``n`` is
 known; the index is written last. Each shard's SHA-256 is computed as its bytes stream into it
 (:attr:`ShardedWriter.hashes`) and recorded for the artifact cache's manifest, so a cached merge
-is never read back just to be hashed (see :mod:`mergebench.cache_integrity`).
+is never read back just to be hashed (see :mod:`mergebench.cache.integrity`).
 Callers write into a temporary directory that the artifact cache renames into place, so a
 crash never leaves a checkpoint that looks complete.
 """
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mergebench import cache_integrity
+from mergebench.cache import integrity as cache_integrity
 from mergebench.checkpoint.reader import INDEX_FILE, SINGLE_FILE
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey, canonical_json
-from mergebench.cache_integrity import verify_if_artifact
+from mergebench.cache.integrity import verify_if_artifact
+from mergebench.checkpoint.identity import checkpoint_identity
 from mergebench.errors import UsageError
-from mergebench.identity import checkpoint_identity
 from mergebench.merging.api import task_vector_filter
 
 if TYPE_CHECKING:

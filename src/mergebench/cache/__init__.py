@@ -7,11 +7,11 @@ re-running the same case finds every artifact and rebuilds nothing.
 
 Writes are atomic: a builder fills ``<root>/tmp/<digest>.<pid>.<nonce>.<host>/`` and the finished
 directory is renamed to ``<root>/<stage>/<digest>``; ``meta.json`` inside records the inputs and
-the size and SHA-256 of every file (see :mod:`mergebench.cache_integrity`), which the first
+the size and SHA-256 of every file (see :mod:`mergebench.cache.integrity`), which the first
 lookup of the artifact in a process checks. A file lock per key makes a second process (an xdist
 worker, another shell) wait for the first instead of building the same artifact twice. A builder
 that raises leaves nothing behind; one that was killed leaves its tmp folder, which the next cache
-of this host sweeps once that process is gone (:mod:`mergebench.leftovers`). A lookup that hits
+of this host sweeps once that process is gone (:mod:`mergebench.cache.leftovers`). A lookup that hits
 sets the artifact folder's mtime, so ``mergebench cache gc --older-than DAYS`` knows what is unused.
 """
 
@@ -31,13 +31,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 from filelock import FileLock
 
-from mergebench import __version__, cache_integrity, leftovers
+from mergebench import __version__
+from mergebench.cache import integrity, leftovers
 from mergebench.errors import CacheFullError
 
 SCHEMA = 1
 """Bump when the layout of artifacts changes incompatibly; it is part of every key."""
 
-META_FILE = cache_integrity.META_FILE
+META_FILE = integrity.META_FILE
 EAGER_VERIFY_BYTES = 64 << 20
 """Artifacts up to this size are verified on lookup; larger ones (weights) when a stage reads them."""
 RESERVED = frozenset({"tmp", "locks", "work"})
@@ -140,15 +141,15 @@ class ArtifactCache:
     def lookup(self, key: ArtifactKey) -> Path | None:
         """The artifact's folder if it was built; a small one is checked against its manifest on first use here.
 
-        Raises :class:`~mergebench.cache_integrity.CacheCorruptError` when a file differs from what
+        Raises :class:`~mergebench.cache.integrity.CacheCorruptError` when a file differs from what
         the build wrote. An artifact over :data:`EAGER_VERIFY_BYTES` (weights) is checked by the
-        stage that reads it (:func:`~mergebench.cache_integrity.verify_if_artifact`): its path alone
+        stage that reads it (:func:`~mergebench.cache.integrity.verify_if_artifact`): its path alone
         names it in downstream keys, and a warm run would otherwise hash every model it never loads.
         """
         path = self.path(key)
         if not (path / META_FILE).is_file():
             return None
-        if cache_integrity.manifest_bytes(path) > EAGER_VERIFY_BYTES or cache_integrity.ensure_verified(path):
+        if integrity.manifest_bytes(path) > EAGER_VERIFY_BYTES or integrity.ensure_verified(path):
             _mark_used(path)
         return path
 
@@ -217,7 +218,7 @@ class ArtifactCache:
                 "mergebench_version": __version__,
                 "build_seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                cache_integrity.MANIFEST_KEY: cache_integrity.build_manifest(tmp),
+                integrity.MANIFEST_KEY: integrity.build_manifest(tmp),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             final = self.path(key)
@@ -234,7 +235,7 @@ class ArtifactCache:
                     "MERGEBENCH_CACHE (or --mb-cache-dir) at a disk with room: the README says how much a run needs"
                 ) from error
             raise
-        cache_integrity.mark_verified(final)
+        integrity.mark_verified(final)
         work = self.root / "work" / key.digest
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

@@ -158,7 +158,7 @@ def summary_table(results: Sequence[CaseResult], *, forgetting: bool) -> Table |
 
 def runtime_table(results: Sequence[CaseResult]) -> Table:
     """Wall-clock cost per method, split as the study's Figure 4 does."""
-    from mergebench.plots import runtime_seconds
+    from mergebench.results.plots import runtime_seconds
 
     table = Table(title="Runtime: algorithm (merge, incl. statistics) and validation (hyperparameter search)",
                   title_justify="left")

@@ -5,7 +5,7 @@ artifact of every hyperparameter ever tried stay forever (a 9B merge is 18 GB). 
 lists what can go and why; :func:`execute` removes it. Rules that keep it safe:
 
 * only paths found by listing the cache root: ``tmp/`` build folders of dead processes (see
-  :mod:`mergebench.leftovers`), artifact folders whose ``meta.json`` names them (stage and digest
+  :mod:`mergebench.cache.leftovers`), artifact folders whose ``meta.json`` names them (stage and digest
   match the folder, so a mistyped ``--cache-dir`` pointing at a home folder finds nothing),
   half-built artifact folders (no ``meta.json``) and ``work/`` folders, never a symlink, and
   ``rmtree`` does not follow the symlinks inside what it removes;
@@ -25,8 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergebench import leftovers
-from mergebench.cache import META_FILE, RESERVED, ArtifactCache
+from mergebench.cache import META_FILE, RESERVED, ArtifactCache, leftovers
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
