@@ -9,8 +9,9 @@ import pytest
 
 from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
+from mergebench.case import Case
 from mergebench.errors import UsageError
-from mergebench.pipeline import Case, Pipeline, RunContext
+from mergebench.pipeline import Pipeline, RunContext
 
 
 @pytest.fixture

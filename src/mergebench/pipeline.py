@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey
 from mergebench.cache.integrity import verify_if_artifact
+from mergebench.case import MTL_METHOD, Case
 from mergebench.checkpoint.identity import checkpoint_identity
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, TaskResult
@@ -84,33 +85,6 @@ class MergeInputs:
         """Check the cached inputs against their manifests before a merge or a search reads them."""
         for path in (self.base.path, *self.expert_dirs.values(), *self.statistics.values()):
             verify_if_artifact(path)
-
-
-CHECKPOINT_METHOD = "checkpoint"
-"""Method label of cases that evaluate an existing merged checkpoint (``--mb-checkpoint``)."""
-
-MTL_METHOD = "mtl"
-"""Method label of the multi-task baseline's cases: the model trained on every domain's data, scored like a merge."""
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark case: a model, a method (with hyperparameters) and a task.
-
-    With ``checkpoint`` set, the merge stage is skipped and that folder is evaluated as the
-    merged model of ``model`` (method label :data:`CHECKPOINT_METHOD`).
-    """
-
-    model: str
-    method: str
-    task: str
-    params: tuple[tuple[str, Any], ...] = ()
-    suite: str = ""
-    checkpoint: str | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}-{self.method}-{self.task}"
 
 
 class Pipeline:
@@ -295,9 +269,8 @@ class Pipeline:
         if len(points) <= 1:
             return method.resolve_params(points[0] if points else fixed), 0.0
         inputs = self._merge_inputs(model, method, method.resolve_params(fixed))
-        base, experts, context = inputs.base, inputs.experts, inputs.context
         tasks = self.surrogates(model)
-        references = {t.name: self.evaluate(experts[t.domain], t) for t in tasks}
+        references = {t.name: self.evaluate(inputs.experts[t.domain], t) for t in tasks}
         surrogates = [Surrogate(t, references[t.name].n, references[t.name].score) for t in tasks]
         label = f"search {model.name}/{method.name} ({self.context.search}, {len(points)} points)"
         key = ArtifactKey.of("search", {
@@ -310,8 +283,8 @@ class Pipeline:
 
         def build(out: Path) -> None:
             inputs.verify()
-            result = run_search(self.context.search, method, points, base_dir=base.path,
-                                expert_dirs={d: r.path for d, r in experts.items()}, context=context, surrogates=surrogates,
+            result = run_search(self.context.search, method, points, base_dir=inputs.base.path,
+                                expert_dirs=inputs.expert_dirs, context=inputs.context, surrogates=surrogates,
                                 make_task=lambda spec, limit: spec.load()(spec, self.context, limit=limit),
                                 model_name=f"{model.name}/{method.name} (search)", batch_size=self.context.batch_size)
             (out / "search.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))

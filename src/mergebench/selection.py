@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from mergebench.case import CHECKPOINT_METHOD, MTL_METHOD, Case
 from mergebench.errors import UsageError
-from mergebench.pipeline import CHECKPOINT_METHOD, MTL_METHOD, Case
 from mergebench.plugin_manager import Registries
 from mergebench.registry import suggest
 

@@ -1,0 +1,45 @@
+"""``mergebench`` on the command line: the same code paths as the pytest cases.
+
+    mergebench plugins
+    mergebench merge --method ties --base DIR --expert math=DIR --expert coding=DIR --param density=0.2 --out DIR
+    mergebench merge --method fisher --base DIR --expert math=DIR --samples math=MATH.jsonl ... --out DIR
+    mergebench eval --model DIR --task gsm8k_mini
+    mergebench finetune --base smollm2-135m-instruct --domain math
+    mergebench report results.json
+    mergebench cache verify [--stage S]
+    mergebench cache gc [--older-than DAYS] [--stage S] [--yes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from mergebench.cli import cache, evaluate, finetune, merge, plugins, report
+from mergebench.errors import MergebenchError
+
+COMMANDS = (plugins, merge, evaluate, finetune, report, cache)
+"""One module per command; each adds its own subparser (options next to the code that reads them)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergebench", description="Benchmark ways of merging finetuned LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MergebenchError as exc:
+        print(f"mergebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mergebench: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,42 @@
+"""``mergebench eval``: score a checkpoint on tasks, outside the benchmark grid."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mergebench.cli.common import console, run_context, verify_cached_inputs
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mergebench import plugin_manager, progress
+    from mergebench.evaluation.backends import check_backend, load_language_model
+
+    registries = plugin_manager.registries()
+    tasks = [registries.tasks.get(name) for name in args.task]
+    check_backend(args.backend)
+    context = run_context(args)
+    out = console()
+    verify_cached_inputs([Path(args.model)])
+    with progress.use_sink(progress.default_sink()):
+        lm = load_language_model(args.backend, args.model, batch_size=args.batch_size, device=context.device)
+        for spec in tasks:
+            task = spec.load()(spec, context, limit=args.limit)
+            task.check_model(lm)
+            result = task.evaluate(lm)
+            arrow = "higher is better" if result.higher_is_better else "lower is better"
+            out.print(f"{spec.name}: {result.metric} = [bold]{result.score:.4f}[/] ± {result.stderr:.4f} "
+                          f"(n={result.n}, {arrow})")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on tasks")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--task", action="append", required=True, metavar="NAME")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", default=None, help="where task data is cached")
+    p.add_argument("--backend", default="hf", help="evaluation backend: hf (default) or vllm (CUDA, mergebench[vllm])")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,95 @@
+"""``mergebench merge``: experts into one checkpoint, on the same engine as the pytest cases."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from mergebench.cli.common import console, key_values, verify_cached_inputs
+from mergebench.errors import UsageError
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from mergebench import plugin_manager, progress
+    from mergebench.cache.leftovers import out_tmp_path
+    from mergebench.devices import resolve_device
+    from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
+    from mergebench.merging.engine import merge_checkpoints
+
+    spec = plugin_manager.registries().methods.get(args.method)
+    experts = {label: Path(path) for label, path in key_values(args.expert, "--expert").items()}
+    if not experts:
+        raise UsageError("give at least one --expert DOMAIN=DIR")
+    params = spec.resolve_params(key_values(args.param, "--param"))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    exclude = () if args.no_exclude else tuple(args.exclude or DEFAULT_EXCLUDE)
+    verify_cached_inputs([Path(args.base), *experts.values()])
+    device = resolve_device(args.device)
+    statistics = _merge_statistics(args, spec, params, experts, exclude, device)
+    context = MergeContext(seed=args.seed, device=device, exclude=exclude, domains=tuple(experts),
+                           statistics=statistics, threads=args.threads)
+    tmp = out_tmp_path(out)  # named by host and pid; dead merges' leftovers next to it are swept
+    try:
+        with progress.use_sink(progress.default_sink()):
+            report = merge_checkpoints(spec, params, Path(args.base), experts, tmp, context=context,
+                                       allow_pickle=args.allow_pickle)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console().print(
+        f"merged {len(experts)} experts with [bold]{spec.name}[/] {report.params} into {out} "
+        f"({report.merged_tensors} tensors merged, {report.kept_tensors} kept from the base, {report.seconds:.1f}s)"
+    )
+    return 0
+
+
+def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, device) -> dict[str, Path]:
+    """Statistics of a data-aware method from ``--samples DOMAIN=FILE.jsonl``, cached under ``--cache-dir``."""
+    from mergebench.cache import ArtifactCache
+    from mergebench.checkpoint.identity import checkpoint_identity
+    from mergebench.merging.statistics import read_jsonl, statistics_for
+
+    files = key_values(args.samples, "--samples")
+    if not spec.load().statistic:
+        if files:
+            raise UsageError(f"method {spec.name!r} uses no training samples; drop --samples")
+        return {}
+    unknown = sorted(set(files) - set(experts))
+    if unknown:
+        raise UsageError(f"--samples {unknown[0]}=... names no --expert; experts: {', '.join(experts)}")
+    base = Path(args.base)
+    return statistics_for(
+        spec, params, ArtifactCache(args.cache_dir), (checkpoint_identity(base), base),
+        {label: (checkpoint_identity(path), path) for label, path in experts.items()},
+        lambda label, count: read_jsonl(Path(files[label]))[:count] if label in files else None,
+        exclude=exclude, device=device,
+    )
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("merge", help="merge expert checkpoints into a new Hugging Face checkpoint")
+    p.add_argument("--method", required=True)
+    p.add_argument("--base", required=True, metavar="DIR")
+    p.add_argument("--expert", action="append", default=[], metavar="DOMAIN=DIR", help="repeat for each expert")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--exclude", action="append", metavar="REGEX",
+                   help="tensor-name regex kept out of task vectors (default: embeddings and lm_head)")
+    p.add_argument("--no-exclude", action="store_true", help="merge embeddings and lm_head too")
+    p.add_argument("--allow-pickle", action="store_true", help="also read pytorch_model.bin (only files you trust)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--samples", action="append", default=[], metavar="DOMAIN=FILE.jsonl",
+                   help="training samples of an expert for data-aware methods (fisher, regmean, localize_stitch): "
+                        'lines of {"prompt": ..., "completion": ...}; repeat for each expert')
+    p.add_argument("--cache-dir", default=None, help="where the statistics of data-aware methods are cached")
+    p.add_argument("--threads", type=int, default=0, help="tensors merged at once (default: one per CPU core)")
+    p.set_defaults(func=cmd_merge)
