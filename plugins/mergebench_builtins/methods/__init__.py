@@ -38,6 +38,14 @@ def samples(default: int = 1000) -> HyperParam:
                       doc="training samples per expert for the statistics (the study uses 1,000)")
 
 
+MERGEKIT_SPARSIFIERS = ("none", "magnitude", "magnitude_outliers", "random", "della_magprune")
+MERGEKIT_CONSENSUS = ("none", "sum", "count")
+
+
+def per_expert_param(name: str, doc: str) -> HyperParam:
+    return HyperParam(name, "", doc=f"{doc}, as LABEL=VALUE,... naming every expert")
+
+
 def method_specs() -> list[MethodSpec]:
     return [
         MethodSpec(
@@ -148,6 +156,33 @@ def method_specs() -> list[MethodSpec]:
             name="model_stock", opt_in=True, impl=f"{PKG}.model_stock:ModelStock", family="other", min_experts=2,
             summary="Move from the base towards the experts' mean by a ratio set by the angle between them.",
             reference_url="https://arxiv.org/abs/2403.19522",
+        ),
+        MethodSpec(
+            name="linear", opt_in=True, impl=f"{PKG}.linear:Linear", family="coefficient",
+            hyperparams=(per_expert_param("weights", "each expert's weight (default 1 each)"),
+                         HyperParam("normalize", True, doc="divide by the sum of the weights")),
+            summary="Weighted average of whole models, one weight per expert (mergekit's linear).",
+            reference_url="https://arxiv.org/abs/2203.05482",
+        ),
+        MethodSpec(
+            name="mergekit_gta", opt_in=True, impl=f"{PKG}.mergekit_gta:MergekitGTA", family="sparsification",
+            hyperparams=(
+                HyperParam("scaling", 1.0, doc="λ, mergekit's lambda: the coefficient of the merged task vector"),
+                HyperParam("sparsify", "none", choices=MERGEKIT_SPARSIFIERS,
+                           doc="per-tensor sparsifier: none (task arithmetic), magnitude (TIES), "
+                               "magnitude_outliers (Breadcrumbs), random (DARE), della_magprune (DELLA)"),
+                HyperParam("consensus", "none", choices=MERGEKIT_CONSENSUS,
+                           doc="sign election: none, sum (TIES: the sign of the summed deltas), count (majority of signs)"),
+                per_expert_param("weights", "each expert's weight w_i (default 1 each)"),
+                per_expert_param("densities", "each expert's density, the fraction kept (default 1 each)"),
+                per_expert_param("gammas", "each expert's outlier fraction for magnitude_outliers (default 0.01 each)"),
+                per_expert_param("epsilons", "each expert's keep-probability spread for della_magprune (default 0.15 each)"),
+                HyperParam("normalize", False, doc="divide by the summed weights of the (agreeing) experts"),
+                HyperParam("rescale", False, doc="rescale each sparsified task vector to its L1 norm"),
+            ),
+            summary="mergekit's generalized task arithmetic (task_arithmetic, ties, dare_*, breadcrumbs*, della*) "
+                    "with per-expert weights and densities.",
+            reference_url="https://github.com/arcee-ai/mergekit",
         ),
         MethodSpec(
             name="tsv", opt_in=True, impl=f"{PKG}.tsv:TaskSingularVectors", family="other",
