@@ -26,7 +26,8 @@ cases_key = pytest.StashKey[list]()
 BUILT_IN_FAMILIES = ("coefficient", "sparsification", "other")  # the study's Table 1; other also marks the mtl and checkpoint rows
 
 # The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
-pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist"]
+pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist",
+                  "mergebench.pytest_mergekit"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,10 +66,13 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def selection_options(config: pytest.Config) -> dict[str, Any]:
+    from mergebench.pytest_mergekit import column_names
+
+    methods = config.getoption("mb_methods")
     return {
         "suites": config.getoption("mb_suite") or ["mini"],
         "models": config.getoption("mb_models"),
-        "methods": config.getoption("mb_methods"),
+        "methods": [*methods, *column_names(config)] if methods else methods,  # the default grid has the columns
         "tasks": config.getoption("mb_tasks"),
         "params": config.getoption("mb_param"),
         "checkpoint": config.getoption("mb_checkpoint"),
@@ -78,7 +82,8 @@ def selection_options(config: pytest.Config) -> dict[str, Any]:
 def selection_given(config: pytest.Config) -> bool:
     """Whether any --mb-* option names what to run (else the default suite, and maybe no benchmark at all)."""
     options = selection_options(config)
-    return bool(any(options[k] for k in ("models", "methods", "tasks", "params", "checkpoint")) or config.getoption("mb_suite"))
+    return bool(any(options[k] for k in ("models", "methods", "tasks", "params", "checkpoint")) or config.getoption("mb_suite")
+                or config.getoption("mb_mergekit_config"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

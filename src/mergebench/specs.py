@@ -110,6 +110,8 @@ class MethodSpec:
     min_experts: int = 1
     max_experts: int | None = None
     opt_in: bool = False  # left out of the default grid: runs when named or with --mb-methods all
+    domains: tuple[str, ...] | None = None  # the experts it merges, by domain (None: all of the model's)
+    exclude: tuple[str, ...] | None = None  # tensor regexes kept from the base (None: the run's; (): none, as in mergekit)
     summary: str = ""
     reference_url: str = ""
     declared_data: tuple[DataNeed, ...] | None = field(default=None, init=False, repr=False)
