@@ -59,6 +59,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"mergebench: {exc}") from None
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Forget the columns with the session (pytester runs several sessions in one process)."""
+    if config.getoption("mb_mergekit_config", None):
+        from mergebench import plugin_manager
+
+        plugin_manager.reset()
+
+
 def column_spec(name: str, path: str, known_domains: set[str], registries):
     """The MethodSpec of the column ``name`` running the config at ``path`` on experts by domain."""
     from mergebench.merging.mergekit_config import load_config, plan_config
