@@ -20,7 +20,7 @@ def test_a_config_adds_a_column_that_merges_the_named_experts(bench, tmp_path):
     config = tmp_path / "mine.yml"
     config.write_text(COLUMN)
     out = tmp_path / "results.json"
-    result = bench.runpytest("--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-methods", "soup",
+    result = bench.runpytest_subprocess("--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-methods", "soup",
                              "--mb-tasks", "toy_math,toy_coding", "--mb-mergekit-config", f"mine={config}",
                              "--mb-json", str(out), "-q")
     result.assert_outcomes(passed=4)  # soup and mine, on two tasks
@@ -63,6 +63,10 @@ def test_the_column_joins_the_default_grid_and_an_explicit_method_list(bench, tm
     ids = bench.runpytest("--collect-only", "-q", "--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-methods", "soup",
                           "--mb-tasks", "toy_math", "--mb-mergekit-config", f"mine={config}").stdout.str()
     assert "tiny-llama-mine-toy_math" in ids and "tiny-llama-ties-toy_math" not in ids
+    ids = bench.runpytest("--collect-only", "-q", "--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-methods", "all",
+                          "--mb-tasks", "toy_math", "--mb-mergekit-config", f"mine={config}").stdout.str()
+    assert "tiny-llama-mine-toy_math" in ids and "tiny-llama-della-toy_math" in ids
+    assert "-linear-" not in ids and "mergekit_gta" not in ids  # at their defaults they repeat soup and TA: named only
     ids = bench.runpytest("--collect-only", "-q", "--mb-suite", "tiny", "--mb-models", "tiny-llama",
                           "--mb-tasks", "toy_math").stdout.str()
     assert "mine" not in ids  # the column lives as long as its session

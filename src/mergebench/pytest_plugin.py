@@ -72,7 +72,7 @@ def selection_options(config: pytest.Config) -> dict[str, Any]:
     return {
         "suites": config.getoption("mb_suite") or ["mini"],
         "models": config.getoption("mb_models"),
-        "methods": [*methods, *column_names(config)] if methods else methods,  # the default grid has the columns
+        "methods": [*methods, *column_names(config)] if methods and "all" not in methods else methods,  # default grid and all have them
         "tasks": config.getoption("mb_tasks"),
         "params": config.getoption("mb_param"),
         "checkpoint": config.getoption("mb_checkpoint"),

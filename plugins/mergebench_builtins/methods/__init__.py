@@ -2,7 +2,9 @@
 
 Grids are the study's Table 7 (MergeBench, He et al. 2025, Appendix C.2) for its nine methods;
 the methods beyond the study get a small grid around their papers' defaults (marked "ours") and are
-opt-in: they run when named (``--mb-methods slerp``) or with ``--mb-methods all``.
+opt-in: they run when named (``--mb-methods slerp``) or with ``--mb-methods all``. ``linear`` and
+``mergekit_gta`` (mergekit configs' counterparts) run only when named or configured: at their
+defaults they repeat the soup and Task Arithmetic at λ = 1.
 Shared parameter names: ``scaling`` (λ), ``density`` (fraction of task-vector entries kept),
 ``scope`` (``global`` or ``tensor`` top-k), ``p`` (DARE's drop probability); random methods take
 their seed from the merge context (``--seed``). A spec declares no data needs: ``MethodSpec.data``
@@ -158,14 +160,14 @@ def method_specs() -> list[MethodSpec]:
             reference_url="https://arxiv.org/abs/2403.19522",
         ),
         MethodSpec(
-            name="linear", opt_in=True, impl=f"{PKG}.linear:Linear", family="coefficient",
+            name="linear", opt_in=True, in_all=False, impl=f"{PKG}.linear:Linear", family="coefficient",
             hyperparams=(per_expert_param("weights", "each expert's weight (default 1 each)"),
                          HyperParam("normalize", True, doc="divide by the sum of the weights")),
             summary="Weighted average of whole models, one weight per expert (mergekit's linear).",
             reference_url="https://arxiv.org/abs/2203.05482",
         ),
         MethodSpec(
-            name="mergekit_gta", opt_in=True, impl=f"{PKG}.mergekit_gta:MergekitGTA", family="sparsification",
+            name="mergekit_gta", opt_in=True, in_all=False, impl=f"{PKG}.mergekit_gta:MergekitGTA", family="sparsification",
             hyperparams=(
                 HyperParam("scaling", 1.0, doc="λ, mergekit's lambda: the coefficient of the merged task vector"),
                 HyperParam("sparsify", "none", choices=MERGEKIT_SPARSIFIERS,

@@ -20,8 +20,8 @@ one form mergebench itself exports: weight 0 on named tensors, which is an exclu
 unknown key or parameter, and every other ``merge_method``.
 
 References stay strings here: :func:`plan_config` validates the structure; the command line
-takes them as checkpoint folders, the pytest column as the selected model's experts by domain
-(:mod:`mergebench.merging.mergekit_column`).
+takes them as checkpoint folders (:mod:`mergebench.cli.merge_mergekit`), the pytest column as
+the selected model's experts by domain (:mod:`mergebench.pytest_mergekit`).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def load_config(path: Path | str) -> dict[str, Any]:
     return config
 
 
-class _Refusal:
+class Refusal:
     """Builds the one error a config gets: where it came from, the part, why, and the fix."""
 
     def __init__(self, source: str) -> None:
@@ -132,7 +132,7 @@ class _Refusal:
 
 def plan_config(config: Mapping[str, Any], source: str = "CONFIG") -> MergekitPlan:
     """Validate ``config`` and map it onto a mergebench method; raise a UsageError naming the first part that does not map."""
-    refuse = _Refusal(source)
+    refuse = Refusal(source)
     unknown = sorted(set(config) - TOP_LEVEL)
     if unknown:
         raise refuse(unknown[0], f"not a key of mergekit configs (keys: {', '.join(sorted(TOP_LEVEL))})")
@@ -282,7 +282,7 @@ def plan_config(config: Mapping[str, Any], source: str = "CONFIG") -> MergekitPl
 
 
 # -- parts -----------------------------------------------------------------------------------
-def _check_tokenizer(config: Mapping[str, Any], refuse: _Refusal) -> None:
+def _check_tokenizer(config: Mapping[str, Any], refuse: Refusal) -> None:
     source = config.get("tokenizer_source")
     if source is not None and source != "base":
         raise refuse(f"tokenizer_source: {source}", "a tokenizer merge (union, or another model's vocabulary) builds a "
@@ -294,7 +294,7 @@ def _check_tokenizer(config: Mapping[str, Any], refuse: _Refusal) -> None:
                                   "added tokens and padding the vocabulary have no counterpart)")
 
 
-def _dtype(value: Any, key: str, refuse: _Refusal) -> str | None:
+def _dtype(value: Any, key: str, refuse: Refusal) -> str | None:
     if value is None:
         return None
     name = str(value).removeprefix("torch.")
@@ -303,7 +303,7 @@ def _dtype(value: Any, key: str, refuse: _Refusal) -> str | None:
     return name
 
 
-def _reference(value: Any, where: str, refuse: _Refusal) -> str:
+def _reference(value: Any, where: str, refuse: Refusal) -> str:
     if not isinstance(value, str) or not value.strip():
         raise refuse(where, "must be a model reference: a checkpoint folder (or, in pytest, an expert's domain)")
     if "+" in value:
@@ -315,7 +315,7 @@ def _reference(value: Any, where: str, refuse: _Refusal) -> str:
     return value.strip()
 
 
-def _scalar(value: Any, kind: type, where: str, refuse: _Refusal) -> Any:
+def _scalar(value: Any, kind: type, where: str, refuse: Refusal) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -335,7 +335,7 @@ def _scalar(value: Any, kind: type, where: str, refuse: _Refusal) -> Any:
     return number
 
 
-def _unconditional(value: Any, where: str, refuse: _Refusal) -> Any:
+def _unconditional(value: Any, where: str, refuse: Refusal) -> Any:
     """A setting without filters or gradients, as its scalar; refuse the others by name."""
     if isinstance(value, dict):
         value = [value]
@@ -354,14 +354,14 @@ def _unconditional(value: Any, where: str, refuse: _Refusal) -> Any:
     return value
 
 
-def _setting(settings: Mapping[str, Any], name: str, p: Param, where: str, refuse: _Refusal) -> Any:
+def _setting(settings: Mapping[str, Any], name: str, p: Param, where: str, refuse: Refusal) -> Any:
     if name not in settings:
         return p.default
     value = _unconditional(settings[name], f"{where}.{name}", refuse)
     return _scalar(value, p.kind, f"{where}.{name}", refuse)
 
 
-def _weight_with_filters(settings: Mapping[str, Any], where: str, refuse: _Refusal) -> tuple[Any, tuple[str, ...]]:
+def _weight_with_filters(settings: Mapping[str, Any], where: str, refuse: Refusal) -> tuple[Any, tuple[str, ...]]:
     """A GTA weight, and the tensors a filter sets it to 0 for: the exclusion mergebench's export writes.
 
     ``[{filter: NAME, value: 0}, ..., {value: w}]`` gives tensors whose name contains NAME a zero
@@ -396,32 +396,3 @@ def _labels(references: list[str]) -> dict[str, str]:
 def _per_expert(values: Mapping[str, float]) -> str:
     return ",".join(f"{label}={float(value)!r}" for label, value in values.items())
 
-
-# -- references as checkpoint folders (the command line) ---------------------------------------
-SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-
-
-def checkpoint_dirs(plan: MergekitPlan, source: str = "CONFIG") -> tuple[Path, dict[str, Path]]:
-    """The base's and the experts' folders; a reference is a local folder, relative to the working directory as in mergekit."""
-    refuse = _Refusal(source)
-
-    def folder(reference: str, role: str) -> Path:
-        path = Path(reference).expanduser()
-        if not path.is_dir():
-            raise refuse(f"{role}: {reference}", "is not a local checkpoint folder; mergebench reads no hub models: "
-                                                 "download it and give its folder (relative paths are from the working directory)")
-        return path
-
-    experts = {label: folder(reference, "models") for label, reference in plan.experts.items()}
-    base = folder(plan.base, "base_model") if plan.base is not None else next(iter(experts.values()))
-    return base, experts
-
-
-def check_output_dtype(plan: MergekitPlan, stored: str, source: str = "CONFIG") -> None:
-    """mergekit writes ``out_dtype`` (else ``dtype``); mergebench computes in float32 and writes the base's dtype: refuse a difference."""
-    wanted = plan.out_dtype or plan.dtype
-    have = SAFETENSORS_DTYPES.get(stored, stored)
-    if wanted is not None and wanted != have:
-        key = "out_dtype" if plan.out_dtype else "dtype"
-        raise _Refusal(source)(f"{key}: {wanted}", f"mergekit would write {wanted}; mergebench writes the base checkpoint's "
-                                                   f"dtype, {have}: set out_dtype: {have} (or drop {key}) to run it here")
