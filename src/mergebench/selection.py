@@ -5,7 +5,8 @@ Kept free of heavy imports: it runs at pytest collection time.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from mergebench.case import CHECKPOINT_METHOD, MTL_METHOD, Case
 from mergebench.errors import UsageError
@@ -143,6 +144,46 @@ def select_cases(
             if model.mtl is not None:
                 cases += [Case(model.name, MTL_METHOD, task.name, (), suite) for task in model_tasks]
     return cases
+
+
+@dataclass(frozen=True)
+class Widening:
+    """Options that, added to a run, would select ``cases``: the cases a ``-k``/``-m`` filter keeps there."""
+
+    option: str
+    suite: str  # the suite the option adds, "" for the run's own suites
+    cases: list[Case]
+
+
+def widenings(registries: Registries, options: dict[str, Any], keep: Callable[[Case], bool]) -> list[Widening]:
+    """Where the cases ``keep`` accepts are, when the run's own selection has none.
+
+    First each suite the run does not select (with its other ``--mb-*`` options), lightest first;
+    if none has a match and no method was named, the opt-in methods (``--mb-methods all``) in the
+    run's suites, then in the others. ``options`` are :func:`select_cases`' keyword arguments.
+    """
+    if options.get("checkpoint"):
+        return []
+    current = set(split_names(options.get("suites")) or ["mini"])
+    if ALL in current:
+        current = known_suites(registries)
+    others = [s for s in ordered_suites(registries) if s not in current]
+    found = [Widening(f"--mb-suite {s}", s, cases) for s in others
+             if (cases := _kept(registries, {**options, "suites": [s]}, keep))]
+    if found or split_names(options.get("methods")):
+        return found
+    every_method = {**options, "methods": [ALL]}
+    if cases := _kept(registries, every_method, keep):
+        found.append(Widening("--mb-methods all", "", cases))
+    return found + [Widening(f"--mb-suite {s} --mb-methods all", s, cases) for s in others
+                    if (cases := _kept(registries, {**every_method, "suites": [s]}, keep))]
+
+
+def _kept(registries: Registries, options: dict[str, Any], keep: Callable[[Case], bool]) -> list[Case]:
+    try:
+        return [case for case in select_cases(registries, **options) if keep(case)]
+    except UsageError:  # e.g. --mb-methods mtl with a suite whose models have no multi-task baseline
+        return []
 
 
 def _checkpoint_cases(checkpoint, model_specs, task_specs, explicit_tasks, method_names, params) -> list[Case]:
