@@ -162,3 +162,15 @@ def test_a_plugin_methods_new_family_is_a_registered_marker(bench, tmp_path, mon
                                         "-W", "error::pytest.PytestUnknownMarkWarning")
     assert result.ret == pytest.ExitCode.OK, result.outlines + result.errlines
     assert collected_ids(result) == ["tiny-llama-soup_x-toy_math"]
+
+
+def test_a_named_model_brings_its_own_suite_when_no_suite_is_given(bench):
+    """--mb-models outside the default suite used to select nothing: the mini suite's tasks were kept."""
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-models", "tiny-llama", "--mb-methods", "soup"))
+    assert ids and all(i.startswith("tiny-llama-soup-toy_") for i in ids)
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-models", "llama-3.2-3b", "--mb-methods", "ties"))
+    assert "llama-3.2-3b-ties-ifeval" in ids and not any(i.endswith("_mini") for i in ids)
+    assert not any("truthfulqa" in i for i in ids)  # its first suite, full; the leaderboard preset needs --mb-suite
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-models", "llama-3.2-3b,smollm2-135m-instruct",
+                                        "--mb-methods", "ties"))
+    assert "llama-3.2-3b-ties-ifeval" in ids and "smollm2-135m-instruct-ties-gsm8k_bpb_mini" in ids

@@ -68,7 +68,7 @@ def is_worker(config: pytest.Config) -> bool:
 
 def selection_options(config: pytest.Config) -> dict[str, Any]:
     return {
-        "suites": config.getoption("mb_suite") or ["mini"],
+        "suites": config.getoption("mb_suite"),  # None: mini, or the named models' own suites
         "models": config.getoption("mb_models"),
         "methods": config.getoption("mb_methods"),
         "tasks": config.getoption("mb_tasks"),

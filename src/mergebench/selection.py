@@ -83,18 +83,37 @@ def _fits(method, n_experts: int) -> bool:
     return n_experts >= method.min_experts and (method.max_experts is None or n_experts <= method.max_experts)
 
 
+def default_suites(registries: Registries, model_names: list[str]) -> list[str]:
+    """The suites a run covers when ``--mb-suite`` is not given: ``mini``, or each named model's own.
+
+    A model named with ``--mb-models`` brings its first suite (in :func:`ordered_suites` order: the
+    study's models ``full``, the tiny test models ``tiny``), so ``--mb-models llama-3.2-3b`` runs the
+    study's benchmarks on it instead of selecting nothing from the embedded suite.
+    """
+    if not model_names:
+        return ["mini"]
+    order = ordered_suites(registries)
+    found = []
+    for spec in registries.models.select(model_names):
+        primary = next((s for s in order if s in spec.suites), None)
+        if primary is not None and primary not in found:
+            found.append(primary)
+    return found or ["mini"]
+
+
 def select_cases(
     registries: Registries,
     *,
-    suites: Iterable[str] | str = "mini",
+    suites: Iterable[str] | str | None = None,
     models: Iterable[str] | str | None = None,
     methods: Iterable[str] | str | None = None,
     tasks: Iterable[str] | str | None = None,
     params: Iterable[str] = (),
     checkpoint: str | None = None,
 ) -> list[Case]:
-    suite_names = split_names(suites) or ["mini"]
     available = known_suites(registries)
+    model_names = split_names(models)
+    suite_names = split_names(suites) or default_suites(registries, model_names)
     if ALL in suite_names:
         suite_names = sorted(available)
     for suite in suite_names:
@@ -102,7 +121,6 @@ def select_cases(
             raise UsageError(f"unknown suite {suite!r}{suggest(suite, available)} Known suites: {', '.join(sorted(available))}, all")
     chosen = set(suite_names)
 
-    model_names = split_names(models)
     model_specs = registries.models.select(model_names) if model_names else [
         m for m in registries.models.specs() if m.suites & chosen
     ]
@@ -164,7 +182,7 @@ def widenings(registries: Registries, options: dict[str, Any], keep: Callable[[C
     """
     if options.get("checkpoint"):
         return []
-    current = set(split_names(options.get("suites")) or ["mini"])
+    current = set(split_names(options.get("suites")) or default_suites(registries, split_names(options.get("models"))))
     if ALL in current:
         current = known_suites(registries)
     others = [s for s in ordered_suites(registries) if s not in current]
