@@ -102,7 +102,9 @@ def test_a_paired_difference_sees_a_small_consistent_gap_that_two_intervals_hide
     assert one.lo < two.hi  # the two intervals overlap ...
     assert boot.difference("m", "a", "b", OVERALL).lo > 0  # ... but a is ahead on the same items
     best, tied = ties_with_best(boot, "m", ["a", "b", "c"], OVERALL)
-    assert best == "a" and "b" not in tied and "c" in tied
+    assert best == {"a"} and "b" not in tied and "c" in tied
+    same = Bootstrap(results + [item_case("t", "math", a, expert, method="a2")])
+    assert ties_with_best(same, "m", ["a", "b", "a2"], OVERALL)[0] == {"a", "a2"}  # equal values: both best
 
 
 def test_resamples_where_the_reference_scores_zero_are_left_out():

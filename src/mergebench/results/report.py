@@ -182,7 +182,7 @@ def _marks(boot: "Bootstrap | None", model: str, methods: Sequence[str], key, ru
     if boot is None or len(methods) < 2:
         return {}
     best, tied = ties_with_best(boot, model, methods, key, run)
-    return {m: f" {BEST}" if m == best else f" {TIED}" if m in tied else "" for m in methods}
+    return {m: f" {BEST}" if m in best else f" {TIED}" if m in tied else "" for m in methods}
 
 
 def _pct_cell(value: float | None, boot: "Bootstrap | None", model: str, method: str, key, mark: str,

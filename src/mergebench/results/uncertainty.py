@@ -232,19 +232,21 @@ class Bootstrap:
 
 
 def ties_with_best(boot: Bootstrap, model: str, methods: Sequence[str], key: Key, run: str = ""
-                   ) -> tuple[str | None, set[str]]:
-    """The best method on a (higher-is-better) value, and the others whose paired difference to it includes 0."""
+                   ) -> tuple[set[str], set[str]]:
+    """The best methods on a (higher-is-better) value (several when their values are equal), and the
+    others whose paired difference to the first of them includes 0."""
     scored = {m: v for m in methods if (v := boot.points(run, model, m).get(key)) is not None}
     if not scored:
-        return None, set()
-    best = max(scored, key=lambda m: scored[m])
+        return set(), set()
+    top = max(scored.values())
+    best = [m for m in scored if scored[m] == top]
     tied = set()
     for method in scored:
-        if method != best:
-            diff = boot.difference(model, best, method, key, run)
+        if method not in best:
+            diff = boot.difference(model, best[0], method, key, run)
             if diff is not None and diff.lo <= 0:
                 tied.add(method)
-    return best, tied
+    return set(best), tied
 
 
 def summary(results: Sequence[CaseResult], boot: Bootstrap | None = None) -> dict[str, Any]:
