@@ -22,9 +22,13 @@ def _number(value: float, signed: bool = False) -> str:
     return f"{value:{sign}.1f}" if abs(value) >= 0.05 or value == 0 else f"{value:{sign}.2g}"
 
 
+def _percent(d) -> bool:
+    return d.kind in PERCENT_KINDS or d.rate
+
+
 def _fmt(d, value: float, signed: bool = False) -> str:
-    """A value or a difference in the value's units: percent (points) for normalized values, raw for tasks."""
-    if d.kind in PERCENT_KINDS:
+    """A value or a difference in the value's units: percentage points for normalized values and rates, raw otherwise."""
+    if _percent(d):
         return f"{_number(100 * value, signed)}pp"
     return f"{value:+.4g}" if signed else f"{value:.4g}"
 
@@ -34,7 +38,7 @@ def _label(d) -> str:
 
 
 def _level(d, value: float) -> str:
-    return f"{100 * value:.1f}%" if d.kind in PERCENT_KINDS else f"{value:.4g}"
+    return f"{100 * value:.1f}%" if _percent(d) else f"{value:.4g}"
 
 
 def _p(p: float) -> str:
@@ -45,7 +49,7 @@ def _interval(d) -> str:
     t = d.test
     if t is None or not t.tested:
         return "—"
-    if d.kind in PERCENT_KINDS:
+    if _percent(d):
         return f"[{_number(100 * t.lo)}, {_number(100 * t.hi)}]"
     return f"[{t.lo:.3g}, {t.hi:.3g}]"
 

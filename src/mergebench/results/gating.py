@@ -104,6 +104,7 @@ class Delta:
     gated_by: tuple[str, ...] = ()  # the thresholds that apply to this value
     allowed: tuple[float, ...] = ()  # the drop each of them allows from the baseline
     passed_threshold: str = ""  # a threshold whose amount the drop passed (failed or not)
+    rate: bool = False  # a task score that is a proportion (every item scores 0 or 1): shown in percent
 
     @property
     def change(self) -> float:
@@ -123,7 +124,9 @@ def compare(baseline: Sequence[CaseResult], current: Sequence[CaseResult], thres
     deltas = []
     for model, method in sorted(set(boot.groups[BASELINE]) & set(boot.groups[CURRENT])):
         before, after = boot.points(BASELINE, model, method), boot.points(CURRENT, model, method)
-        directions = {r.task: r.higher_is_better for r in boot.groups[CURRENT][(model, method)]}
+        rows = boot.groups[CURRENT][(model, method)]
+        directions = {r.task: r.higher_is_better for r in rows}
+        rates = {r.task for r in rows if r.items is not None and set(r.items.merged) <= {0.0, 1.0}}
         for key in sorted(set(before) & set(after), key=lambda k: (KINDS.index(k[0]), k[1])):
             kind, name = key
             higher = directions[name] if kind == "task" else True
@@ -133,7 +136,7 @@ def compare(baseline: Sequence[CaseResult], current: Sequence[CaseResult], thres
             real = test == "point" or not found.tested or found.p <= alpha  # type: ignore[operator]
             deltas.append(Delta(model, method, kind, name, before[key], after[key], higher, passed if real else "",
                                 found, tuple(t.text for t in applying), tuple(t.allowed_drop(before[key]) for t in applying),
-                                passed))
+                                passed, kind == "task" and name in rates))
     return deltas
 def unmatched(baseline: Sequence[CaseResult], current: Sequence[CaseResult]) -> tuple[list[str], list[str]]:
     """Case ids only in the baseline, and only in the current run."""
