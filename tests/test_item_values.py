@@ -101,6 +101,12 @@ def test_a_hand_edited_file_with_mismatched_lengths_names_the_case_and_the_fix(t
     with pytest.raises(UsageError, match=r"r.json: case m-soup-t: per-item values do not match: expert has 3, "
                                          r"where the case scored 4 values.*delete its 'items'"):
         read_json(path)
+    for name in ("merged", "expert"):
+        payload["item_values"][payload["cases"][0]["items"][name]] = encode([])
+    payload["cases"][0]["merged"]["n"] = 0
+    path.write_text(json.dumps(payload))
+    with pytest.raises(UsageError, match="case m-soup-t: per-item values are empty"):
+        read_json(path)
     payload["cases"][0]["items"]["expert"] = "0123456789abcdef"
     path.write_text(json.dumps(payload))
     with pytest.raises(UsageError, match="not in the file's 'item_values' pool"):

@@ -76,6 +76,9 @@ class ItemValues:
             raise UsageError(f"{where}: per-item values do not match: {said}, where the case scored {expected} "
                              "values: the file was edited or truncated; re-run the case, or delete its 'items' "
                              "to report it without intervals")
+        if expected == 0:
+            raise UsageError(f"{where}: per-item values are empty: the file was edited or truncated; re-run the case, "
+                             "or delete its 'items' to report it without intervals")
         if self.clusters is not None and (sum(self.clusters) != expected or min(self.clusters, default=1) < 1):
             raise UsageError(f"{where}: per-item values: the items' sizes add up to {sum(self.clusters)}, "
                              f"not the {expected} values scored: the file was edited or truncated")
