@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -35,11 +37,11 @@ def _one(page, key):
     return cells[0]
 
 
-def test_every_score_and_interval_of_the_results_file_is_in_its_cell(made):
-    _, data, page = made
+def check_every_value(page, data, run: str) -> int:
+    """Every case's scores and every value of the file's ``intervals`` in its cell: exact value, bounds and shown text."""
     for case in data["cases"]:
         for role, label in (("merged", case["method"]), ("base", "base"), ("expert", "expert")):
-            key = f"{RUN}|smol|{label}|task|{case['task']}"
+            key = f"{run}|{case['model']}|{label}|task|{case['task']}"
             if case[role] is None:
                 assert key not in page.cells
                 continue
@@ -48,8 +50,11 @@ def test_every_score_and_interval_of_the_results_file_is_in_its_cell(made):
             assert cell.text.startswith(f"{case[role]['score']:.3f}")
     checked = 0
     for value in data["intervals"]["values"]:
-        cell = _one(page, f"{RUN}|{value['model']}|{value['method']}|{value['kind']}|{value['name']}")
+        cell = _one(page, f"{run}|{value['model']}|{value['method']}|{value['kind']}|{value['name']}")
         assert float(cell.attrs["data-value"]) == pytest.approx(value["value"], rel=1e-12)
+        if "lo" not in value:
+            assert "data-lo" not in cell.attrs
+            continue
         assert (float(cell.attrs["data-lo"]), float(cell.attrs["data-hi"])) == (value["lo"], value["hi"])
         if value["kind"] == "task":
             assert cell.text == f"{value['value']:.3f}{value['lo']:.3f}–{value['hi']:.3f}"
@@ -57,7 +62,20 @@ def test_every_score_and_interval_of_the_results_file_is_in_its_cell(made):
             shown = cell.text.replace(" ●", "").replace(" ○", "")
             assert shown == f"{100 * value['value']:.1f}{100 * value['lo']:.0f}–{100 * value['hi']:.0f}"
         checked += 1
-    assert checked == len(data["intervals"]["values"]) > 20
+    return checked
+
+
+def test_every_score_and_interval_of_the_results_file_is_in_its_cell(made):
+    _, data, page = made
+    assert check_every_value(page, data, RUN) == len(data["intervals"]["values"]) > 20
+
+
+@pytest.mark.skipif(not os.environ.get("MERGEBENCH_PAGE_RESULTS"),
+                    reason="set MERGEBENCH_PAGE_RESULTS=run.json (a --mb-json file) to check a real run's page too")
+def test_a_real_runs_page_holds_every_value_of_its_results_file(tmp_path):
+    source = Path(os.environ["MERGEBENCH_PAGE_RESULTS"])
+    data = json.loads(source.read_text())
+    assert check_every_value(_page(tmp_path, source), data, source.stem) > 0
 
 
 def test_the_leaderboard_ranks_methods_and_marks_the_best_and_its_ties(made):
@@ -125,4 +143,22 @@ def test_a_page_directory_that_is_a_file_is_refused_before_any_work(made, tmp_pa
     assert f"--html {tmp_path / 'taken'}: {tmp_path / 'taken'} is a file; give a directory to write index.html into" in \
         " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr and done.stdout == ""  # refused before the tables
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_pytest_writes_the_page_at_the_end_of_a_run(bench, tmp_path):
+    tiny = ["--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-tasks", "toy_math,toy_coding", "--mb-methods", "soup"]
+    result = bench.runpytest_subprocess(*tiny, "--mb-json", str(tmp_path / "run.json"), "--mb-html", str(tmp_path / "page"))
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"written: {tmp_path / 'page' / 'index.html'}"])
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert len(data["meta"]["commit"]) in (40, 5)  # a commit, or "nogit" outside a repository
+    page = parse(tmp_path / "page" / "index.html")
+    assert check_every_value(page, data, "run") == len([v for v in data["intervals"]["values"] if "lo" in v]) > 0
+    assert len(page.images) == 1  # performance vs time; no general task, so no forgetting figure
+
+    (tmp_path / "taken").write_text("mine")
+    refused = bench.runpytest_subprocess(*tiny, "--mb-html", str(tmp_path / "taken"))
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines([f"*--mb-html {tmp_path / 'taken'}: {tmp_path / 'taken'} is a file; give a directory*"])
     assert (tmp_path / "taken").read_text() == "mine"
