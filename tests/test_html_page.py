@@ -116,6 +116,9 @@ def test_several_results_files_make_one_section_each_and_a_side_by_side_table(tm
     second = write_results(tmp_path / "b" / f"{RUN}.json", methods_run(seed=1)[:6])  # a second run of two tasks
     page = _page(tmp_path, tmp_path / f"{RUN}.json", tmp_path / "b" / f"{RUN}.json")
     assert page.sections == ["run-1", "run-2"]
+    html = (tmp_path / "page" / "index.html").read_text()
+    for source in (tmp_path / f"{RUN}.json", tmp_path / "b" / f"{RUN}.json"):  # the list tells runs of one name apart
+        assert f"{source} · commit 01234567 · ci-box · " in html
     for name, data in ((RUN, first), (f"{RUN} (2)", second)):
         for value in data["intervals"]["values"]:
             if value["kind"] in ("normalized", "forgetting"):

@@ -251,11 +251,18 @@ def side_by_side(runs: Sequence[Run]) -> str:
                   headers, [], body)
 
 
+def _origin(run: Run) -> str:
+    """Where a run comes from, to tell runs apart in the list: its file, commit, machine and size."""
+    commit = str(run.meta.get("commit") or "")[:8]
+    parts = [run.source, f"commit {commit}" if commit else "", str(run.meta.get("machine") or ""), f"{len(run.results)} cases"]
+    return " · ".join(p for p in parts if p)
+
+
 def render_page(runs: Sequence[Run], *, title: str = "mergebench results") -> str:
     anchors = [f"run-{i + 1}" for i in range(len(runs))]
     nav = ""
     if len(runs) > 1:
-        links = "".join(f'<li><a href="#{a}">{escape(run.name)}</a> <span class=note>({len(run.results)} cases)</span></li>'
+        links = "".join(f'<li><a href="#{a}">{escape(run.name)}</a> <span class=note>{escape(_origin(run))}</span></li>'
                         for a, run in zip(anchors, runs))
         nav = f"<nav><h2>Runs</h2><ul>{links}</ul>{side_by_side(runs)}</nav>"
     intro = ("<p class=lede>Normalized performance is the merged model's score as a percentage of the expert's on "
