@@ -7,8 +7,9 @@ torch: specs are plain data and implementations load when a case runs.
 
 This module is the ``pytest11`` entry point; each other feature is a plugin module it loads:
 :mod:`~mergebench.pytest_progress` (progress on pytest's terminal, relayed from xdist workers),
-:mod:`~mergebench.pytest_results` (results gathered, saved, compared and gated) and
-:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker).
+:mod:`~mergebench.pytest_results` (results gathered, saved, compared and gated),
+:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker) and :mod:`~mergebench.pytest_cluster` (stages on Ray
+or Slurm).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ cases_key = pytest.StashKey[list]()
 BUILT_IN_FAMILIES = ("coefficient", "sparsification", "other")  # the study's Table 1; other also marks the mtl and checkpoint rows
 
 # The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
-pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist"]
+pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist",
+                  "mergebench.pytest_cluster"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -230,5 +232,8 @@ class CaseRunner:
 
 
 @pytest.fixture
-def mergebench(request: pytest.FixtureRequest, mergebench_pipeline) -> CaseRunner:
-    return CaseRunner(mergebench_pipeline, request.node)
+def mergebench(request: pytest.FixtureRequest) -> CaseRunner:
+    from mergebench.pytest_cluster import remote_runner
+
+    # under --mb-executor ray|slurm the case runs on the cluster: no local pipeline (nor torch) is needed
+    return remote_runner(request.node) or CaseRunner(request.getfixturevalue("mergebench_pipeline"), request.node)
