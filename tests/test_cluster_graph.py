@@ -165,3 +165,27 @@ def test_the_probe_names_the_fix_when_the_cache_is_not_shared_or_a_node_differs(
     lacking = node_probe(str(tmp_path), nonce, {"methods": ["soup", "mean_of_two"], "tasks": ["toy_math"]})
     with pytest.raises(UsageError, match=r"does not know method 'mean_of_two': install the same mergebench plugins"):
         check_reports(tmp_path, nonce, [lacking], where="Ray")
+
+
+def test_a_case_is_credited_with_the_builds_a_serial_run_would_have_made_in_it(tmp_path):
+    from mergebench.cluster.run import ClusterRun
+    from mergebench.cluster.stages import RunSettings
+
+    selected = cases(models="tiny-llama", methods="soup", tasks="toy_math,toy_coding")
+    run = ClusterRun(None, RunSettings(cache_root=str(tmp_path), run_id="r"), plugin_manager.registries(), selected)
+    run.graph = build_graph(selected, plugin_manager.registries())
+    run._first_case = run.graph.first_case_of()
+    first, second = list(run.graph.cases)
+
+    def event(stage, digest, hit, seconds=0.0):
+        return {"stage": stage, "digest": digest, "label": digest, "hit": hit, "seconds": seconds}
+
+    run.outcomes = {stage_id: {"events": []} for stage_id in run.graph.stages}
+    run.outcomes["base:tiny-llama"]["events"] = [event("base", "b", False, 2.0)]
+    run.outcomes["merge:tiny-llama/soup"]["events"] = [event("base", "b", True), event("merged", "m", False, 1.0)]
+    worker_record = [event("merged", "m", True), event("eval", "e", True)]  # what run_case saw on its worker: all reused
+    for stage_id in run.graph.cases.values():
+        run.outcomes[stage_id]["result"] = {"case_id": stage_id, "artifacts": worker_record}
+    credited = run._credit_builds(first, dict(run.outcomes[run.graph.cases[first]]["result"]))["artifacts"]
+    assert credited == [event("base", "b", False, 2.0), event("merged", "m", False, 1.0), event("eval", "e", True)]
+    assert run._credit_builds(second, dict(run.outcomes[run.graph.cases[second]]["result"]))["artifacts"] == worker_record

@@ -82,7 +82,7 @@ def test_the_tiny_grid_on_two_nodes_equals_a_serial_run_and_builds_each_artifact
     assert kinds["expert"] == 6 and kinds["merged"] == 3  # five experts and the multi-task model; three merges
     assert sorted(per_artifact) == sorted({(s, d) for case in serial.values() for s, d in case["artifacts"]})
 
-    run.stdout.fnmatch_lines(["mergebench: * stages submitted to Ray (base 1, train 6, statistics 1, merge 3, evaluate *, case 12)",
+    run.stdout.fnmatch_lines(["mergebench: * stages submitted to Ray (base 1, train 6, statistics 1, merge 3, evaluate *, case 12) *s after the start*",
                               "*cluster merge: */3 stages*", "*[[]built] merge tiny-llama/ties in *"])
     summary = [line for line in run.outlines if line.startswith("mergebench cluster (Ray)")]
     assert summary and "0 failed" in summary[0], run.outlines[-10:]
@@ -101,10 +101,11 @@ def _kill_first_merge(markers: Path, killed: list[int], stop: threading.Event) -
 
 
 def test_a_worker_killed_mid_merge_is_retried_and_a_failing_stage_fails_only_its_cases(driver, cluster, markers, seeded,
-                                                                                      tmp_path):
+                                                                                      tmp_path, monkeypatch):
     for old in markers.glob("merging-*"):
         old.unlink()
     cache = Path(shutil.copytree(seeded, tmp_path / "cache"))
+    monkeypatch.setenv("MERGEBENCH_PROGRESS", "bars")  # the board as live Rich bars (forced: the output is a pipe)
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_first_merge, args=(markers, killed, stop), daemon=True)
@@ -117,6 +118,7 @@ def test_a_worker_killed_mid_merge_is_retried_and_a_failing_stage_fails_only_its
     assert killed, "no merge started"
     assert run.ret == pytest.ExitCode.TESTS_FAILED, run.outlines[-30:]
     run.assert_outcomes(passed=2, failed=2)
+    assert "cluster merge" in run.stdout.str() and "\x1b[" in run.stdout.str()  # drawn by Rich, with its escape codes
     passed = {c["case_id"] for c in json.loads((tmp_path / "out.json").read_text())["cases"]}
     assert passed == {"tiny-llama-slow_soup-toy_math", "tiny-llama-soup-toy_math"}
 

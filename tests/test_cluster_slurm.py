@@ -79,7 +79,7 @@ def test_the_tiny_grid_through_submitits_local_executor_equals_a_serial_run(benc
     assert comparable(tmp_path / "slurm.json") == serial
     per_artifact = Counter((b["stage"], b["digest"]) for b in builds(tmp_path / "slurm"))
     assert max(per_artifact.values()) == 1 and Counter(s for s, _ in per_artifact)["merged"] == 3
-    run.stdout.fnmatch_lines(["mergebench: * stages submitted to submitit local (*)",
+    run.stdout.fnmatch_lines(["mergebench: * stages submitted to submitit local (*) *s after the start*",
                               "mergebench cluster (submitit local): * stages finished, 0 failed, *"])
 
 

@@ -131,19 +131,22 @@ class ClusterSession:
         self.run = run
         self.display = ClusterDisplay(self.config)
         counts = ", ".join(f"{kind} {n}" for kind, n in run.graph.counts().items())
-        self.display.note(f"mergebench: {len(run.graph.stages)} stages submitted to {run.executor.name} ({counts})")
+        self.display.note(f"mergebench: {len(run.graph.stages)} stages submitted to {run.executor.name} ({counts}) "
+                          f"{time.monotonic() - self.started:.1f}s after the start (connect, probe, plan)")
 
     def _stop(self) -> None:
         if self.run is None:
             return
-        self.refresh_quietly()
+        try:
+            self.refresh(*self.run.tick())
+        except Exception:  # the engine may be gone (an interrupted run): say what is known
+            pass
         if self.run.unfinished():
             self.display.note(f"mergebench: cancelling {self.run.unfinished()} unfinished stages on {self.run.executor.name}")
         self.run.stop()
 
-    def refresh(self) -> None:
-        """Collect finished stages and worker events, and show them (called while an item waits)."""
-        notes, failures = self.run.tick()
+    def refresh(self, notes: list[tuple[str, str]], failures: list[tuple[str, BaseException]]) -> None:
+        """Show what the last look at the cluster found (called while an item waits)."""
         for source, message in notes:
             self.display.note(f"[{source}] {message}")
         for _, error in failures:
@@ -158,14 +161,8 @@ class ClusterSession:
         failed = sum(1 for ok in self.run.board.finished.values() if not ok)
         terminalreporter.write_line(
             f"mergebench cluster ({self.run.executor.name}): {len(self.run.board.finished)} of {len(self.run.graph.stages)} "
-            f"stages finished, {failed} failed, in {time.monotonic() - self.started:.1f}s; ran on {len(nodes)} "
-            f"node{'s' if len(nodes) != 1 else ''}: {placed or 'none'}")
-
-    def refresh_quietly(self) -> None:
-        try:
-            self.run.tick()
-        except Exception:  # the engine may be gone by now; the summary shows what is known
-            pass
+            f"stages finished, {failed} failed, in {time.monotonic() - self.started:.1f}s (the stages' own work: "
+            f"{self.run.busy_seconds():.1f}s); ran on {len(nodes)} node{'s' if len(nodes) != 1 else ''}: {placed or 'none'}")
 
 
 class RemoteCaseRunner:

@@ -95,7 +95,10 @@ class RayExecutor:
         except Exception as exc:  # ConnectionError, RuntimeError: wrong version, bad address
             raise UsageError(f"cannot connect to the Ray cluster at --mb-ray-address {self.address}: {exc}") from None
         self._connected = True
-        self._nodes = [n for n in ray.nodes() if n.get("Alive")]
+        # nodes that can run a stage: a head started with --num-cpus=0 only schedules, and need not mount the cache
+        self._nodes = [n for n in ray.nodes() if n.get("Alive") and (n["Resources"].get("CPU", 0) or n["Resources"].get("GPU", 0))]
+        if not self._nodes:
+            raise UsageError(f"the Ray cluster at {self.address} has no node with a CPU or GPU to run stages on")
 
     def _resolve(self, address: str) -> str | None:
         """The address to connect to (None: start a private local Ray), checked to answer."""

@@ -142,12 +142,18 @@ class ClusterRun:
         notes = self.board.apply(self._tail.read())
         return notes, failures
 
-    def result(self, case_id: str, on_tick: Callable[[], None] = lambda: None, interval: float = 0.5) -> dict[str, Any]:
-        """The CaseResult (as a dict) of ``case_id`` once its stage is done; raises what stopped it."""
+    def result(self, case_id: str, on_tick: Callable[[list, list], None] = lambda notes, failures: None,
+               interval: float = 0.5) -> dict[str, Any]:
+        """The CaseResult (as a dict) of ``case_id`` once its stage is done; raises what stopped it.
+
+        ``on_tick(notes, failures)`` is called after each look at the engine (every ``interval`` s at most).
+        """
         stage_id = self.graph.cases[case_id]
-        while stage_id not in self.outcomes and stage_id not in self.failures:
+        while True:
+            on_tick(*self.tick())
+            if stage_id in self.outcomes or stage_id in self.failures:
+                break
             self.executor.wait(stage_id, interval)
-            on_tick()
         if stage_id in self.failures:
             raise self.failures[stage_id]
         return self._credit_builds(case_id, dict(self.outcomes[stage_id]["result"]))
@@ -179,6 +185,10 @@ class ClusterRun:
 
     def unfinished(self) -> int:
         return len(self.graph.stages) - len(self.board.finished) if self.graph is not None and self.board is not None else 0
+
+    def busy_seconds(self) -> float:
+        """Seconds the finished stages spent in their workers, summed (against wall time x workers: the overhead)."""
+        return sum(outcome["seconds"] for outcome in self.outcomes.values())
 
     def nodes_used(self) -> dict[str, int]:
         """Stages per node that ran them (for the session's summary); an engine's node id tells apart nodes on one host."""

@@ -235,7 +235,7 @@ class SlurmExecutor:
     def probe(self, cache_root: str, nonce: str, names: dict[str, list[str]]) -> list[dict[str, Any]]:
         from mergebench.cluster.probe import node_probe
 
-        folder = Path(self.settings.folder or Path(cache_root) / "cluster" / "probes" / f"{nonce}-jobs")
+        folder = Path(self.settings.folder or Path(cache_root) / "cluster" / "probes") / f"{nonce}-probe-job"
         executor = self._make_executor(folder)
         executor.update_parameters(**self._parameters(Request(), "mergebench-probe"))
         job = executor.submit(node_probe, cache_root, nonce, names)
