@@ -93,7 +93,11 @@ class LocalRayCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mbray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_memory_monitor_refresh_ms": "0", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+        # RAY_AUTH_MODE: Ray turns token authentication on for `ray start --head` when ~/.ray/auth_token exists (any
+        # private `ray.init()`, e.g. --mb-ray-address local, writes one), but not for `ray start --address`, whose node
+        # would then be refused; the test cluster is private to this machine's loopback, so it runs without.
+        self.env = {**os.environ, "RAY_memory_monitor_refresh_ms": "0", "OMP_WAIT_POLICY": "PASSIVE",
+                    "RAY_AUTH_MODE": "disabled", **(env or {})}
         self.wrap = wrap or []  # a command the head runs under (a private mount namespace for the unshared-cache test)
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []

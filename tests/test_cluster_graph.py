@@ -189,3 +189,12 @@ def test_a_case_is_credited_with_the_builds_a_serial_run_would_have_made_in_it(t
     credited = run._credit_builds(first, dict(run.outcomes[run.graph.cases[first]]["result"]))["artifacts"]
     assert credited == [event("base", "b", False, 2.0), event("merged", "m", False, 1.0), event("eval", "e", True)]
     assert run._credit_builds(second, dict(run.outcomes[run.graph.cases[second]]["result"]))["artifacts"] == worker_record
+
+
+def test_a_refused_ray_token_is_explained_and_other_connection_errors_are_not():
+    from mergebench.cluster.ray_executor import _auth_hint, _first_line
+
+    refused = RuntimeError("Failed to connect to GCS: RPC error: InvalidAuthToken: Authentication token is missing\nmore")
+    assert _first_line(refused) == "Failed to connect to GCS: RPC error: InvalidAuthToken: Authentication token is missing"
+    assert _auth_hint(refused).startswith("; the cluster requires a token: run with RAY_AUTH_MODE=token")
+    assert _auth_hint(ConnectionError("version mismatch: the cluster runs Ray 2.50")) == ""

@@ -66,6 +66,18 @@ def reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str | N
         return exc.strerror or type(exc).__name__
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _auth_hint(exc: Exception) -> str:
+    """Ray enables token authentication on its own (a head started where ~/.ray/auth_token exists); say so."""
+    if "AuthToken" not in str(exc) and type(exc).__name__ != "AuthenticationError":
+        return ""
+    return ("; the cluster requires a token: run with RAY_AUTH_MODE=token and the head's token in ~/.ray/auth_token, "
+            "$RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN (or start the head with RAY_AUTH_MODE=disabled)")
+
+
 class RayExecutor:
     name = "Ray"
 
@@ -92,8 +104,9 @@ class RayExecutor:
                 ray.init(include_dashboard=False, **options)
             else:
                 ray.init(address=address, **options)
-        except Exception as exc:  # ConnectionError, RuntimeError: wrong version, bad address
-            raise UsageError(f"cannot connect to the Ray cluster at --mb-ray-address {self.address}: {exc}") from None
+        except Exception as exc:  # ConnectionError, RuntimeError: wrong version, bad address, token refused
+            raise UsageError(f"cannot connect to the Ray cluster at --mb-ray-address {self.address}: "
+                             f"{_first_line(exc)}{_auth_hint(exc)}") from None
         self._connected = True
         # nodes that can run a stage: a head started with --num-cpus=0 only schedules, and need not mount the cache
         self._nodes = [n for n in ray.nodes() if n.get("Alive") and (n["Resources"].get("CPU", 0) or n["Resources"].get("GPU", 0))]
