@@ -8,8 +8,8 @@ torch: specs are plain data and implementations load when a case runs.
 This module is the ``pytest11`` entry point; each other feature is a plugin module it loads:
 :mod:`~mergebench.pytest_progress` (progress on pytest's terminal, relayed from xdist workers),
 :mod:`~mergebench.pytest_results` (results gathered, saved, compared and gated),
-:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker) and
-:mod:`~mergebench.pytest_selection_hint` (where the cases are when ``-k``/``-m`` deselects them all).
+:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker), :mod:`~mergebench.pytest_cluster` (stages on Ray
+or Slurm) and :mod:`~mergebench.pytest_selection_hint` (where the cases are when ``-k``/``-m`` deselects them all).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BUILT_IN_FAMILIES = ("coefficient", "sparsification", "other")  # the study's Ta
 
 # The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
 pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist",
-                  "mergebench.pytest_selection_hint", "mergebench.pytest_mergekit"]
+                  "mergebench.pytest_selection_hint", "mergebench.pytest_mergekit", "mergebench.pytest_cluster"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -201,5 +201,8 @@ class CaseRunner:
 
 
 @pytest.fixture
-def mergebench(request: pytest.FixtureRequest, mergebench_pipeline) -> CaseRunner:
-    return CaseRunner(mergebench_pipeline, request.node)
+def mergebench(request: pytest.FixtureRequest) -> CaseRunner:
+    from mergebench.pytest_cluster import remote_runner
+
+    # under --mb-executor ray|slurm the case runs on the cluster: no local pipeline (nor torch) is needed
+    return remote_runner(request.node) or CaseRunner(request.getfixturevalue("mergebench_pipeline"), request.node)
