@@ -52,10 +52,24 @@ def examples_digest(examples: list[dict[str, str]]) -> str:
 
 
 class MiniSFT(Recipe):
-    """SFT on the first ``examples`` training items with ``settings`` (the same for every mini domain)."""
+    """SFT on the first ``examples`` training items with ``settings`` (the same for every mini domain).
+
+    Two settings make an expert cheaper to train without changing what it learns from (measured
+    with ``benchmarks/perf/recipe_speed.py``):
+
+    * ``length_batches``: the examples run from ~40 to 256 tokens, and random batches of 8 were
+      ~30% padding, which a CPU computes like real tokens (141k positions for the five experts,
+      103k in batches of similar length; the same examples, one epoch, steps in random order).
+    * ``freeze_embeddings``: the (tied) embedding matrix is 28M of the 135M weights, and its
+      gradient and AdamW update are paid every step, yet merges leave embeddings and ``lm_head``
+      out of task vectors (:data:`~mergebench.merging.api.DEFAULT_EXCLUDE`), as the study does:
+      no merge could keep what an expert learned there. Frozen, the expert's own scores measure
+      only what merging can carry, and normalized scores compare like with like.
+    """
 
     examples = 128
-    settings = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=8, max_length=256, warmup_ratio=0.1)
+    settings = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=8, max_length=256, warmup_ratio=0.1,
+                           length_batches=True, freeze_embeddings=True)
     wheels: tuple[PinnedWheel, ...] = ()
 
     def training_examples(self) -> list[dict[str, str]]:
