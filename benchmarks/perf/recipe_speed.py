@@ -11,8 +11,9 @@ the positions computed (padded batches) and real tokens, and the ratio to the fi
 configuration measured in the same round, with the CPU model and the load average.
 
 Configurations: ``before`` (random batches, embeddings trained: the recipes until 2026-12),
-``length batches`` (batches of similar length) and ``length batches + frozen embeddings``
-(today's mini recipes).
+``length batches`` (batches of similar length), ``length batches + frozen embeddings`` (today's
+mini recipes) and, measured but not adopted, the same with the lower half of the decoder layers
+frozen too (task vectors would then be zero there, unlike the study's fully finetuned experts).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ CONFIGS = {
     "before": {"length_batches": False, "freeze_embeddings": False},
     "length batches": {"length_batches": True, "freeze_embeddings": False},
     "length batches + frozen embeddings": {"length_batches": True, "freeze_embeddings": True},
+    "the same + lower half of the layers frozen (not adopted)": {"length_batches": True, "freeze_embeddings": True},
 }
+FROZEN_LAYERS = {"the same + lower half of the layers frozen (not adopted)": 0.5}
+"""Configurations that also freeze this fraction of the decoder layers, from the bottom (backward stops above them)."""
 
 
 def child(domain: str, config: str, steps: int) -> dict:
@@ -56,6 +60,9 @@ def child(domain: str, config: str, steps: int) -> dict:
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layers = model.model.layers
+            for layer in layers[: int(len(layers) * FROZEN_LAYERS.get(config, 0.0))]:
+                layer.requires_grad_(False)  # no gradient: AdamW skips them, backward stops above them
             marks.append((time.perf_counter(), time.process_time()))
 
             def hook(module, _args, inputs):
