@@ -1,6 +1,8 @@
 """The README's main command from a fresh clone into an empty cache, timed and split by stage.
 
     python benchmarks/perf/cold_run.py [--native] [--ref HEAD] [--workdir DIR] [--keep] [--no-warm]
+    python benchmarks/perf/cold_run.py --split-of CACHE   # only read a cache a run has filled
+
 
 What a new user runs, step by step, each timed from the outside:
 
@@ -20,6 +22,10 @@ printed next to the figures, with the CPU model from ``lscpu``: on a machine oth
 wall times are not the machine's, so quote them with it. The script also checks the two things the
 figures must not cost: each expert beats the base on its own domain (the domain's mean score, as
 the report's sanity table reads it), and the warm run builds nothing.
+
+``--split-of CACHE`` runs nothing: it prints the stages' build minutes and the experts-vs-base
+lines of a cache that a run has already filled (read only; a cache several runs have shared mixes
+their artifacts, so compare it with care).
 
 The full pytest output goes to ``<workdir>/cold.log`` and ``warm.log``; the temporary clone, venv
 and cache (~16 GB) are removed at the end unless ``--keep``.
@@ -128,6 +134,28 @@ for domain, expert in sorted(experts.items()):
     return done.stdout.strip().splitlines()
 
 
+def print_split(seconds: dict[str, float], counts: dict[str, int], total: float) -> None:
+    """One row per stage: build minutes, share of ``total`` and artifact count."""
+    for stage, label in STAGES:
+        print(f"| {label} | {seconds.get(stage, 0.0) / 60:.1f} | {seconds.get(stage, 0.0) / total:.0%} | {counts.get(stage, 0)} |")
+
+
+def split_of(cache: Path) -> None:
+    """The split and the experts-vs-base check of an already filled cache; builds and runs nothing."""
+    if not any(cache.glob("*/*/meta.json")):
+        sys.exit(f"{cache} holds no artifacts (no <stage>/<digest>/meta.json); give the MERGEBENCH_CACHE a run filled")
+    seconds, counts = stage_seconds(cache)
+    staged = sum(seconds.values())
+    print(f"Build time by stage in {cache} ({cpu_model()}; as recorded when built, the load then unknown):\n")
+    print("| step | minutes | share | artifacts |\n|---|---|---|---|")
+    print_split(seconds, counts, staged)
+    print(f"| **stages together** | **{staged / 60:.1f}** | | |")
+    print("\nEach expert against the base on its own domain (mean of the domain's task scores):")
+    repo = Path(__file__).resolve().parents[2]
+    for line in experts_vs_base(cache, Path(sys.executable), repo, dict(os.environ)):
+        print(f"  {line}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--native", action="store_true", help="no AVX2 emulation (this CPU's own instruction set)")
@@ -136,7 +164,12 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where to clone, install and cache (default: a new temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the clone, venv and cache afterwards")
     parser.add_argument("--no-warm", action="store_true", help="skip the warm re-run")
+    parser.add_argument("--split-of", metavar="CACHE", default=None,
+                        help="run nothing: print the split and the experts-vs-base check of a cache a run filled")
     args = parser.parse_args()
+    if args.split_of:
+        split_of(Path(args.split_of).expanduser())
+        return
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mergebench-cold-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -169,8 +202,7 @@ def main() -> None:
     print(f"\nCold run split ({cpu_model()}; {isa}; {load}; commit {commit}):\n")
     print("| step | minutes | share | artifacts |\n|---|---|---|---|")
     print(f"| install (venv, pip install torch==2.13.0 -e .) | {install / 60:.1f} | {install / total:.0%} | |")
-    for stage, label in STAGES:
-        print(f"| {label} | {seconds.get(stage, 0.0) / 60:.1f} | {seconds.get(stage, 0.0) / total:.0%} | {counts.get(stage, 0)} |")
+    print_split(seconds, counts, total)
     other = cold - staged
     print(f"| harness (imports, collection, partitions, look-ups, report) | {other / 60:.1f} | {other / total:.0%} | |")
     print(f"| clone | {clone / 60:.1f} | {clone / total:.0%} | |")
