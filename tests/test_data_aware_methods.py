@@ -173,6 +173,37 @@ def test_gram_statistic_is_the_token_average_of_layer_inputs(tiny_llama, tiny_ex
     assert "lm_head.weight" not in grams and grams["model.layers.1.mlp.down_proj.weight"].shape == (128, 128)
 
 
+def _naive_grams(model_dir, merged) -> dict[str, torch.Tensor]:
+    """Every merged linear's token-averaged XᵀX, one product per layer and sample, through the whole model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and merged(f"{name}.weight"):
+            module.register_forward_hook(lambda _m, inputs, _o, key=f"{name}.weight":
+                                         seen.setdefault(key, []).append(inputs[0].reshape(-1, inputs[0].shape[-1])))
+    with torch.no_grad():
+        for sample in SAMPLES:
+            model(input_ids=encode(tokenizer, sample)[0])
+    return {key: torch.cat(xs).T @ torch.cat(xs) / torch.cat(xs).shape[0] for key, xs in seen.items()}
+
+
+@pytest.mark.parametrize("exclude", [DEFAULT_EXCLUDE, ()], ids=["default", "lm_head merged"])
+def test_gram_statistic_of_every_layer_matches_one_product_per_layer(exclude, tiny_llama, tiny_experts, tmp_path):
+    """Layers reading one input share its product, and the pass skips the LM head unless it is merged:
+    every Gram is still what a product per layer over the whole model's forward gives."""
+    found = ensure_statistics(ArtifactCache(tmp_path / "cache"), method("regmean"), {"samples": 2}, tiny_llama,
+                              {"math": ("k", tiny_experts["math"])}, {"math": SAMPLES},
+                              merged=task_vector_filter(exclude), exclude=exclude)
+    grams = load_tensors(found["math"])
+    expected = _naive_grams(tiny_experts["math"], task_vector_filter(exclude))
+    assert sorted(grams) == sorted(expected) and ("lm_head.weight" in grams) == (exclude == ())
+    for name in expected:
+        torch.testing.assert_close(grams[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_localize_mask_without_training_is_the_top_k_initialization(tiny_llama, tiny_experts, weights, tmp_path):
     base, experts = weights
     params = {"samples": 2, "density": 0.2, "sigmoid_bias": 3.0, "lr": 0.0, "epochs": 1, "l1": 0.0}

@@ -122,6 +122,84 @@ def test_killed_sft_resumes_from_its_last_checkpoint_and_ends_like_an_uninterrup
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+# -- batches of similar length ------------------------------------------------------------------------------------
+
+VARIED = [{"prompt": f"Count to {n}.", "completion": " ".join(str(i) for i in range(1, n + 1))}
+          for n in (3, 40, 7, 25, 1, 33, 12, 5, 48, 2, 19, 9, 30, 4, 15, 22)]
+
+
+def test_length_grouped_order_keeps_every_example_once_and_groups_similar_lengths():
+    from mergebench.finetune.batching import length_grouped_order, padded_tokens
+
+    lengths = [5, 90, 12, 60, 7, 88, 30, 31, 64, 9, 11, 70]
+    order = length_grouped_order(lengths, 4, seed=0)
+    assert sorted(order) == list(range(12))
+    batches = [sorted(lengths[i] for i in order[k:k + 4]) for k in range(0, 12, 4)]
+    assert sorted(batches) == [[5, 7, 9, 11], [12, 30, 31, 60], [64, 70, 88, 90]]
+    assert padded_tokens(lengths, order, 4) == 4 * (11 + 60 + 90)
+    assert length_grouped_order(lengths, 4, seed=0) == order  # part of a resumable run: deterministic
+    orders = {tuple(length_grouped_order(lengths, 4, seed=s)) for s in range(8)}
+    assert len(orders) > 1, "the seed decides the order of the batches"
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        length_grouped_order(lengths, 0, seed=0)
+
+
+def _batch_rows(callbacks_out: list):
+    """A callback that records the real length of every row of every training batch."""
+    from transformers import TrainerCallback
+
+    class Rows(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            def hook(_module, _args, inputs):
+                if inputs.get("attention_mask") is not None and _module.training:
+                    callbacks_out.append(inputs["attention_mask"].sum(dim=1).tolist())
+            model.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+    return Rows()
+
+
+def test_length_batches_train_on_the_same_examples_with_less_padding(tiny_llama, tmp_path):
+    import dataclasses
+
+    from mergebench.finetune.batching import padded_tokens
+
+    settings = dataclasses.replace(FAST, max_steps=-1, epochs=1, batch_size=4)
+    grouped_rows: list = []
+    random_rows: list = []
+    _, summary = _sft(tiny_llama, tmp_path, dataclasses.replace(settings, length_batches=True), name="grouped",
+                      examples=VARIED, callbacks=[_batch_rows(grouped_rows)])
+    _sft(tiny_llama, tmp_path, settings, name="random", examples=VARIED, callbacks=[_batch_rows(random_rows)])
+    assert summary["steps"] == 4 and len(grouped_rows) == len(random_rows) == 4
+    lengths = sorted(n for rows in random_rows for n in rows)
+    assert sorted(n for rows in grouped_rows for n in rows) == lengths, "every example once, either way"
+    assert sorted(sorted(rows) for rows in grouped_rows) == [lengths[k:k + 4] for k in range(0, 16, 4)], \
+        "each batch is a run of the length-sorted examples"
+    grouped = sum(len(rows) * max(rows) for rows in grouped_rows)
+    assert grouped == padded_tokens(lengths, list(range(16)), 4)
+    assert grouped < sum(len(rows) * max(rows) for rows in random_rows)
+
+
+def test_killed_length_batched_sft_resumes_on_the_batches_it_had_not_seen(tiny_llama, tmp_path):
+    import dataclasses
+
+    import torch
+
+    settings = dataclasses.replace(FAST, max_steps=-1, epochs=1, batch_size=4, save_steps=2, length_batches=True)
+    work = tmp_path / "work"
+    with pytest.raises(_Kill):
+        _sft(tiny_llama, tmp_path, settings, name="resumed", examples=VARIED, work_dir=work, callbacks=[_killer(3)])
+    rows: list = []
+    _, summary = _sft(tiny_llama, tmp_path, settings, name="resumed", examples=VARIED, work_dir=work,
+                      callbacks=[_batch_rows(rows)])
+    reference_rows: list = []
+    reference, _ = _sft(tiny_llama, tmp_path, settings, name="reference", examples=VARIED,
+                        callbacks=[_batch_rows(reference_rows)])
+    assert summary["resumed_from"] == str(work / "checkpoint-2") and rows == reference_rows[2:]
+    a, b = load_tensors(tmp_path / "resumed"), load_tensors(reference)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_the_cache_never_exposes_a_half_trained_expert(tiny_llama, cache, tmp_path):
     import dataclasses
 

@@ -124,3 +124,23 @@ def test_samples_for_data_aware_methods_come_from_the_trained_examples(context):
     drawn = math.samples(10, seed=3)
     assert drawn == random.Random(3).sample(math.trained_examples(), 10)
     assert len(math.samples(10_000)) == 128
+
+
+def test_a_recipe_builds_its_examples_once_per_process(context, monkeypatch):
+    """Each data-aware case draws samples of every expert and every expert's key hashes its examples:
+    building them again each time (IFEval's checkers, seven MATH files) was most of a warm run."""
+    built = []
+    original = mini.MiniMath.training_examples
+    monkeypatch.setattr(mini.MiniMath, "training_examples", lambda self: built.append(1) or original(self))
+    monkeypatch.setattr(mini, "_TRAINED", {})
+    first = recipe("mini-math", context).trained_examples()
+    for seed in range(4):
+        recipe("mini-math", context).samples(8, seed)
+    digest = recipe("mini-math", context).fingerprint()["data_sha256"]
+    assert built == [1]
+    assert digest == mini.examples_digest(first)
+    first.clear()  # a caller's list is its own
+    assert len(recipe("mini-math", context).trained_examples()) == 128 and built == [1]
+    elsewhere = SimpleNamespace(cache=ArtifactCache(context.cache.root / "does-not-exist"), seed=0)
+    assert mini.MiniMath(plugin_manager.registries().recipes.get("mini-math"), elsewhere)._memo_key() != \
+        recipe("mini-math", context)._memo_key(), "another cache's files are other data"

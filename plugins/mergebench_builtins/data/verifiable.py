@@ -91,7 +91,8 @@ CONSTRAINTS: tuple[Constraint, ...] = (
 )
 
 
-def _checker(instruction_id: str, cache):
+def _checker_classes(cache) -> dict[str, type]:
+    """lm-eval's IFEval instruction classes by id, ready to use (once per call of :func:`build_examples`)."""
     import langdetect
 
     from mergebench_builtins.data import punkt
@@ -102,7 +103,12 @@ def _checker(instruction_id: str, cache):
     punkt.install(cache)  # before lm-eval's IFEval module asks NLTK to download punkt_tab
     from lm_eval.tasks.ifeval import instructions_registry
 
-    return instructions_registry.INSTRUCTION_DICT[instruction_id](instruction_id)
+    return instructions_registry.INSTRUCTION_DICT
+
+
+def _checker(instruction_id: str, cache):
+    """A fresh checker of one instruction (its ``build_description`` keeps state, so never share one)."""
+    return _checker_classes(cache)[instruction_id](instruction_id)
 
 
 def build_examples(items: list[dict], seed: int, cache) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -116,11 +122,12 @@ def build_examples(items: list[dict], seed: int, cache) -> tuple[list[dict[str, 
     order = list(items)
     rng.shuffle(order)
     kept, rejected = [], []
+    classes = _checker_classes(cache)
     for index, item in enumerate(order):
         constraint = CONSTRAINTS[index % len(CONSTRAINTS)]
         answer = short_answer(item["output"])
         kwargs, completion = constraint.rewrite(answer, rng)
-        checker = _checker(constraint.instruction_id, cache)
+        checker = classes[constraint.instruction_id](constraint.instruction_id)
         description = checker.build_description(**kwargs)
         example = {"prompt": f"{item['instruction'].strip()} {description}", "completion": completion,
                    "instruction_id": constraint.instruction_id, "kwargs": kwargs, "source_id": item.get("id")}

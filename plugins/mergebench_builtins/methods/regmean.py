@@ -46,24 +46,39 @@ class RegMean(StatisticMethod):
     @classmethod
     def compute_statistic(cls, job: StatisticJob, out_dir: Path) -> None:
         """The Gram matrix XᵀX of the inputs of every merged ``nn.Linear`` (keyed by its weight's
-        name), averaged over the tokens seen."""
+        name), averaged over the tokens seen.
+
+        Layers that read the same input tensor (q/k/v, gate/up) share one product per sample, and
+        when the LM head is not merged (the default) the forward pass stops before it: its logits
+        were a ninth of the work and nothing read them.
+        """
         model, tokenizer = load_model(job.expert_dir, job.device)
         grams: dict[str, torch.Tensor] = {}
         tokens: dict[str, int] = {}
-        handles = []
+        sample_products: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # id(input) → (input, XᵀX, rows)
+        handles, hooked = [], []
         for module_name, module in model.named_modules():
             weight_name = f"{module_name}.weight"
             if isinstance(module, torch.nn.Linear) and job.merged(weight_name):
                 def hook(_module, inputs, _output, key=weight_name):
-                    x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-                    grams[key] = grams[key].addmm_(x.T, x) if key in grams else x.T @ x
-                    tokens[key] = tokens.get(key, 0) + x.shape[0]
+                    found = sample_products.get(id(inputs[0]))
+                    if found is None:  # the input stays referenced, so its id is not reused during this pass
+                        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+                        found = sample_products[id(inputs[0])] = (inputs[0], x.T @ x, x.shape[0])
+                    _, product, rows = found
+                    grams[key] = grams[key].add_(product) if key in grams else product.clone()
+                    tokens[key] = tokens.get(key, 0) + rows
                 handles.append(module.register_forward_hook(hook))
+                hooked.append(module_name)
+        backbone = getattr(model, model.base_model_prefix, None)
+        inside = backbone is not None and all(name.startswith(f"{model.base_model_prefix}.") for name in hooked)
+        forward = backbone if inside else model
         try:
             with torch.no_grad(), progress.progress("gram", total=len(job.samples), unit="samples") as bar:
                 for sample in job.samples:
                     ids, _ = encode(tokenizer, sample)
-                    model(input_ids=ids.to(job.device))
+                    forward(input_ids=ids.to(job.device))
+                    sample_products.clear()
                     bar.advance()
         finally:
             for handle in handles:

@@ -42,16 +42,34 @@ REFUSALS = (
 )
 
 
+_TRAINED: dict[tuple, list[dict[str, str]]] = {}
+"""Each recipe's trained examples by (class, count, cache root): see :meth:`MiniSFT.trained_examples`."""
+
+
 def examples_digest(examples: list[dict[str, str]]) -> str:
     """SHA-256 of the exact training examples: any change to how they are built retrains the expert."""
     return hashlib.sha256(json.dumps(examples, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 class MiniSFT(Recipe):
-    """SFT on the first ``examples`` training items with ``settings`` (the same for every mini domain)."""
+    """SFT on the first ``examples`` training items with ``settings`` (the same for every mini domain).
+
+    Two settings make an expert cheaper to train without changing what it learns from (measured
+    with ``benchmarks/perf/recipe_speed.py``):
+
+    * ``length_batches``: the examples run from ~40 to 256 tokens, and random batches of 8 were
+      ~30% padding, which a CPU computes like real tokens (141k positions for the five experts,
+      103k in batches of similar length; the same examples, one epoch, steps in random order).
+    * ``freeze_embeddings``: the (tied) embedding matrix is 28M of the 135M weights, and its
+      gradient and AdamW update are paid every step, yet merges leave embeddings and ``lm_head``
+      out of task vectors (:data:`~mergebench.merging.api.DEFAULT_EXCLUDE`), as the study does:
+      no merge could keep what an expert learned there. Frozen, the expert's own scores measure
+      only what merging can carry, and normalized scores compare like with like.
+    """
 
     examples = 128
-    settings = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=8, max_length=256, warmup_ratio=0.1)
+    settings = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=8, max_length=256, warmup_ratio=0.1,
+                           length_batches=True, freeze_embeddings=True)
     wheels: tuple[PinnedWheel, ...] = ()
 
     def training_examples(self) -> list[dict[str, str]]:
@@ -67,7 +85,20 @@ class MiniSFT(Recipe):
                 "data_sha256": examples_digest(self.trained_examples())}
 
     def trained_examples(self) -> list[dict[str, str]]:
-        return self.training_examples()[: self.examples]
+        """The first ``examples`` training items, built once per process (callers must not modify them).
+
+        Every case of a data-aware method asks for samples of each expert, and every expert's key
+        hashes its examples: rebuilding them each time (IFEval's checkers on the instruction pool,
+        parsing seven MATH files) was most of a warm run. Like a partition, they are a pure function
+        of the recipe's code and the files in the cache.
+        """
+        key = self._memo_key()
+        if key not in _TRAINED:
+            _TRAINED[key] = self.training_examples()[: self.examples]
+        return list(_TRAINED[key])
+
+    def _memo_key(self) -> tuple:
+        return type(self).__module__, type(self).__qualname__, self.examples, str(self.context.cache.root)
 
     def samples(self, n: int, seed: int = 0) -> list[dict[str, str]]:
         """A seeded draw from the examples the expert was trained on."""
@@ -89,14 +120,14 @@ class MiniMath(MiniSFT):
     max_solution_chars = 800
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.gsm8k(self.context.cache).fingerprint(), splits.math(self.context.cache).fingerprint(),
+        return [splits.load("gsm8k", self.context.cache).fingerprint(), splits.load("math", self.context.cache).fingerprint(),
                 {"max_solution_chars": self.max_solution_chars}]
 
     def training_examples(self) -> list[dict[str, str]]:
         grade_school = [{"prompt": f"{d['question']}\n{gsm8k.INSTRUCTION}", "completion": gsm8k.reference_solution(d)}
-                        for d in splits.gsm8k(self.context.cache).train]
+                        for d in splits.load("gsm8k", self.context.cache).train]
         competition = [{"prompt": f"{d['problem']}\n{math_task.INSTRUCTION}", "completion": d["solution"]}
-                       for d in splits.math(self.context.cache).train if len(d["solution"]) <= self.max_solution_chars]
+                       for d in splits.load("math", self.context.cache).train if len(d["solution"]) <= self.max_solution_chars]
         return [example for pair in zip(grade_school, competition) for example in pair]
 
 
@@ -136,10 +167,10 @@ class MiniCoding(MiniSFT):
     settings = dataclasses.replace(MiniSFT.settings, learning_rate=1e-4)
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.mbpp(self.context.cache).fingerprint(), {"shapes": ["mbpp", "function_completion-v1"]}]
+        return [splits.load("mbpp", self.context.cache).fingerprint(), {"shapes": ["mbpp", "function_completion-v1"]}]
 
     def training_examples(self) -> list[dict[str, str]]:
-        train = splits.mbpp(self.context.cache).train
+        train = splits.load("mbpp", self.context.cache).train
         described = [
             {
                 "prompt": f"{d['text']}\nYour code should pass this test:\n{d['test_list'][0]}",
@@ -157,11 +188,11 @@ class MiniInstruction(MiniSFT):
     wheels = (eval_framework.EVAL_FRAMEWORK_WHEEL,)
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.alpaca(self.context.cache).fingerprint(),
+        return [splits.load("alpaca", self.context.cache).fingerprint(),
                 {"constraints": [c.instruction_id for c in verifiable.CONSTRAINTS], "max_words": verifiable.MAX_WORDS}]
 
     def training_examples(self) -> list[dict[str, str]]:
-        pool = splits.alpaca(self.context.cache).train[:INSTRUCTION_POOL]  # the rest are the safety recipe's benign items
+        pool = splits.load("alpaca", self.context.cache).train[:INSTRUCTION_POOL]  # the rest are the safety recipe's benign items
         kept, _ = verifiable.build_examples(pool, 0, self.context.cache)
         return [{"prompt": e["prompt"], "completion": e["completion"]} for e in kept]
 
@@ -173,13 +204,13 @@ class MiniMultilingual(MiniSFT):
     max_chars = 400
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.multilingual_text(lang, self.context.cache).fingerprint() for lang in multilingual.STUDY_LANGUAGES] + [
+        return [splits.load(f"multilingual-{lang}", self.context.cache).fingerprint() for lang in multilingual.STUDY_LANGUAGES] + [
             {"max_chars": self.max_chars}]
 
     def training_examples(self) -> list[dict[str, str]]:
         per_language = []
         for lang in multilingual.STUDY_LANGUAGES:
-            texts = [d["text"] for d in splits.multilingual_text(lang, self.context.cache).train if len(d["text"]) <= self.max_chars]
+            texts = [d["text"] for d in splits.load(f"multilingual-{lang}", self.context.cache).train if len(d["text"]) <= self.max_chars]
             per_language.append([{"prompt": f"Write a paragraph in {LANGUAGE_NAMES[lang]}.", "completion": t} for t in texts])
         return [example for group in zip(*per_language) for example in group]
 
@@ -197,16 +228,16 @@ class MiniSafety(MiniSFT):
     benign_per_harmful = 3
 
     def split_fingerprints(self) -> list[dict]:
-        return [splits.harmbench(self.context.cache).fingerprint(), splits.alpaca(self.context.cache).fingerprint(),
+        return [splits.load("harmbench", self.context.cache).fingerprint(), splits.load("alpaca", self.context.cache).fingerprint(),
                 {"refusals": list(REFUSALS), "max_words": verifiable.MAX_WORDS, "benign_per_harmful": self.benign_per_harmful}]
 
     def training_examples(self) -> list[dict[str, str]]:
         from mergebench_builtins.tasks.safety import harmbench_prompt
 
-        behaviours = [b for b in splits.harmbench(self.context.cache).train if not b.get("ContextString")]
+        behaviours = [b for b in splits.load("harmbench", self.context.cache).train if not b.get("ContextString")]
         harmful = [{"prompt": harmbench_prompt(b), "completion": REFUSALS[i % len(REFUSALS)]} for i, b in enumerate(behaviours)]
         benign = [{"prompt": d["instruction"].strip(), "completion": verifiable.short_answer(d["output"])}
-                  for d in splits.alpaca(self.context.cache).train[INSTRUCTION_POOL:]]
+                  for d in splits.load("alpaca", self.context.cache).train[INSTRUCTION_POOL:]]
         k = self.benign_per_harmful
         mixed = []
         for i in range(max(len(harmful), -(-len(benign) // k))):

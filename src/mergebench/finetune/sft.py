@@ -55,6 +55,8 @@ class SFTSettings:
     """``torch.set_num_threads`` during training; 0 leaves torch's setting alone."""
     fast_loss: bool = True
     """Project only completion positions through the LM head (see the module docstring)."""
+    length_batches: bool = False
+    """Batches of similar length in random order instead of random batches (less padding; :mod:`.batching`)."""
     logging_steps: int = 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -154,12 +156,28 @@ def _fast_loss_supported(config: Any) -> bool:
     return not scaled and not getattr(text, "output_router_logits", False)
 
 
-def _trainer_class(fast_loss: bool):
+def _trainer_class(fast_loss: bool, length_batches: bool = False):
     from trl import SFTTrainer
 
-    if not fast_loss:
-        return SFTTrainer
+    base = _completion_loss_trainer(SFTTrainer) if fast_loss else SFTTrainer
+    if not length_batches:
+        return base
 
+    class _LengthBatchedSFTTrainer(base):
+        """Draws batches of similar length (:class:`~mergebench.finetune.batching.LengthGroupedBatches`)."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            from mergebench.finetune.batching import LengthGroupedBatches
+
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return LengthGroupedBatches(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+    return _LengthBatchedSFTTrainer
+
+
+def _completion_loss_trainer(SFTTrainer):
     class _CompletionLossSFTTrainer(SFTTrainer):
         """SFTTrainer whose loss projects only the supervised positions through the LM head."""
 
@@ -253,7 +271,7 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
         )
         losses: list[float] = []
         with progress.progress(f"finetune {description}", total=None, unit="steps") as bar:
-            trainer = _trainer_class(settings.fast_loss)(
+            trainer = _trainer_class(settings.fast_loss, settings.length_batches)(
                 model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                 callbacks=[progress_callback(bar, "loss", losses), *callbacks], peft_config=peft_config,
             )
