@@ -6,15 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
+from mergebench.cli import inputs
 from mergebench.cli.common import console
 from mergebench.errors import UsageError
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mergebench.results import read_json
+    from mergebench.results.gating import parse_thresholds
     from mergebench.results.report import comparison_table, regression_lines, render_session
 
-    results = [r for path in args.results for r in read_json(path)]
+    if args.fail and not args.compare:
+        raise UsageError("--fail needs --compare BASELINE.json")
+    try:
+        thresholds = parse_thresholds(args.fail)
+    except UsageError as exc:  # its message names pytest's option
+        raise UsageError(str(exc).replace("--mb-compare-fail", "--fail")) from None
+    results = [r for path in args.results for r in inputs.results_file(path, "results file")]
+    baseline = inputs.results_file(args.compare, "--compare baseline") if args.compare else None
+    if args.plots:
+        inputs.writable_folder(Path(args.results[0]).parent, "--plots writes its figures next to the first results file")
     out = console()
     sys.stdout.write(render_session(results, width=out.width, color=out.is_terminal))
     if args.plots:
@@ -22,17 +32,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         for path in write_plots(results, Path(args.results[0]).with_suffix("")):
             out.print(f"written: {path}")
-    if args.compare:
-        from mergebench.results.gating import compare, parse_thresholds
+    if baseline is not None:
+        from mergebench.results.gating import compare
 
-        deltas = compare(read_json(args.compare), results, parse_thresholds(args.fail))
+        deltas = compare(baseline, results, thresholds)
         out.print(comparison_table(deltas, Path(args.compare).name))
         for line in regression_lines(deltas):
             out.print(line, style="bold red")
         if any(d.failed_by for d in deltas):
             return 1
-    elif args.fail:
-        raise UsageError("--fail needs --compare BASELINE.json")
     return 0
 
 
