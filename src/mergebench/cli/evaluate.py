@@ -21,6 +21,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = inputs.checkpoint_folder(args.model, "--model", pickle_fix=inputs.EVAL_PICKLE_FIX)
     inputs.tokenizer(model, "--model")
     context = run_context(args)
+    if args.unsandboxed_code:
+        from mergebench.evaluation.sandbox import allow_unsandboxed_code
+
+        allow_unsandboxed_code()
     out = console()
     with progress.use_sink(progress.default_sink()):
         try:
@@ -47,4 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None, help="where task data is cached")
     p.add_argument("--backend", default="hf", help="evaluation backend: hf (default) or vllm (CUDA, mergebench[vllm])")
+    p.add_argument("--unsandboxed-code", action="store_true",
+                   help="where the kernel sandbox cannot start (no user namespaces), run the generated code of coding "
+                        "tasks anyway, WITHOUT isolation: it then sees this machine's files, network and processes, "
+                        "with only time and memory limits. Only for a trusted model on a machine you can lose")
     p.set_defaults(func=cmd_eval)
