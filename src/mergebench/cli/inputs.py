@@ -130,6 +130,7 @@ def writable_folder(path: Path, what: str) -> Path:
 def results_file(path: Path | str, what: str) -> list["CaseResult"]:
     """The results in ``path``, or one line saying why it is not a results file."""
     from mergebench.results import CaseResult
+    from mergebench.results.compact import Pool
 
     path = Path(path)
     if not path.exists():
@@ -148,10 +149,14 @@ def results_file(path: Path | str, what: str) -> list["CaseResult"]:
         raise UsageError(f"{what} {path} is not JSON ({exc}); {RESULTS_FIX}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise UsageError(f"{what} {path} is JSON but not a mergebench results file (no list of 'cases'); {RESULTS_FIX}")
+    pool = data.get("item_values") or {}
+    if not isinstance(pool, dict):
+        raise UsageError(f"{what} {path}: its 'item_values' is not a mapping of per-item arrays; {RESULTS_FIX}")
+    pool = Pool(pool)
     results = []
     for i, case in enumerate(data["cases"]):
         try:
-            results.append(CaseResult.from_dict(case))
+            results.append(CaseResult.from_dict(case, pool, where=f"{what} {path}"))
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise UsageError(f"{what} {path}: case {i} is not a mergebench result ({exc}); {RESULTS_FIX}") from None
     return results

@@ -9,6 +9,7 @@ from pathlib import Path
 from mergebench.cli import inputs
 from mergebench.cli.common import console, key_values
 from mergebench.cli.merge_inputs import check_checkpoints, read_samples
+from mergebench.cli.method_help import HelpWithMethods
 from mergebench.cli.out_dir import check_out, install, missing_parents, remove_created
 from mergebench.errors import UsageError
 
@@ -79,7 +80,9 @@ def _merge_statistics(args: argparse.Namespace, spec, params, experts, samples, 
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("merge", help="merge expert checkpoints into a new Hugging Face checkpoint")
+    p = sub.add_parser("merge", help="merge expert checkpoints into a new Hugging Face checkpoint",
+                       add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-h", "--help", action=HelpWithMethods)  # the epilog lists the methods, built when asked for
     p.add_argument("--method", required=True)
     p.add_argument("--base", required=True, metavar="DIR")
     p.add_argument("--expert", action="append", default=[], metavar="DOMAIN=DIR", help="repeat for each expert")
