@@ -145,6 +145,12 @@ ROWS = [
     Row("report-baseline-missing", f"{R} --compare nowhere.json", "--compare baseline nowhere.json does not exist"),
     Row("report-fail-without-compare", f"{R} --fail normalized:2%", "--fail needs --compare BASELINE.json"),
     Row("report-fail-malformed", f"{R} --compare results.json --fail normalised:2%", "--fail 'normalised:2%': expected KIND"),
+    Row("report-items-not-in-pool", "report items_not_in_pool.json", "are not in the file's 'item_values' pool"),
+    Row("report-items-pool-not-a-mapping", "report pool_not_a_mapping.json", "its 'item_values' is not a mapping"),
+    Row("report-items-truncated", "report items_truncated.json", "the file was edited or truncated"),
+    Row("report-items-do-not-match", "report items_mismatch.json", "per-item values do not match"),
+    Row("report-alpha-out-of-range", f"{R} --alpha 0.9", "alpha must be in (0, 0.5]"),
+    Row("report-resamples-too-few", f"{R} --resamples 10", "--resamples 10: a bootstrap needs at least 100"),
     Row("report-plots-read-only", "report ro/results.json --plots", "--plots writes its figures next to the first results file",
         read_only="ro"),
     # cache
@@ -194,6 +200,7 @@ def world_template(tiny_llama, tiny_experts, tiny_gemma2, tmp_path_factory) -> P
     (world / "empty.json").write_text("")
     (world / "not_results.json").write_text("[]")
     (world / "bad_case.json").write_text(json.dumps({"cases": [{"task": "toy_math"}]}))
+    write_format_2_breakages(world)
     (world / "ro").mkdir()
     shutil.copy(world / "results.json", world / "ro" / "results.json")
     (world / "cache" / "expert").mkdir(parents=True)  # an artifact cache with one (empty) stage
@@ -204,6 +211,25 @@ def world_template(tiny_llama, tiny_experts, tiny_gemma2, tmp_path_factory) -> P
     (site / "mb_broken-0.1.dist-info" / "entry_points.txt").write_text("[mergebench]\nbroken = mb_broken\n")
     (site / "mb_broken.py").write_text("import mergebench_no_such_module  # an uninstalled dependency\n")
     return world
+
+
+def write_format_2_breakages(world: Path) -> None:
+    """Results files with per-item values (format 2), each broken in one way an edit or a cut-off copy breaks them."""
+    from mergebench.results import write_json
+    from tests.item_results import item_case
+
+    good = json.loads(write_json([item_case("toy_math", "math", [1, 0, 1, 1], [1, 1, 1, 0])], world / "items.json").read_text())
+    (world / "items.json").unlink()
+    broken = {
+        "items_not_in_pool": lambda d: d.update(item_values={}),
+        "pool_not_a_mapping": lambda d: d.update(item_values=[1, 2]),
+        "items_truncated": lambda d: [blob.update(n=40) for blob in d["item_values"].values()],
+        "items_mismatch": lambda d: d["cases"][0]["merged"].update(n=9),
+    }
+    for name, breakage in broken.items():
+        data = json.loads(json.dumps(good))
+        breakage(data)
+        (world / f"{name}.json").write_text(json.dumps(data))
 
 
 def snapshot(root: Path) -> dict[str, str]:
