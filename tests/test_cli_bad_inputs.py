@@ -51,7 +51,11 @@ ROWS = [
     Row("no-command", "", "the following arguments are required"),
     Row("command-typo", "mrege", "invalid choice: 'mrege'"),
     Row("unknown-option", "plugins --all", "unrecognized arguments: --all"),
-    Row("plugin-fails-to-import", "plugins", "MERGEBENCH_DISABLE_PLUGINS=<entry point name>", env=BROKEN_PLUGIN),
+    Row("plugins-name-typo", "plugins tiess", "no method, task, model or recipe is named 'tiess'; did you mean 'ties'?"),
+    Row("plugins-format-typo", "plugins --format tabel", "invalid choice: 'tabel'"),
+    # (``mergebench plugins`` lists the plugins that load and warns of the rest: tests/test_plugins_cli.py)
+    Row("plugin-fails-to-import-merge", f"{M} --out merged", "MERGEBENCH_DISABLE_PLUGINS=", env=BROKEN_PLUGIN),
+    Row("plugin-fails-to-import-eval", f"{E} --model base", "MERGEBENCH_DISABLE_PLUGINS=", env=BROKEN_PLUGIN),
     # merge: an --out that would destroy or write into an input, whatever --force says
     Row("out-is-the-base", f"{M} --out base --force", "--out base is --base base; a merge never writes over its inputs"),
     Row("out-is-an-expert", f"{M} --out coding --force", "--out coding is --expert coding=coding"),
