@@ -59,6 +59,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="folder with local copies of hub models, as DIR/<org>/<name> (repeatable)")
     group.addoption("--mb-allow-pickle", action="store_true", default=False,
                     help="also load pytorch_model.bin pickles (only for files you trust)")
+    group.addoption("--mb-unsandboxed-code", action="store_true", default=False,
+                    help="where the kernel sandbox cannot start, run generated code anyway WITHOUT isolation "
+                    "(the host's files, network and processes; time and memory limits only): trusted setups only")
     pytest_judge.add_options(group)
 
 
@@ -94,6 +97,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: mergebench cases whose task is in the {name} domain")
     for family in BUILT_IN_FAMILIES:
         config.addinivalue_line("markers", f"{family}: mergebench cases of a {family} merge method (the study's Table 1)")
+    if config.getoption("mb_unsandboxed_code"):  # before xdist starts workers: they inherit the environment
+        from mergebench.evaluation.sandbox import allow_unsandboxed_code
+
+        allow_unsandboxed_code()
     from mergebench.evaluation.backends import check_backend
 
     try:

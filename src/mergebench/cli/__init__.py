@@ -8,38 +8,30 @@
     mergebench report results.json
     mergebench cache verify [--stage S]
     mergebench cache gc [--older-than DAYS] [--stage S] [--yes]
+
+A failing command prints one line and exits 2 (bad input) or 70 (a bug); see :mod:`mergebench.cli.failures`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
-from mergebench.cli import cache, evaluate, finetune, merge, plugins, report
-from mergebench.errors import MergebenchError
+from mergebench.cli import cache, evaluate, failures, finetune, merge, plugins, report
 
 COMMANDS = (plugins, merge, evaluate, finetune, report, cache)
 """One module per command; each adds its own subparser (options next to the code that reads them)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mergebench", description="Benchmark ways of merging finetuned LLMs.")
+    parser = failures.OneLineParser(prog="mergebench", description="Benchmark ways of merging finetuned LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # named in "required" errors instead of the dest
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except MergebenchError as exc:
-        print(f"mergebench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mergebench: interrupted", file=sys.stderr)
-        return 130
-
+    args = build_parser().parse_args(argv)
+    return failures.run(lambda: args.func(args))

@@ -82,7 +82,7 @@ def cmd_cache_gc(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("cache", help="check the artifact cache's files, remove leftovers and unused artifacts")
-    actions = p.add_subparsers(dest="action", required=True)
+    actions = p.add_subparsers(dest="action", required=True, metavar="{verify,gc}")
     q = actions.add_parser("verify", help="check every artifact's files against the SHA-256 manifest of its build "
                                           "(exit 1 if one is corrupt)")
     q.add_argument("--stage", action="append", metavar="STAGE", help="only this stage (base, expert, merged, ...)")

@@ -1,4 +1,4 @@
-"""What the commands share: ``KEY=VALUE`` options, the console, a run context from the options, input checks."""
+"""What the commands share: ``KEY=VALUE`` options, the console, a run context from the options (input checks: inputs.py)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def console():
 
 def run_context(args: argparse.Namespace):
     from mergebench.cache import ArtifactCache
-    from mergebench.devices import resolve_device
+    from mergebench.cli.inputs import device
     from mergebench.pipeline import RunContext
 
     return RunContext(
         cache=ArtifactCache(getattr(args, "cache_dir", None)),
-        device=resolve_device(getattr(args, "device", "auto")),
+        device=device(getattr(args, "device", "auto")),
         seed=getattr(args, "seed", 0),
         eval_limit=getattr(args, "limit", None),
         batch_size=getattr(args, "batch_size", 16),
@@ -42,15 +42,3 @@ def run_context(args: argparse.Namespace):
         backend=getattr(args, "backend", "hf"),
     )
 
-
-def verify_cached_inputs(paths: Sequence[Path]) -> None:
-    """Check checkpoint folders given on the command line before anything loads them: a cache artifact
-    against its manifest, every folder's safetensors headers and sizes (a truncated shard is one line
-    naming the file, also on paths that load with transformers, such as data-aware statistics)."""
-    from mergebench.cache.integrity import verify_if_artifact
-    from mergebench.checkpoint.reader import check_safetensors
-
-    for path in paths:
-        verify_if_artifact(path)
-        if path.is_dir():
-            check_safetensors(path)

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
-from mergebench.cli.common import console, key_values, verify_cached_inputs
+from mergebench.cli import inputs
+from mergebench.cli.common import console, key_values
+from mergebench.cli.merge_inputs import check_checkpoints, read_samples
 from mergebench.cli.method_help import HelpWithMethods
+from mergebench.cli.out_dir import check_out, install, missing_parents, remove_created
 from mergebench.errors import UsageError
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from mergebench import plugin_manager, progress
+    from mergebench.cache import default_cache_root
     from mergebench.cache.leftovers import out_tmp_path
-    from mergebench.devices import resolve_device
     from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
     from mergebench.merging.engine import merge_checkpoints
 
+    # every check before any work: nothing is read for minutes only to fail, nothing is left behind
     if args.mergekit_config:
         from mergebench.cli.merge_mergekit import from_mergekit_config
 
@@ -31,52 +34,54 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if not experts:
             raise UsageError("give at least one --expert DOMAIN=DIR")
         params = spec.resolve_params(key_values(args.param, "--param"))
-        base, exclude = Path(args.base), () if args.no_exclude else tuple(args.exclude or DEFAULT_EXCLUDE)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UsageError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-    verify_cached_inputs([base, *experts.values()])
-    device = resolve_device(args.device)
-    statistics = _merge_statistics(args, spec, params, experts, exclude, device)
+        exclude = () if args.no_exclude else inputs.regexes(args.exclude or DEFAULT_EXCLUDE, "--exclude")
+        base = Path(args.base)
+    inputs.at_least(args.threads, 0, "--threads", "the tensors merged at once, or 0 for one per CPU core")
+    device = inputs.device(args.device)
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_root()
+    out = check_out(Path(args.out), {
+        "--base": base, **{f"--expert {label}=": path for label, path in experts.items()},
+        **{f"--samples {label}=": Path(file) for label, file in key_values(args.samples, "--samples").items()},
+        "the artifact cache": cache_dir,
+    }, force=args.force)
+    samples = read_samples(args.samples, spec, experts)  # from here on torch is imported (the method's class)
+    check_checkpoints(base, experts, data_aware=bool(samples), allow_pickle=args.allow_pickle)
+
+    statistics = _merge_statistics(args, spec, params, experts, samples, exclude, device)
     context = MergeContext(seed=args.seed, device=device, exclude=exclude, domains=tuple(experts),
                            statistics=statistics, threads=args.threads)
+    created = missing_parents(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_tmp_path(out)  # named by host and pid; dead merges' leftovers next to it are swept
     try:
         with progress.use_sink(progress.default_sink()):
             report = merge_checkpoints(spec, params, base, experts, tmp, context=context,
                                        allow_pickle=args.allow_pickle)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    finally:
+        install(tmp, out, aside=out_tmp_path(out))
+    except BaseException:  # a bug, a full disk, Ctrl-C: no half-written merge, no folders made for it
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_created(created)
+        raise
     console().print(
-        f"merged {len(experts)} experts with [bold]{spec.name}[/] {report.params} into {out} "
+        f"merged {len(experts)} experts with [bold]{spec.name}[/] {report.params} into {args.out} "
         f"({report.merged_tensors} tensors merged, {report.kept_tensors} kept from the base, {report.seconds:.1f}s)"
     )
     return 0
 
 
-def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, device) -> dict[str, Path]:
+def _merge_statistics(args: argparse.Namespace, spec, params, experts, samples, exclude, device) -> dict[str, Path]:
     """Statistics of a data-aware method from ``--samples DOMAIN=FILE.jsonl``, cached under ``--cache-dir``."""
     from mergebench.cache import ArtifactCache
     from mergebench.checkpoint.identity import checkpoint_identity
-    from mergebench.merging.statistics import read_jsonl, statistics_for
+    from mergebench.merging.statistics import statistics_for
 
-    files = key_values(args.samples, "--samples")
-    if not spec.load().statistic:
-        if files:
-            raise UsageError(f"method {spec.name!r} uses no training samples; drop --samples")
+    if not samples:
         return {}
-    unknown = sorted(set(files) - set(experts))
-    if unknown:
-        raise UsageError(f"--samples {unknown[0]}=... names no --expert; experts: {', '.join(experts)}")
     base = Path(args.base)  # data-aware methods have no mergekit form: --base is given
     return statistics_for(
         spec, params, ArtifactCache(args.cache_dir), (checkpoint_identity(base), base),
         {label: (checkpoint_identity(path), path) for label, path in experts.items()},
-        lambda label, count: read_jsonl(Path(files[label]))[:count] if label in files else None,
+        lambda label, count: samples[label][:count],
         exclude=exclude, device=device,
     )
 
@@ -97,8 +102,10 @@ def add_parser(sub) -> None:
     p.add_argument("--exclude", action="append", metavar="REGEX",
                    help="tensor-name regex kept out of task vectors (default: embeddings and lm_head)")
     p.add_argument("--no-exclude", action="store_true", help="merge embeddings and lm_head too")
-    p.add_argument("--allow-pickle", action="store_true", help="also read pytorch_model.bin (only files you trust)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also read pytorch_model.bin (only files you trust; data-aware methods read safetensors only)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it holds an earlier checkpoint (never an input, a file or other files)")
     p.add_argument("--samples", action="append", default=[], metavar="DOMAIN=FILE.jsonl",
                    help="training samples of an expert for data-aware methods (fisher, regmean, localize_stitch): "
                         'lines of {"prompt": ..., "completion": ...}; repeat for each expert')

@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from mergebench.cli import inputs
 from mergebench.cli.common import console
 from mergebench.errors import UsageError
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mergebench.results import read_json
-    from mergebench.results.gating import check_alpha
+    from mergebench.results.gating import check_alpha, parse_thresholds
     from mergebench.results.report import render_session
     from mergebench.results.uncertainty import Bootstrap
 
@@ -25,7 +25,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError("--fail needs --compare BASELINE.json")
     if args.resamples < 100:
         raise UsageError(f"--resamples {args.resamples}: a bootstrap needs at least 100 (default 2000)")
-    results = [r for path in args.results for r in read_json(path)]
+    try:
+        thresholds = parse_thresholds(args.fail)
+    except UsageError as exc:  # its message names pytest's option
+        raise UsageError(str(exc).replace("--mb-compare-fail", "--fail")) from None
+    results = [r for path in args.results for r in inputs.results_file(path, "results file")]
+    baseline = inputs.results_file(args.compare, "--compare baseline") if args.compare else None
+    if args.plots:
+        inputs.writable_folder(Path(args.results[0]).parent, "--plots writes its figures next to the first results file")
     out = console()
     boot = Bootstrap(results, seed=args.seed, resamples=args.resamples)
     sys.stdout.write(render_session(results, width=out.width, color=out.is_terminal, boot=boot))
@@ -38,8 +45,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             out.print(f"written: {path}")
     if args.html:
         _html(args, boot, out)
-    if args.compare:
-        return _gate(args, results, out)
+    if baseline is not None:
+        return _gate(args, results, baseline, thresholds, out)
     return 0
 
 
@@ -67,12 +74,11 @@ def _pairwise(results, boot, out) -> None:
     out.print(pairwise_note(boot), style="dim")
 
 
-def _gate(args: argparse.Namespace, results, out) -> int:
-    from mergebench.results import read_json
+def _gate(args: argparse.Namespace, results, baseline, thresholds, out) -> int:
     from mergebench.results.comparison_report import comparison_table, gate_lines, render
-    from mergebench.results.gating import compare, parse_thresholds
+    from mergebench.results.gating import compare
 
-    deltas = compare(read_json(args.compare), results, parse_thresholds(args.fail), alpha=args.alpha, test=args.test,
+    deltas = compare(baseline, results, thresholds, alpha=args.alpha, test=args.test,
                      seed=args.seed, resamples=args.resamples)
     sys.stdout.write(render(comparison_table(deltas, Path(args.compare).name, alpha=args.alpha, test=args.test),
                             out.width, out.is_terminal))

@@ -23,7 +23,7 @@ from typing import Any
 from mergebench import progress
 from mergebench.errors import UsageError
 from mergebench.evaluation.answers import boxed, final_number
-from mergebench.finetune.sft import SFTSettings, _last_checkpoint, common_arguments, progress_callback, quiet_logs, run_sft
+from mergebench.finetune.sft import SFTSettings, _last_checkpoint, check_base, common_arguments, progress_callback, quiet_logs, run_sft
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ def run_grpo(model_dir: Path, prompts_with_answers: Sequence[dict[str, Any]], ou
     if settings.batch_size % settings.num_generations:
         raise UsageError(f"{description}: GRPO batch_size ({settings.batch_size}) must be a multiple of "
                          f"num_generations ({settings.num_generations})")
+    check_base(model_dir, description)
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mergebench import progress
-from mergebench.errors import UsageError
+from mergebench.errors import CheckpointError, UsageError
 
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -106,6 +106,19 @@ def _last_checkpoint(work_dir: Path) -> str | None:
 
 def _conversation(example: dict[str, str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     return [{"role": "user", "content": example["prompt"]}], [{"role": "assistant", "content": example["completion"]}]
+
+
+def check_base(model_dir: Path, description: str) -> None:
+    """The model a trainer starts from, checked before transformers loads it: a truncated shard (a hub
+    download cut short) is one line naming the file and the fix, not a loader's traceback minutes in."""
+    from mergebench.checkpoint.reader import INDEX_FILE, check_safetensors
+
+    model_dir = Path(model_dir)
+    if not (model_dir / INDEX_FILE).is_file() and not any(model_dir.glob("*.safetensors")):
+        raise CheckpointError(f"{description}: {model_dir} has no safetensors weights, which finetuning loads (never "
+                              "pickles); give a complete checkpoint folder, or convert its weights (save_pretrained "
+                              "with safe_serialization=True)")
+    check_safetensors(model_dir)
 
 
 def validate_examples(examples: Sequence[Any], tokenizer: Any, max_positions: int | None, description: str) -> list[int]:
@@ -217,6 +230,7 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
     """
     if not examples:  # before the heavy imports
         validate_examples(examples, None, None, description)
+    check_base(base_dir, description)
     import torch
     from datasets import Dataset
     from transformers import (

@@ -27,7 +27,7 @@ from mergebench import progress
 from mergebench.cache import ArtifactCache, ArtifactKey, canonical_json
 from mergebench.cache.integrity import verify_if_artifact
 from mergebench.checkpoint.identity import checkpoint_identity
-from mergebench.errors import UsageError
+from mergebench.errors import CheckpointError, UsageError
 from mergebench.merging.api import task_vector_filter
 
 if TYPE_CHECKING:
@@ -107,13 +107,23 @@ class StatisticJob:
 
 
 def load_model(model_dir: Path, device: str):
-    """(model, tokenizer) of a checkpoint in float32, in eval mode: statistics of the model as it is, no dropout."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) of a checkpoint in float32, in eval mode: statistics of the model as it is, no dropout.
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    Loaded by evaluation's checked loader: safetensors only, their headers and sizes checked first
+    (a truncated shard is one line naming it), no remote code. Pickles are never read here, even
+    where a merge was given ``--allow-pickle``: unpickling runs code, and a statistic has no
+    reason to take that risk (convert the checkpoint once instead).
+    """
+    from mergebench.checkpoint.reader import INDEX_FILE
+    from mergebench.evaluation.hf import load_model as load_checked
+
+    model_dir = Path(model_dir)
+    if not (model_dir / INDEX_FILE).is_file() and not any(model_dir.glob("*.safetensors")):
+        pickles = sorted(model_dir.glob("pytorch_model*.bin"))
+        found = f"has only pickle weights ({pickles[0].name})" if pickles else "has no safetensors weights"
+        raise CheckpointError(f"{model_dir} {found}; the statistics of data-aware methods load safetensors only, also "
+                              "with --allow-pickle: convert it (load it and save_pretrained with safe_serialization=True)")
+    return load_checked(model_dir, device, dtype="float32")
 
 
 def save_statistic(tensors: Mapping[str, "torch.Tensor"], out_dir: Path, kind: str) -> None:
