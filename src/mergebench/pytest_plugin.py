@@ -32,6 +32,7 @@ pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "me
 def pytest_addoption(parser: pytest.Parser) -> None:
     from mergebench.search.strategies import STRATEGIES
     from mergebench.selection import suites_help
+    from mergebench.specs import PAPER, SEMANTICS
 
     group = parser.getgroup("mergebench", "mergebench: benchmark merging methods")
     group.addoption("--mb-suite", action="append", default=None, metavar="NAME", help=suites_help())
@@ -42,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override a method hyperparameter (repeatable)")
     group.addoption("--mb-checkpoint", default=None, metavar="DIR",
                     help="evaluate this existing merged checkpoint instead of merging (with one --mb-models base)")
+    group.addoption("--mb-semantics", default=PAPER, choices=SEMANTICS,
+                    help="every method as published (paper, the default) or as the study's released code computes it "
+                    "(study-code; methods without such a form are skipped, saying why): docs/fidelity.md")
     group.addoption("--mb-search", default="none", choices=("none", *STRATEGIES),
                     help="tune each method's declared grid on the validation surrogates: the full grid, "
                     "successive halving, or none (declared defaults; the default)")
@@ -105,10 +109,21 @@ def _selected_cases(config: pytest.Config):
         from mergebench.selection import select_cases
 
         try:
-            config.stash[cases_key] = select_cases(plugin_manager.registries(), **selection_options(config))
+            registries = plugin_manager.registries()
+            config.stash[cases_key] = select_cases(registries, **selection_options(config))
+            _check_semantics(config, registries, config.stash[cases_key])
         except MergebenchError as exc:
             raise pytest.UsageError(f"mergebench: {exc}") from None
     return config.stash[cases_key]
+
+
+def _check_semantics(config: pytest.Config, registries, cases) -> None:
+    """A --mb-param that contradicts --mb-semantics is a usage error before anything runs."""
+    semantics = config.getoption("mb_semantics")
+    for case in {(c.method, c.params) for c in cases}:
+        method = registries.methods.get(case[0]) if case[0] in registries.methods else None
+        if method is not None and not method.missing_form(semantics):
+            method.resolve_params(dict(case[1]), semantics)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -125,6 +140,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         family = registries.methods.get(case.method).family if case.method in registries.methods else "other"
         marks = [getattr(pytest.mark, task.domain), getattr(pytest.mark, family),
                  pytest.mark.xdist_group(f"{case.model}-{case.method}")]
+        missing = registries.methods.get(case.method).missing_form(metafunc.config.getoption("mb_semantics")) \
+            if case.method in registries.methods else ""
+        if missing:
+            marks.append(pytest.mark.skip(reason=missing))
         params.append(pytest.param(case, id=case.id, marks=marks))
     metafunc.parametrize("mb_case", params)
 
@@ -200,6 +219,7 @@ def mergebench_pipeline(pytestconfig: pytest.Config):
         batch_size=pytestconfig.getoption("mb_batch_size"),
         backend=pytestconfig.getoption("mb_backend"),
         search=pytestconfig.getoption("mb_search"),
+        semantics=pytestconfig.getoption("mb_semantics"),
         judge=pytest_judge.settings(pytestconfig),
     )
     return Pipeline(context, plugin_manager.registries())

@@ -101,11 +101,11 @@ class ResultCollector:
 
             try:
                 path, baseline = load_run(compare_to or None, Path(self.config.getoption("mb_save_dir")))
+                deltas = compare(baseline, results, self.thresholds)  # refuses runs of another semantics
             except MergebenchError as exc:
                 self.comparison = Comparison(None, error=str(exc))
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
                 return
-            deltas = compare(baseline, results, self.thresholds)
             self.comparison = Comparison(path, deltas, *unmatched(baseline, results))
             if any(d.failed_by for d in deltas) and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED

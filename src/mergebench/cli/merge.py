@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mergebench.cli.common import console, key_values, verify_cached_inputs
 from mergebench.errors import UsageError
+from mergebench.specs import PAPER, SEMANTICS
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     experts = {label: Path(path) for label, path in key_values(args.expert, "--expert").items()}
     if not experts:
         raise UsageError("give at least one --expert DOMAIN=DIR")
-    params = spec.resolve_params(key_values(args.param, "--param"))
+    params = spec.resolve_params(key_values(args.param, "--param"), args.semantics)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
@@ -36,7 +37,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     try:
         with progress.use_sink(progress.default_sink()):
             report = merge_checkpoints(spec, params, Path(args.base), experts, tmp, context=context,
-                                       allow_pickle=args.allow_pickle)
+                                       allow_pickle=args.allow_pickle, metadata={"mergebench_semantics": args.semantics})
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     console().print(
-        f"merged {len(experts)} experts with [bold]{spec.name}[/] {report.params} into {out} "
+        f"merged {len(experts)} experts with [bold]{spec.name}[/] {report.params} ({args.semantics} semantics) into {out} "
         f"({report.merged_tensors} tensors merged, {report.kept_tensors} kept from the base, {report.seconds:.1f}s)"
     )
     return 0
@@ -79,6 +80,9 @@ def add_parser(sub) -> None:
     p.add_argument("--base", required=True, metavar="DIR")
     p.add_argument("--expert", action="append", default=[], metavar="DOMAIN=DIR", help="repeat for each expert")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--semantics", default=PAPER, choices=SEMANTICS,
+                   help="the method as published (paper, default) or as the study's released code computes it "
+                        "(study-code): docs/fidelity.md")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -115,7 +115,13 @@ def _values(results: Sequence[CaseResult]) -> dict[tuple[str, str, str, str], tu
 
 def compare(baseline: Sequence[CaseResult], current: Sequence[CaseResult],
             thresholds: Sequence[Threshold] = ()) -> list[Delta]:
-    """Every value present in both runs, with the first threshold it fails (if any)."""
+    """Every value present in both runs, with the first threshold it fails (if any).
+
+    Runs of different semantics (``--mb-semantics``) are not compared: their merges are different algorithms."""
+    old_semantics, new_semantics = ({r.semantics for r in rs} for rs in (baseline, current))
+    if old_semantics and new_semantics and old_semantics != new_semantics:
+        raise UsageError(f"the baseline ran --mb-semantics {', '.join(sorted(old_semantics))} and this run "
+                         f"{', '.join(sorted(new_semantics))}: compare with a baseline of the same semantics")
     before, after = _values(baseline), _values(current)
     deltas = []
     for key in sorted(set(before) & set(after), key=lambda k: (k[0], k[1], KINDS.index(k[2]), k[3])):

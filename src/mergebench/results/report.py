@@ -219,11 +219,28 @@ def cache_summary(results: Sequence[CaseResult]) -> str:
     return f"artifacts: {reused} reused from cache, {len(hit_everywhere) - reused} built in this run"
 
 
+SEMANTICS_HEADERS = {
+    "paper": "the merge methods as published (their papers and the study's text)",
+    "study-code": "the merge methods as the study's released code computes them (uiuctml/MergeBench b245648)",
+}
+
+
+def semantics_header(semantics: str) -> str:
+    """The line that opens a run's tables, so that no table mixes the two semantics unseen."""
+    return f"Semantics: {semantics} — {SEMANTICS_HEADERS.get(semantics, 'declared by a plugin')}; see docs/fidelity.md"
+
+
 def render_session(results: Sequence[CaseResult], *, width: int = 120, color: bool = False) -> str:
+    by_semantics: dict[str, list[CaseResult]] = {}
+    for r in results:
+        by_semantics.setdefault(r.semantics, []).append(r)
+    if len(by_semantics) > 1:  # one set of tables per semantics, each under its own header
+        return "\n".join(render_session(group, width=width, color=color) for group in by_semantics.values())
     buffer = io.StringIO()
     width, stderr = layout(width, _methods(results))
     console = Console(file=buffer, width=width, force_terminal=color, color_system="standard" if color else None)
     models = list(dict.fromkeys(r.model for r in results))
+    console.print(semantics_header(next(iter(by_semantics), "paper")), style="bold")
     for model in models:
         console.print(per_task_table(results, model, stderr))
         for table in (expert_table(results, model), domain_table(results, model)):

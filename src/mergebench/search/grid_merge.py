@@ -55,6 +55,9 @@ class InMemoryInputs(TensorInputs):
     def numel(self, name: str) -> int:
         return self.base[name].numel()
 
+    def available(self) -> list[str]:
+        return list(self.base)
+
     def tensors(self, name: str) -> tuple["torch.Tensor", list["torch.Tensor"]]:
         import torch
 
