@@ -211,8 +211,8 @@ class MethodSpec:
             value = self.param(key).validate(value)
             if key in fixed and value != fixed[key]:
                 raise UsageError(
-                    f"method {self.name!r}: {key}={value!r} contradicts --semantics {semantics}, which fixes "
-                    f"{key}={fixed[key]!r}; drop that parameter, or use --semantics {PAPER} to set it freely"
+                    f"method {self.name!r}: {key}={value!r} contradicts the {semantics} semantics, which fixes "
+                    f"{key}={fixed[key]!r}; drop that parameter, or use the {PAPER} semantics to set it freely"
                 )
             params[key] = value
         return params
@@ -231,7 +231,7 @@ class MethodSpec:
         if form is None or form.unavailable:
             reason = form.unavailable if form is not None else "it declares none"
             raise UsageError(f"method {self.name!r} has no {semantics} form ({reason}); leave it out, "
-                             f"or use --semantics {PAPER}")
+                             f"or use the {PAPER} semantics")
         return dict(form.params)
 
     def missing_form(self, semantics: str) -> str:

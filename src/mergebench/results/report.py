@@ -240,7 +240,7 @@ def render_session(results: Sequence[CaseResult], *, width: int = 120, color: bo
     width, stderr = layout(width, _methods(results))
     console = Console(file=buffer, width=width, force_terminal=color, color_system="standard" if color else None)
     models = list(dict.fromkeys(r.model for r in results))
-    console.print(semantics_header(next(iter(by_semantics), "paper")), style="bold")
+    console.print(semantics_header(next(iter(by_semantics), "paper")), style="bold", soft_wrap=True)
     for model in models:
         console.print(per_task_table(results, model, stderr))
         for table in (expert_table(results, model), domain_table(results, model)):
