@@ -267,11 +267,14 @@ class Pipeline:
         """
         from mergebench.search import run_search
         from mergebench.search.objective import GENERATION_FROM, UNITS, Surrogate
+        from mergebench.search.plans import plan_applies
         from mergebench.search.strategies import grid_points
 
-        points = grid_points(method, {k: method.param(k).validate(v) for k, v in (fixed or {}).items()})
+        fixed = {k: method.param(k).validate(v) for k, v in (fixed or {}).items()}
+        points = grid_points(method, fixed)
         if len(points) <= 1:
             return method.resolve_params(points[0] if points else fixed), 0.0
+        plan = plan_applies(method, method.resolve_params(fixed), fixed)
         inputs = self._merge_inputs(model, method, method.resolve_params(fixed))
         tasks = self.surrogates(model)
         references = {t.name: self.evaluate(inputs.experts[t.domain], t) for t in tasks}
@@ -281,6 +284,7 @@ class Pipeline:
             **inputs.key,
             "points": points,
             "strategy": self.context.search,
+            **({"plan": "per_task", "fixed": fixed} if plan else {}),
             "item_order": {"units": UNITS, "generation_from": GENERATION_FROM},
             "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
         })
@@ -290,7 +294,8 @@ class Pipeline:
             result = run_search(self.context.search, method, points, base_dir=inputs.base.path,
                                 expert_dirs=inputs.expert_dirs, context=inputs.context, surrogates=surrogates,
                                 make_task=lambda spec, limit: spec.load()(spec, self.context, limit=limit),
-                                model_name=f"{model.name}/{method.name} (search)", batch_size=self.context.batch_size)
+                                model_name=f"{model.name}/{method.name} (search)", batch_size=self.context.batch_size,
+                                plan=plan, fixed=fixed)
             (out / "search.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
 
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))

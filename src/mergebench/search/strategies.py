@@ -95,15 +95,20 @@ class SearchResult:
     trials: list[Trial]
     seconds: float
     item_evaluations: int  # items scored, summed over grid points (one unit = one item of every task)
+    plan: str = "product"  # the order the grids were searched in (search/plans.py)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # a plan's stages, each as its own result
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
+            "plan": self.plan,
             "best": self.best,
             "seconds": self.seconds,
             "item_evaluations": self.item_evaluations,
             "trials": [{"params": t.params, "items": t.items, "objective": t.objective, "seconds": round(t.seconds, 3)}
                        for t in self.trials],
+            **({"stages": [{k: v for k, v in stage.items() if k != "trials"} for stage in self.stages]}
+               if self.stages else {}),
         }
 
 
