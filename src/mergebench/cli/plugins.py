@@ -28,7 +28,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for entry in registries.methods.entries():
         spec = entry.spec
         params = "; ".join(
-            f"{hp.name}={hp.default!r}" + (f" grid {len(hp.grid)}" if hp.grid else "") for hp in spec.hyperparams
+            f"{hp.name}={hp.default!r}" + (f" grid {len(hp.grid)}" if hp.grid else "")
+            + (f" [dim]({hp.source})[/]" if args.verbose and hp.source else "") for hp in spec.hyperparams
         ) or "—"
         methods.add_row(spec.name, spec.family, params, _data_needs(spec), str(entry.provider))
     out.print(methods)
@@ -76,5 +77,6 @@ def _data_needs(spec) -> str:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list installed methods, tasks, models and recipes with their providers")
-    p.add_argument("-v", "--verbose", action="store_true", help="show where every expert comes from")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show where every expert comes from and where every hyperparameter default comes from")
     p.set_defaults(func=cmd_plugins)
