@@ -120,10 +120,10 @@ def _selected_cases(config: pytest.Config):
 def _check_semantics(config: pytest.Config, registries, cases) -> None:
     """A --mb-param that contradicts --mb-semantics is a usage error before anything runs."""
     semantics = config.getoption("mb_semantics")
-    for case in {(c.method, c.params) for c in cases}:
-        method = registries.methods.get(case[0]) if case[0] in registries.methods else None
-        if method is not None and not method.missing_form(semantics):
-            method.resolve_params(dict(case[1]), semantics)
+    for name, params in {(c.method, c.params) for c in cases}:
+        method = registries.methods.get(name) if name in registries.methods else None  # mtl, checkpoint: no method
+        if method is not None and not method.missing_form(semantics):  # one without that form is skipped instead
+            method.resolve_params(dict(params), semantics)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
