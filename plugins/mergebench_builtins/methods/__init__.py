@@ -103,7 +103,7 @@ def method_specs() -> list[MethodSpec]:
                 STUDY_CODE, (("statistic", "last_token_argmax"), ("group", 4), ("floor", 1e-10)),
                 source="fisher_utils.py:20-32 (hard Fisher, last token), fisher.py:84-101 (squared per step), "
                        "fisher.py:189 (+1e-10), scripts/merge.sh:11 (4 GPUs)",
-                approximates="its Trainer updates the weights between steps (AdamW 1e-5, taskloader.py); the expert's "
+                approximates="its Trainer updates the weights between steps (AdamW, 1e-5, taskloader.py:60-74); the expert's "
                              "weights stay fixed here. It formats samples as Alpaca prompts (taskloader.py:8-41), "
                              "pairs experts with another domain's data (scripts/merge.sh:8-10 against main.py:6) and "
                              "Fisher-merges an untied lm_head (fisher.py:181); here samples are chat-formatted, paired "
@@ -220,7 +220,7 @@ def method_specs() -> list[MethodSpec]:
                 samples(),
             ),
             semantics=(Semantics(STUDY_CODE, unavailable=(
-                "the study trains each mask inside an SFT run that also updates the weights, the first expert's on the "
+                "the study trains each mask inside an SFT run that also updates the weights, in its first epoch the "
                 "shared base object itself (localize_utils.py:90-177); with the weights fixed it is another algorithm")),),
             summary="Masks trained on each expert's samples localize its skill; the regions are stitched.",
             reference_url="https://arxiv.org/abs/2408.13656",

@@ -13,7 +13,7 @@ The study's released code computes another statistic (``statistic=last_token_arg
 Fisher of the **last** position only, labelled with the model's own argmax there
 (``fisher_utils.py:27-32``), squared once per optimizer step of a DeepSpeed Trainer on 4 GPUs
 (``scripts/merge.sh:11``), so each square is of the gradient averaged over 4 samples (``group=4``),
-while that Trainer keeps updating the weights (AdamW, 1e-5, cosine: ``taskloader.py``). Here the
+while that Trainer keeps updating the weights (AdamW, 1e-5, cosine: ``taskloader.py:60-74``). Here the
 weights stay the expert's: that trajectory is not reproduced. It adds 1e-10 to every Fisher before
 averaging (``fisher.py:189``; ``floor``).
 """
