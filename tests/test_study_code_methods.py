@@ -309,3 +309,18 @@ def test_task_arithmetic_and_dare_compute_the_same_in_both_semantics(tiny_llama,
         study = study_merge(name, params, tiny_llama, tiny_experts, tmp_path / f"s-{name}")
         paper = load_tensors(merge_checkpoints(spec(name), params, tiny_llama, tiny_experts, tmp_path / name).out_dir)
         assert_same(study, paper, atol=0)
+
+
+def test_the_bugs_follow_the_studys_expert_order_whatever_order_they_are_given_in(weights, tiny_llama, tiny_experts,
+                                                                                   tmp_path):
+    """The study loads instruction, math, coding, safety, multilingual (main.py:6); the drift depends on it."""
+    base, _ = weights
+    reversed_experts = dict(reversed(list(tiny_experts.items())))  # safety, coding, math
+    result = study_merge("dataless_localize_stitch", {"density": 0.2}, tiny_llama, reversed_experts, tmp_path / "r")
+    in_study_order = [load_tensors(tiny_experts[d]) for d in ("math", "coding", "safety")]
+    assert_same(result, study_dataless(base, in_study_order, 0.2), atol=5e-6)
+    given = spec("dataless_localize_stitch").resolve_params({"density": 0.2, "drifting_base": True, "overlap": "last",
+                                                             "lm_head_in_threshold": True})
+    merge_checkpoints(spec("dataless_localize_stitch"), given, tiny_llama, reversed_experts, tmp_path / "g")
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.allclose(load_tensors(tmp_path / "g")[name], result[name], atol=1e-4)

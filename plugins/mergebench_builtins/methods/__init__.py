@@ -238,11 +238,14 @@ def method_specs() -> list[MethodSpec]:
                 knob("overlap", "all", "all: overlaps averaged over every expert that selects the entry; last: counted "
                      "against the last other expert only (the study's bug)",
                      "the Localize-and-Stitch paper's stitching (Alg. 2)", choices=("all", "last")),
+                knob("expert_order", "given", "the order the two bugs process experts in: as given, or the study's "
+                     "(instruction, math, coding, safety, multilingual)", "ours: the paper's method does not depend "
+                     "on it; the study's main.py:6 loads its experts in that order", choices=("given", "study")),
                 HEAD_KNOB,
             ),
             semantics=(Semantics(
                 STUDY_CODE, (("scope", "global"), ("drifting_base", True), ("overlap", "last"),
-                             ("lm_head_in_threshold", True)),
+                             ("expert_order", "study"), ("lm_head_in_threshold", True)),
                 source="localize_and_stitch.py:41-62, localize_utils.py:64-87 and 194-223, utils.py:30-45",
                 approximates=FLOAT32),),
             summary="Each expert's top-k task-vector entries are stitched onto the base, overlaps averaged.",

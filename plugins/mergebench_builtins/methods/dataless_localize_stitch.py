@@ -18,6 +18,10 @@ both on; docs/fidelity.md measures them):
 * ``overlap=last``: in ``Stitcher.get_average_masks`` the overlap count sits outside the loop over
   the other masks (``localize_utils.py:205-208``), so w_i = m_i / (1 + m_i m_j) with j the last
   other expert, instead of m_i / Σ_j m_j.
+
+Both depend on the experts' order; ``expert_order=study`` takes the study's (instruction, math,
+coding, safety, multilingual: ``main.py:6``), the pipeline's is the domains' order of the study's
+tables.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ def last_overlap_weights(masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return weights
 
 
+STUDY_ORDER = ("instruction", "math", "coding", "safety", "multilingual")
+"""The order the study loads its experts in (``main.py:6``), the order its Localizer moves the base in."""
+
+
 class DatalessLocalizeStitch(TopKSparsified):
     def prepare(self, inputs: TensorInputs) -> None:
         DatalessLocalizeStitch.prepare_all([self], inputs)
@@ -72,20 +80,31 @@ class DatalessLocalizeStitch(TopKSparsified):
         if self.params.get("scope") != "global" or self.is_identity():
             return
         source = with_untied_head(inputs) if self.params.get("lm_head_in_threshold") else inputs
-        found: list[list[float]] = []
-        for index in range(len(self.context.domains)):
-            found.append(self._threshold_against_moved_base(source, set(inputs.names()), found, index))
+        found: list = [None] * len(self.context.domains)  # per expert index, filled in processing order
+        for position, index in enumerate(self.order()):
+            found[index] = self._threshold_against_moved_base(source, set(inputs.names()), found, index, position)
         self._global = found
 
-    def _threshold_against_moved_base(self, source: TensorInputs, merged: set[str], known: list[list[float]],
-                                      index: int) -> list[float]:
+    def order(self) -> list[int]:
+        """The experts' indices in the order they move the base: as given, or the study's (``main.py:6``).
+
+        Both bugs depend on it; the study loads instruction, math, coding, safety, multilingual.
+        Experts of other names follow the study's five, in their given order."""
+        domains = list(self.context.domains)
+        if self.params.get("expert_order", "given") != "study":
+            return list(range(len(domains)))
+        rank = {d: i for i, d in enumerate(STUDY_ORDER)}
+        return sorted(range(len(domains)), key=lambda i: (rank.get(domains[i], len(STUDY_ORDER)), i))
+
+    def _threshold_against_moved_base(self, source: TensorInputs, merged: set[str], known: list, index: int,
+                                      position: int) -> list[float]:
         """Expert ``index``'s global threshold of |θ_i − B_i|, given the thresholds of the experts before it."""
         known = list(known)
 
         def tau(name, base, experts):
             if name not in merged:  # the head is never written back: its base never moves
                 return experts[index] - base
-            return experts[index] - self._drifted(base, experts, known, index)[0]
+            return experts[index] - self._drifted(base, experts, known, position)[0]
 
         selector = MagnitudeSelector(self.ranks(sum(source.numel(n) for n in source.names())))
         for histogram in source.map(lambda n, b, e: MagnitudeSelector.histogram(tau(n, b, e))):
@@ -96,10 +115,10 @@ class DatalessLocalizeStitch(TopKSparsified):
 
     def _drifted(self, base: torch.Tensor, experts: Sequence[torch.Tensor], thresholds: Sequence[Sequence[float]],
                  upto: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(B_upto, [m_0 … m_{upto−1}]): the base after experts 0 … upto−1 moved it, and their masks."""
+        """(B, masks): the base after the first ``upto`` experts of :meth:`order` moved it, and their masks."""
         moved = base.clone()
         masks = []
-        for index in range(upto):
+        for index in self.order()[:upto]:
             tau = experts[index] - moved
             mask = self._mask(tau, thresholds[index][0] if thresholds else None)
             moved += tau * mask
@@ -116,19 +135,20 @@ class DatalessLocalizeStitch(TopKSparsified):
 
     def merge_delta(self, name: str, base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
         last = self.params.get("overlap", "all") == "last"
+        order = self.order()
         if self.params.get("drifting_base"):
             moved, masks = self._drifted(base, experts, getattr(self, "_global", None) or [], len(experts))
             weights = last_overlap_weights(masks) if last else [m / torch.clamp(sum(x.float() for x in masks), min=1)
                                                                 for m in masks]
             out = moved
-            for expert, weight in zip(experts, weights):
-                out = out + weight * (expert - moved)
+            for index, weight in zip(order, weights):
+                out = out + weight * (experts[index] - moved)
             return out - base
         if last:
             taus = list(task_vectors(experts, base))
             found = getattr(self, "_global", None) or [None] * len(taus)
-            masks = [self._mask(t, th[0] if th else None) for t, th in zip(taus, found)]
-            return sum(w * t for w, t in zip(last_overlap_weights(masks), taus))
+            masks = [self._mask(taus[i], found[i][0] if found[i] else None) for i in order]
+            return sum(w * taus[i] for w, i in zip(last_overlap_weights(masks), order))
 
         def pairs():
             for index, tau in enumerate(task_vectors(experts, base)):
