@@ -84,14 +84,6 @@ def test_a_separately_installed_plugin_appears_in_plugins_and_collection(bench, 
     listing.stdout.fnmatch_lines(["*extra*mb-extra*1.2.3*", "*mean_of_two*other*"])
 
 
-def test_an_empty_keyword_selection_points_to_the_suite_that_matches(bench):
-    result = bench.runpytest("--collect-only", "-q", "-k", "task_arithmetic and gemma")
-    result.stdout.fnmatch_lines([
-        "mergebench: no selected case matches -k 'task_arithmetic and gemma'; it matches * cases of --mb-suite full "
-        "(e.g. gemma-2-2b-task_arithmetic-*",
-    ])
-
-
 def test_the_default_grid_is_the_studys_nine_methods_and_all_adds_the_extras(bench):
     ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-suite", "tiny", "--mb-models", "tiny-llama",
                                         "--mb-tasks", "toy_math"))
@@ -142,8 +134,8 @@ def test_the_help_describes_every_built_in_suite_and_the_hint_searches_them_all(
     help_text = " ".join(bench.runpytest("--help").stdout.str().split())
     assert all(f"{suite} ({text})" in help_text for suite, text in SUITE_DESCRIPTIONS.items())
     result = bench.runpytest("--collect-only", "-q", "-k", "gsm8k_mini and soup")
-    result.stdout.fnmatch_lines(["mergebench: no selected case matches -k 'gsm8k_mini and soup'; "
-                                 "it matches 1 cases of --mb-suite mini-gen (e.g. smollm2-135m-instruct-soup-gsm8k_mini)"])
+    result.stdout.fnmatch_lines(["mergebench: -k 'gsm8k_mini and soup' deselected all * cases of this run; *",
+                                 "  --mb-suite mini-gen  1 case, e.g. smollm2-135m-instruct-soup-gsm8k_mini  *"])
 
 
 def _install_plugin(site, name: str, source: str) -> None:
@@ -170,3 +162,15 @@ def test_a_plugin_methods_new_family_is_a_registered_marker(bench, tmp_path, mon
                                         "-W", "error::pytest.PytestUnknownMarkWarning")
     assert result.ret == pytest.ExitCode.OK, result.outlines + result.errlines
     assert collected_ids(result) == ["tiny-llama-soup_x-toy_math"]
+
+
+def test_a_named_model_brings_its_own_suite_when_no_suite_is_given(bench):
+    """--mb-models outside the default suite used to select nothing: the mini suite's tasks were kept."""
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-models", "tiny-llama", "--mb-methods", "soup"))
+    assert ids and all(i.startswith("tiny-llama-soup-toy_") for i in ids)
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-models", "llama-3.2-3b", "--mb-methods", "ties"))
+    assert "llama-3.2-3b-ties-ifeval" in ids and not any(i.endswith("_mini") for i in ids)
+    assert not any("truthfulqa" in i for i in ids)  # its first suite, full; the leaderboard preset needs --mb-suite
+    ids = collected_ids(bench.runpytest("--collect-only", "-q", "--mb-models", "llama-3.2-3b,smollm2-135m-instruct",
+                                        "--mb-methods", "ties"))
+    assert "llama-3.2-3b-ties-ifeval" in ids and "smollm2-135m-instruct-ties-gsm8k_bpb_mini" in ids

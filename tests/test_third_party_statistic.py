@@ -128,8 +128,10 @@ def test_a_plugin_method_computes_caches_and_merges_with_its_own_statistic(insta
     assert main(["plugins"]) == 0
     listing = capsys.readouterr().out
     assert "inputscale" in listing and "mb-inputscale" in listing
-    row = next(line for line in listing.splitlines() if "input_scaled " in line)
-    assert "training_samples" in row and "mb-inputscale 0.1" in row
+    # not a terminal: one block per method, under the plugin that provides it
+    provided = listing.split("-- from plugin inputscale, mb-inputscale 0.1\n", 1)[1].split("\n-- from", 1)[0]
+    row = next(line for line in provided.splitlines() if line.startswith("input_scaled "))
+    assert "data: training_samples" in row
 
     assert main([*args, "--out", str(tmp_path / "first")]) == 0
     stat_dirs = sorted((cache / "statistics").iterdir())

@@ -34,6 +34,7 @@ from mergebench.evaluation.judge import JudgeSettings
 from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio
+from mergebench.results.items import item_values, read_samples
 from mergebench.specs import DOMAINS, GENERAL, PAPER, ExpertSpec, MethodSpec, ModelSpec, RecipeSpec, TaskSpec
 
 
@@ -342,7 +343,9 @@ class Pipeline:
 
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
         self._report(label, artifact.hit, artifact.seconds)
-        return TaskResult.from_dict(json.loads((artifact.path / "result.json").read_text()))
+        result = TaskResult.from_dict(json.loads((artifact.path / "result.json").read_text()))
+        result.samples = read_samples(artifact.path / "samples.jsonl")  # they name the items (results/items.py)
+        return result
 
     # -- a whole case ----------------------------------------------------------------------
     def checkpoint(self, path: Path | str) -> ModelRef:
@@ -410,6 +413,7 @@ class Pipeline:
             semantics=self.context.semantics,
             keys={"merged": merged.key.digest, "base": base.key.digest},
             artifacts=[e.as_dict() for e in events],
+            items=item_values(task, merged_result, expert_result, base_result),
         )
 
 

@@ -75,8 +75,12 @@ def _providers(pm: pluggy.PluginManager) -> dict[int, Provider]:
     return by_id
 
 
-def collect(pm: pluggy.PluginManager) -> Registries:
-    """Call every register hook, plugin by plugin, so each spec records which plugin gave it."""
+def collect(pm: pluggy.PluginManager, on_error: Callable[[Provider, Exception], None] | None = None) -> Registries:
+    """Call every register hook, plugin by plugin, so each spec records which plugin gave it.
+
+    A hook that raises stops the collection, unless ``on_error`` takes the error (listings that
+    show what does load: :mod:`mergebench.plugin_survey`).
+    """
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -89,7 +93,12 @@ def collect(pm: pluggy.PluginManager) -> Registries:
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():  # registration order
             provider = providers.get(id(impl.plugin), Provider(plugin=impl.plugin_name))
-            impl.function(register=_register_into(registry, spec_type, provider))
+            try:
+                impl.function(register=_register_into(registry, spec_type, provider))
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(provider, exc)
     return registries
 
 

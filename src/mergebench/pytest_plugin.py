@@ -7,8 +7,9 @@ torch: specs are plain data and implementations load when a case runs.
 
 This module is the ``pytest11`` entry point; each other feature is a plugin module it loads:
 :mod:`~mergebench.pytest_progress` (progress on pytest's terminal, relayed from xdist workers),
-:mod:`~mergebench.pytest_results` (results gathered, saved, compared and gated) and
-:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker).
+:mod:`~mergebench.pytest_results` (results gathered, saved, compared and gated),
+:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker) and
+:mod:`~mergebench.pytest_selection_hint` (where the cases are when ``-k``/``-m`` deselects them all).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ cases_key = pytest.StashKey[list]()
 BUILT_IN_FAMILIES = ("coefficient", "sparsification", "other")  # the study's Table 1; other also marks the mtl and checkpoint rows
 
 # The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
-pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist"]
+pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist",
+                  "mergebench.pytest_selection_hint"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,7 +72,7 @@ def is_worker(config: pytest.Config) -> bool:
 
 def selection_options(config: pytest.Config) -> dict[str, Any]:
     return {
-        "suites": config.getoption("mb_suite") or ["mini"],
+        "suites": config.getoption("mb_suite"),  # None: mini, or the named models' own suites
         "models": config.getoption("mb_models"),
         "methods": config.getoption("mb_methods"),
         "tasks": config.getoption("mb_tasks"),
@@ -134,18 +136,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases = _selected_cases(metafunc.config)
     registries = plugin_manager.registries()
     _register_plugin_markers(metafunc.config, registries)
+    semantics = metafunc.config.getoption("mb_semantics")
     params = []
     for case in cases:
-        task = registries.tasks.get(case.task)
-        family = registries.methods.get(case.method).family if case.method in registries.methods else "other"
-        marks = [getattr(pytest.mark, task.domain), getattr(pytest.mark, family),
-                 pytest.mark.xdist_group(f"{case.model}-{case.method}")]
-        missing = registries.methods.get(case.method).missing_form(metafunc.config.getoption("mb_semantics")) \
-            if case.method in registries.methods else ""
-        if missing:
+        marks = case_marks(case, registries)
+        missing = registries.methods.get(case.method).missing_form(semantics) if case.method in registries.methods else ""
+        if missing:  # a method with no form in this semantics is skipped, saying why
             marks.append(pytest.mark.skip(reason=missing))
         params.append(pytest.param(case, id=case.id, marks=marks))
     metafunc.parametrize("mb_case", params)
+
+
+def case_marks(case, registries) -> list[pytest.MarkDecorator]:
+    """A case's markers: its task's domain and its method's family (for ``-m``), and its xdist group."""
+    family = registries.methods.get(case.method).family if case.method in registries.methods else "other"
+    return [getattr(pytest.mark, registries.tasks.get(case.task).domain), getattr(pytest.mark, family),
+            pytest.mark.xdist_group(f"{case.model}-{case.method}")]
 
 
 def _register_plugin_markers(config: pytest.Config, registries) -> None:
@@ -160,41 +166,6 @@ def _register_plugin_markers(config: pytest.Config, registries) -> None:
         config.addinivalue_line("markers", f"{name}: mergebench cases whose task is in the {name} domain")
     for family in sorted({m.family for m in registries.methods.specs()} - registered - set(domains)):
         config.addinivalue_line("markers", f"{family}: mergebench cases of a {family} merge method")
-
-
-def pytest_report_collectionfinish(config: pytest.Config, items) -> str | None:
-    """When ``-k`` leaves no benchmark case of the selected suites, say which suite has matches."""
-    keyword = config.getoption("keyword")
-    if not keyword or is_worker(config) or cases_key not in config.stash:
-        return None
-    if any("mb_case" in getattr(item, "fixturenames", ()) for item in items):
-        return None
-    from _pytest.mark import KeywordMatcher
-    from _pytest.mark.expression import Expression
-
-    from mergebench import plugin_manager
-    from mergebench.selection import ordered_suites, select_cases
-
-    try:
-        expression = Expression.compile(keyword)
-    except Exception:
-        return None
-    registries = plugin_manager.registries()
-    hints = []
-    for suite in ordered_suites(registries):
-        if suite in (config.getoption("mb_suite") or ["mini"]):
-            continue
-        try:
-            cases = select_cases(registries, suites=[suite])
-        except MergebenchError:
-            continue
-        matching = [c for c in cases if expression.evaluate(KeywordMatcher(
-            {c.id, "test_merge", registries.tasks.get(c.task).domain, registries.methods.get(c.method).family}))]
-        if matching:
-            hints.append(f"{len(matching)} cases of --mb-suite {suite} (e.g. {matching[0].id})")
-    if hints:
-        return f"mergebench: no selected case matches -k {keyword!r}; it matches " + "; ".join(hints)
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ Kept free of heavy imports: it runs at pytest collection time.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from mergebench.case import CHECKPOINT_METHOD, MTL_METHOD, Case
 from mergebench.errors import UsageError
@@ -82,18 +83,37 @@ def _fits(method, n_experts: int) -> bool:
     return n_experts >= method.min_experts and (method.max_experts is None or n_experts <= method.max_experts)
 
 
+def default_suites(registries: Registries, model_names: list[str]) -> list[str]:
+    """The suites a run covers when ``--mb-suite`` is not given: ``mini``, or each named model's own.
+
+    A model named with ``--mb-models`` brings its first suite (in :func:`ordered_suites` order: the
+    study's models ``full``, the tiny test models ``tiny``), so ``--mb-models llama-3.2-3b`` runs the
+    study's benchmarks on it instead of selecting nothing from the embedded suite.
+    """
+    if not model_names:
+        return ["mini"]
+    order = ordered_suites(registries)
+    found = []
+    for spec in registries.models.select(model_names):
+        primary = next((s for s in order if s in spec.suites), None)
+        if primary is not None and primary not in found:
+            found.append(primary)
+    return found or ["mini"]
+
+
 def select_cases(
     registries: Registries,
     *,
-    suites: Iterable[str] | str = "mini",
+    suites: Iterable[str] | str | None = None,
     models: Iterable[str] | str | None = None,
     methods: Iterable[str] | str | None = None,
     tasks: Iterable[str] | str | None = None,
     params: Iterable[str] = (),
     checkpoint: str | None = None,
 ) -> list[Case]:
-    suite_names = split_names(suites) or ["mini"]
     available = known_suites(registries)
+    model_names = split_names(models)
+    suite_names = split_names(suites) or default_suites(registries, model_names)
     if ALL in suite_names:
         suite_names = sorted(available)
     for suite in suite_names:
@@ -101,7 +121,6 @@ def select_cases(
             raise UsageError(f"unknown suite {suite!r}{suggest(suite, available)} Known suites: {', '.join(sorted(available))}, all")
     chosen = set(suite_names)
 
-    model_names = split_names(models)
     model_specs = registries.models.select(model_names) if model_names else [
         m for m in registries.models.specs() if m.suites & chosen
     ]
@@ -143,6 +162,46 @@ def select_cases(
             if model.mtl is not None:
                 cases += [Case(model.name, MTL_METHOD, task.name, (), suite) for task in model_tasks]
     return cases
+
+
+@dataclass(frozen=True)
+class Widening:
+    """Options that, added to a run, would select ``cases``: the cases a ``-k``/``-m`` filter keeps there."""
+
+    option: str
+    suite: str  # the suite the option adds, "" for the run's own suites
+    cases: list[Case]
+
+
+def widenings(registries: Registries, options: dict[str, Any], keep: Callable[[Case], bool]) -> list[Widening]:
+    """Where the cases ``keep`` accepts are, when the run's own selection has none.
+
+    First each suite the run does not select (with its other ``--mb-*`` options), lightest first;
+    if none has a match and no method was named, the opt-in methods (``--mb-methods all``) in the
+    run's suites, then in the others. ``options`` are :func:`select_cases`' keyword arguments.
+    """
+    if options.get("checkpoint"):
+        return []
+    current = set(split_names(options.get("suites")) or default_suites(registries, split_names(options.get("models"))))
+    if ALL in current:
+        current = known_suites(registries)
+    others = [s for s in ordered_suites(registries) if s not in current]
+    found = [Widening(f"--mb-suite {s}", s, cases) for s in others
+             if (cases := _kept(registries, {**options, "suites": [s]}, keep))]
+    if found or split_names(options.get("methods")):
+        return found
+    every_method = {**options, "methods": [ALL]}
+    if cases := _kept(registries, every_method, keep):
+        found.append(Widening("--mb-methods all", "", cases))
+    return found + [Widening(f"--mb-suite {s} --mb-methods all", s, cases) for s in others
+                    if (cases := _kept(registries, {**every_method, "suites": [s]}, keep))]
+
+
+def _kept(registries: Registries, options: dict[str, Any], keep: Callable[[Case], bool]) -> list[Case]:
+    try:
+        return [case for case in select_cases(registries, **options) if keep(case)]
+    except UsageError:  # e.g. --mb-methods mtl with a suite whose models have no multi-task baseline
+        return []
 
 
 def _checkpoint_cases(checkpoint, model_specs, task_specs, explicit_tasks, method_names, params) -> list[Case]:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from mergebench.cli.common import console, key_values, verify_cached_inputs
+from mergebench.cli.method_help import HelpWithMethods
 from mergebench.errors import UsageError
 from mergebench.specs import PAPER, SEMANTICS
 
@@ -75,7 +76,9 @@ def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, 
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("merge", help="merge expert checkpoints into a new Hugging Face checkpoint")
+    p = sub.add_parser("merge", help="merge expert checkpoints into a new Hugging Face checkpoint",
+                       add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-h", "--help", action=HelpWithMethods)  # the epilog lists the methods, built when asked for
     p.add_argument("--method", required=True)
     p.add_argument("--base", required=True, metavar="DIR")
     p.add_argument("--expert", action="append", default=[], metavar="DOMAIN=DIR", help="repeat for each expert")

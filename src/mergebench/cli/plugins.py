@@ -1,25 +1,60 @@
-"""``mergebench plugins``: what is installed, and which plugin provided it."""
+"""``mergebench plugins [NAME]``: what is installed and which plugin provided it; one thing in full.
+
+The listing is Rich tables on a terminal wide enough to show them uncut, else one block per method,
+task, model and recipe (:mod:`~mergebench.cli.plugin_text`), which is what a pipe, ``less`` or an
+80-column terminal get. Plugins that fail to load are named on stderr; the rest are still listed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from mergebench.cli.common import console
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from mergebench.cli.plugin_detail import describe
+    from mergebench.cli.plugin_text import data_needs, listing
+    from mergebench.errors import UnknownNameError
+    from mergebench.plugin_survey import survey
+
+    found = survey()
+    registries = found.registries
+    try:
+        if args.name:
+            print("\n".join(describe(registries, args.name)))
+        else:
+            out = console()
+            tables = _tables(registries, args.verbose, data_needs)
+            unbounded = out.options.update_width(100_000)  # a measurement is capped at the width it is given
+            wide = out.is_terminal and all(out.measure(table, options=unbounded).maximum <= out.width for table in tables)
+            if args.format == "table" or (args.format == "auto" and wide):
+                for table in tables:
+                    out.print(table)
+            else:
+                print("\n".join(listing(registries, args.verbose)))
+    except BrokenPipeError:  # `mergebench plugins | head` or quitting `less` early: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except UnknownNameError as exc:
+        if found.problems:
+            raise UnknownNameError(f"{exc}; it may come from a plugin that did not load: {' '.join(found.problems)}") from None
+        raise
+    for problem in found.problems:
+        print(f"mergebench: warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def _tables(registries, verbose: bool, data_needs) -> list:
     from rich.table import Table
 
-    from mergebench import plugin_manager
-
-    registries = plugin_manager.registries()
-    out = console()
     plugin_table = Table(title="Installed plugins", title_justify="left")
     for column in ("entry point", "distribution", "version"):
         plugin_table.add_column(column, no_wrap=True)
     for provider in registries.plugins:
         plugin_table.add_row(provider.plugin, provider.distribution, provider.version)
-    out.print(plugin_table)
 
     methods = Table(title="Merge methods", title_justify="left")
     methods.add_column("name", no_wrap=True)
@@ -29,10 +64,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         spec = entry.spec
         params = "; ".join(
             f"{hp.name}={hp.default!r}" + (f" grid {len(hp.grid)}" if hp.grid else "")
-            + (f" [dim]({hp.source})[/]" if args.verbose and hp.source else "") for hp in spec.hyperparams
+            + (f" ({hp.source})" if verbose and getattr(hp, "source", "") else "") for hp in spec.hyperparams
         ) or "—"
-        methods.add_row(spec.name, spec.family, params, _data_needs(spec), str(entry.provider))
-    out.print(methods)
+        needs, error = data_needs(spec)
+        methods.add_row(spec.name, spec.family, params, ", ".join(needs) or error, str(entry.provider))
 
     tasks = Table(title="Tasks", title_justify="left")
     tasks.add_column("name", no_wrap=True)
@@ -42,7 +77,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         spec = entry.spec
         tasks.add_row(spec.name, spec.domain, spec.metric + (" ↑" if spec.higher_is_better else " ↓"),
                       ",".join(sorted(spec.suites)), spec.stand_in_for or "", str(entry.provider))
-    out.print(tasks)
 
     models = Table(title="Models", title_justify="left")
     models.add_column("name", no_wrap=True)
@@ -50,12 +84,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         models.add_column(column)
     for entry in registries.models.entries():
         spec = entry.spec
-        experts = ", ".join(f"{e.domain}:{e.hub_id or e.recipe}" for e in spec.experts) if args.verbose else \
+        experts = ", ".join(f"{e.domain}:{e.hub_id or e.recipe}" for e in spec.experts) if verbose else \
             ", ".join(spec.domains)
         models.add_row(spec.name, spec.family, spec.size, "yes" if spec.instruct else "no",
                        spec.hub_id or spec.source, experts, ",".join(sorted(spec.suites)),
                        str(entry.provider))
-    out.print(models)
 
     recipes = Table(title="Finetuning recipes", title_justify="left")
     recipes.add_column("name", no_wrap=True)
@@ -63,20 +96,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         recipes.add_column(column)
     for entry in registries.recipes.entries():
         recipes.add_row(entry.spec.name, entry.spec.domain, entry.spec.summary, str(entry.provider))
-    out.print(recipes)
-    return 0
-
-
-def _data_needs(spec) -> str:
-    """A method's data needs, derived from its class: a plugin whose class cannot be imported still gets listed."""
-    try:
-        return ", ".join(d.value for d in spec.data)
-    except ImportError as exc:
-        return f"? (cannot import {spec.impl}: {exc})"
+    return [plugin_table, methods, tasks, models, recipes]
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="list installed methods, tasks, models and recipes with their providers")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="show where every expert comes from and where every hyperparameter default comes from")
+    p = sub.add_parser("plugins", help="list installed methods, tasks, models and recipes with their providers, "
+                                       "or show one (its hyperparameters' docs, grids and ranges) in full")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a method, task, model or recipe to show in full")
+    p.add_argument("-v", "--verbose", action="store_true", help="show where every expert comes from and where every hyperparameter default comes from")
+    p.add_argument("--format", choices=("auto", "table", "list"), default="auto",
+                   help="tables, or one block per item (auto, the default: tables only on a terminal wide enough "
+                        "to show them uncut)")
     p.set_defaults(func=cmd_plugins)

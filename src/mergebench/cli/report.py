@@ -1,4 +1,4 @@
-"""``mergebench report``: the tables of saved results, their figures, and the gate against a baseline."""
+"""``mergebench report``: the tables of saved results, their figures, pairwise comparisons, and the gate against a baseline."""
 
 from __future__ import annotations
 
@@ -12,35 +12,78 @@ from mergebench.errors import UsageError
 
 def cmd_report(args: argparse.Namespace) -> int:
     from mergebench.results import read_json
-    from mergebench.results.report import comparison_table, regression_lines, render_session
+    from mergebench.results.gating import check_alpha
+    from mergebench.results.report import render_session
+    from mergebench.results.uncertainty import Bootstrap
 
+    check_alpha(args.alpha)
+    if args.fail and not args.compare:
+        raise UsageError("--fail needs --compare BASELINE.json")
+    if args.resamples < 100:
+        raise UsageError(f"--resamples {args.resamples}: a bootstrap needs at least 100 (default 2000)")
     results = [r for path in args.results for r in read_json(path)]
     out = console()
-    sys.stdout.write(render_session(results, width=out.width, color=out.is_terminal))
+    boot = Bootstrap(results, seed=args.seed, resamples=args.resamples)
+    sys.stdout.write(render_session(results, width=out.width, color=out.is_terminal, boot=boot))
+    if args.pairwise:
+        _pairwise(results, boot, out)
     if args.plots:
         from mergebench.results.plots import write_plots
 
-        for path in write_plots(results, Path(args.results[0]).with_suffix("")):
+        for path in write_plots(results, Path(args.results[0]).with_suffix(""), boot=boot):
             out.print(f"written: {path}")
     if args.compare:
-        from mergebench.results.gating import compare, parse_thresholds
-
-        deltas = compare(read_json(args.compare), results, parse_thresholds(args.fail))
-        out.print(comparison_table(deltas, Path(args.compare).name))
-        for line in regression_lines(deltas):
-            out.print(line, style="bold red")
-        if any(d.failed_by for d in deltas):
-            return 1
-    elif args.fail:
-        raise UsageError("--fail needs --compare BASELINE.json")
+        return _gate(args, results, out)
     return 0
+
+
+def _pairwise(results, boot, out) -> None:
+    from mergebench.results.pairwise import pairwise_note, pairwise_table
+
+    if not any(r.items is not None for r in results):
+        out.print("--pairwise: these results carry no per-item values (written before mergebench kept them); "
+                  "re-run the benchmark to compare methods paired", style="yellow")
+        return
+    for model in dict.fromkeys(r.model for r in results):
+        table = pairwise_table(results, model, boot)
+        if table is not None:
+            out.print(table)
+    out.print(pairwise_note(boot), style="dim")
+
+
+def _gate(args: argparse.Namespace, results, out) -> int:
+    from mergebench.results import read_json
+    from mergebench.results.comparison_report import comparison_table, gate_lines, render
+    from mergebench.results.gating import compare, parse_thresholds
+
+    deltas = compare(read_json(args.compare), results, parse_thresholds(args.fail), alpha=args.alpha, test=args.test,
+                     seed=args.seed, resamples=args.resamples)
+    sys.stdout.write(render(comparison_table(deltas, Path(args.compare).name, alpha=args.alpha, test=args.test),
+                            out.width, out.is_terminal))
+    for style, line in gate_lines(deltas, alpha=args.alpha, test=args.test):
+        out.print(line, style=style or None, highlight=False)
+    if args.fail and not deltas:
+        out.print(f"the gate compared nothing: {args.compare} shares no (model, method) with the results "
+                  "(another suite or selection?)", style="bold red")
+        return 1
+    return 1 if any(d.failed_by for d in deltas) else 0
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="print the tables of results files, plot them, compare with a baseline")
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("--plots", action="store_true", help="write PNG figures next to the first results file")
+    p.add_argument("--pairwise", action="store_true",
+                   help="compare every pair of methods paired on the same items: overall difference with its "
+                        "interval and each domain's winner")
     p.add_argument("--compare", metavar="BASELINE.json", help="show changes against a baseline results file")
     p.add_argument("--fail", action="append", default=[], metavar="KIND[:NAME]:AMOUNT",
                    help="exit 1 when a value regresses past AMOUNT (as pytest's --mb-compare-fail)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="level of the gate's one-sided test: a drop fails only if the test rejects 'no drop' (default 0.05)")
+    p.add_argument("--test", choices=("bootstrap", "point"), default="bootstrap",
+                   help="bootstrap: fail on drops past the threshold that the test calls real (default); "
+                        "point: fail on point estimates alone")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.set_defaults(func=cmd_report)

@@ -10,6 +10,10 @@ Within a domain, the domain score is the mean of its tasks' scores, and the doma
 normalized score is ``merged domain score / expert domain score`` (the study's tables report
 per-domain numbers). When a domain mixes metric directions, a ratio of means is meaningless,
 so the mean of the tasks' normalized scores is used instead (and flagged).
+
+A case also keeps its models' per-item values (:mod:`mergebench.results.items`), from which
+:mod:`mergebench.results.uncertainty` puts an interval on every one of these values; results files
+written before that (``mergebench_results: 1``) read as cases without them.
 """
 
 from __future__ import annotations
@@ -18,9 +22,18 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from mergebench.errors import UsageError
+from mergebench.results.items import ItemValues
 from mergebench.specs import GENERAL
+
+if TYPE_CHECKING:
+    from mergebench.results.compact import Pool
+    from mergebench.results.uncertainty import Bootstrap
+
+FORMAT = 2
+"""Version of the results file: 2 added per-item values (an ``item_values`` pool) and ``intervals``."""
 
 
 def ratio(score: float | None, reference: float | None, higher_is_better: bool) -> float | None:
@@ -69,17 +82,29 @@ class CaseResult:
     keys: dict[str, str] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     device: dict[str, Any] = field(default_factory=dict)
+    items: ItemValues | None = None  # per-item values of merged, expert and base; None in older results
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def role_score(self, role: str) -> Score | None:
+        return {"merged": self.merged, "expert": self.expert, "base": self.base}[role]
+
+    def to_dict(self, pool: "Pool | None" = None) -> dict[str, Any]:
+        """The case as JSON-ready data; per-item values inline, or as references into ``pool``."""
+        data = asdict(self)
+        data["items"] = None if self.items is None else self.items.to_dict(pool)
+        return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CaseResult":
+    def from_dict(cls, data: Mapping[str, Any], pool: "Pool | None" = None, where: str = "results") -> "CaseResult":
         values = dict(data)
         for name in ("merged", "expert", "base"):
             values[name] = Score.of(values.get(name))
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in known})
+        case = cls(**{k: v for k, v in values.items() if k in known and k != "items"})
+        if values.get("items") is not None:
+            where = f"{where}: case {case.case_id}"
+            case.items = ItemValues.from_dict(values["items"], where, pool)
+            case.items.check(where, case.merged.n)
+        return case
 
 
 @dataclass(frozen=True)
@@ -130,11 +155,18 @@ def group_by_model_method(results: Iterable[CaseResult]) -> dict[tuple[str, str]
     return groups
 
 
-def write_json(results: Sequence[CaseResult], path: Path | str, *, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write ``results`` atomically (temp file, then rename)."""
+def write_json(results: Sequence[CaseResult], path: Path | str, *, meta: Mapping[str, Any] | None = None,
+               boot: "Bootstrap | None" = None) -> Path:
+    """Write ``results`` atomically (temp file, then rename), with every value's interval (from ``boot``, if given)."""
+    from mergebench.results.compact import Pool
+    from mergebench.results.uncertainty import summary
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"mergebench_results": 1, "meta": dict(meta or {}), "cases": [r.to_dict() for r in results]}
+    pool = Pool()
+    cases = [r.to_dict(pool) for r in results]
+    payload = {"mergebench_results": FORMAT, "meta": dict(meta or {}), "cases": cases, "item_values": pool.blobs,
+               "intervals": summary(results, boot)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
     os.replace(tmp, path)
@@ -142,9 +174,17 @@ def write_json(results: Sequence[CaseResult], path: Path | str, *, meta: Mapping
 
 
 def read_json(path: Path | str) -> list[CaseResult]:
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict) or "cases" not in data:
-        from mergebench.errors import UsageError
+    """The cases of a results file of any format; a malformed one is a UsageError naming the case and the fix."""
+    from mergebench.results.compact import Pool
 
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read results file {path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise UsageError(f"{path} is not a mergebench results file (no 'cases')")
-    return [CaseResult.from_dict(c) for c in data["cases"]]
+    pool = Pool(data.get("item_values") or {})
+    try:
+        return [CaseResult.from_dict(c, pool, where=str(path)) for c in data["cases"]]
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: a case lacks a field or has the wrong type ({type(exc).__name__}: {exc})") from None

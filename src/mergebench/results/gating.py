@@ -13,22 +13,27 @@ does), so a malformed one is a usage error before anything runs. Grammar::
 ``normalized:2%`` fails a (model, method) whose normalized multi-task score falls below 98% of
 its baseline; ``task:gsm8k_mini:1.5pp`` fails when exact match drops by more than 0.015.
 A "drop" respects the metric's direction: for bits per byte, going up is the drop.
+
+By default (``test="bootstrap"``) a value fails only when its drop passes the threshold *and* a
+one-sided paired bootstrap test on the shared items says the drop is real at level ``alpha``
+(:mod:`mergebench.results.drop_test`): on 16 items a retrained expert or another seed moves
+values by more than 2%, and such noise should not fail CI. Every compared value carries the
+test: its drop's interval and the smallest drop the gate can see. A value that cannot be tested
+(a baseline saved without per-item values, a task of one item) falls back to the point rule, and
+says so. ``test="point"`` asks for the point rule everywhere.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from mergebench.errors import UsageError
-from mergebench.results import (
-    CaseResult,
-    domain_scores,
-    group_by_model_method,
-    overall_normalized,
-)
-from mergebench.specs import GENERAL
+from mergebench.results import CaseResult
+
+if TYPE_CHECKING:
+    from mergebench.results.drop_test import DropTest
 
 KINDS = ("normalized", "forgetting", "domain", "task")
 _AMOUNT = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>%|pp)?$")
@@ -77,9 +82,15 @@ def parse_thresholds(texts: Iterable[str]) -> list[Threshold]:
     return [parse_threshold(t) for t in texts]
 
 
+def check_alpha(alpha: float) -> float:
+    if not 0 < alpha <= 0.5:
+        raise UsageError(f"the gate's level alpha must be in (0, 0.5], e.g. 0.05, not {alpha}")
+    return alpha
+
+
 @dataclass(frozen=True)
 class Delta:
-    """One compared value of one (model, method)."""
+    """One compared value of one (model, method), with the test of its drop."""
 
     model: str
     method: str
@@ -89,48 +100,49 @@ class Delta:
     current: float
     higher_is_better: bool
     failed_by: str = ""
+    test: "DropTest | None" = None
+    gated_by: tuple[str, ...] = ()  # the thresholds that apply to this value
+    allowed: tuple[float, ...] = ()  # the drop each of them allows from the baseline
+    passed_threshold: str = ""  # a threshold whose amount the drop passed (failed or not)
+    rate: bool = False  # a task score that is a proportion (every item scores 0 or 1): shown in percent
 
     @property
     def change(self) -> float:
         return self.current - self.baseline
 
 
-def _values(results: Sequence[CaseResult]) -> dict[tuple[str, str, str, str], tuple[float, bool]]:
-    """(model, method, kind, name) → (value, higher_is_better) for everything that can be gated."""
-    values: dict[tuple[str, str, str, str], tuple[float, bool]] = {}
-    for (model, method), group in group_by_model_method(results).items():
-        overall = overall_normalized(group)
-        if overall is not None:
-            values[(model, method, "normalized", "overall")] = (overall, True)
-        forgetting = overall_normalized(group, forgetting=True)
-        if forgetting is not None:
-            values[(model, method, "forgetting", "overall")] = (forgetting, True)
-        for domain in domain_scores([r for r in group if r.domain != GENERAL]):
-            if domain.normalized is not None:
-                values[(model, method, "domain", domain.domain)] = (domain.normalized, True)
-        for r in group:
-            values[(model, method, "task", r.task)] = (r.merged.score, r.higher_is_better)
-    return values
-
-
-def compare(baseline: Sequence[CaseResult], current: Sequence[CaseResult],
-            thresholds: Sequence[Threshold] = ()) -> list[Delta]:
-    """Every value present in both runs, with the first threshold it fails (if any).
+def compare(baseline: Sequence[CaseResult], current: Sequence[CaseResult], thresholds: Sequence[Threshold] = (), *,
+            alpha: float = 0.05, test: str = "bootstrap", seed: int = 0, resamples: int = 2000) -> list[Delta]:
+    """Every value present in both runs, with the test of its drop and the first threshold it fails (if any).
 
     Runs of different semantics (``--mb-semantics``) are not compared: their merges are different algorithms."""
+    from mergebench.results.drop_test import BASELINE, CURRENT, TESTS, drop_test
+    from mergebench.results.uncertainty import Bootstrap
+
     old_semantics, new_semantics = ({r.semantics for r in rs} for rs in (baseline, current))
     if old_semantics and new_semantics and old_semantics != new_semantics:
         raise UsageError(f"the baseline ran --mb-semantics {', '.join(sorted(old_semantics))} and this run "
                          f"{', '.join(sorted(new_semantics))}: compare with a baseline of the same semantics")
-    before, after = _values(baseline), _values(current)
+    if test not in TESTS:
+        raise UsageError(f"unknown gate test {test!r}; choose one of {', '.join(TESTS)}")
+    check_alpha(alpha)
+    boot = Bootstrap({BASELINE: baseline, CURRENT: current}, seed=seed, resamples=resamples)
     deltas = []
-    for key in sorted(set(before) & set(after), key=lambda k: (k[0], k[1], KINDS.index(k[2]), k[3])):
-        model, method, kind, name = key
-        (old, higher), (new, _) = before[key], after[key]
-        failed = next((t.text for t in thresholds
-                       if t.applies_to(kind, None if kind in ("normalized", "forgetting") else name)
-                       and t.fails(old, new, higher)), "")
-        deltas.append(Delta(model, method, kind, name, old, new, higher, failed))
+    for model, method in sorted(set(boot.groups[BASELINE]) & set(boot.groups[CURRENT])):
+        before, after = boot.points(BASELINE, model, method), boot.points(CURRENT, model, method)
+        rows = boot.groups[CURRENT][(model, method)]
+        directions = {r.task: r.higher_is_better for r in rows}
+        rates = {r.task for r in rows if r.items is not None and set(r.items.merged) <= {0.0, 1.0}}
+        for key in sorted(set(before) & set(after), key=lambda k: (KINDS.index(k[0]), k[1])):
+            kind, name = key
+            higher = directions[name] if kind == "task" else True
+            found = drop_test(boot, model, method, key, higher, alpha)
+            applying = [t for t in thresholds if t.applies_to(kind, None if kind in ("normalized", "forgetting") else name)]
+            passed = next((t.text for t in applying if t.fails(before[key], after[key], higher)), "")
+            real = test == "point" or not found.tested or found.p <= alpha  # type: ignore[operator]
+            deltas.append(Delta(model, method, kind, name, before[key], after[key], higher, passed if real else "",
+                                found, tuple(t.text for t in applying), tuple(t.allowed_drop(before[key]) for t in applying),
+                                passed, kind == "task" and name in rates))
     return deltas
 
 

@@ -42,11 +42,11 @@ def run_name(tag: str, *, commit: str | None = None, when: float | None = None) 
 
 
 def save_run(results: Sequence[CaseResult], tag: str, *, root: Path = DEFAULT_ROOT,
-             meta: Mapping[str, Any] | None = None) -> Path:
+             meta: Mapping[str, Any] | None = None, boot: Any = None) -> Path:
     commit = git_commit()
     meta = {"tag": tag, "commit": commit, "machine": machine_name(), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **dict(meta or {})}
-    return write_json(results, Path(root) / run_name(tag, commit=commit), meta=meta)
+    return write_json(results, Path(root) / run_name(tag, commit=commit), meta=meta, boot=boot)
 
 
 def _stamp(path: Path) -> str:
