@@ -161,3 +161,21 @@ def test_study_code_ties_of_the_engine_equals_the_grid_merge(tiny_llama, tiny_ex
         written = load_tensors(Path(folder) / "m")
     for name in written:
         assert torch.equal(state[name], written[name]), name
+
+
+def test_mixed_semantics_with_per_item_values_resample_each_semantics_on_its_own():
+    """The same model and method in both semantics: each set of tables gets intervals of its own items."""
+    from dataclasses import replace
+
+    from mergebench.results.uncertainty import Bootstrap
+    from tests.item_results import item_case
+
+    expert = [1.0] * 10
+    paper = item_case("t", "math", [1.0] * 8 + [0.0] * 2, expert, method="ties")
+    study = replace(item_case("t", "math", [1.0] * 3 + [0.0] * 7, expert, method="ties"), semantics="study-code")
+    text = render_session([paper, study], width=200, boot=Bootstrap([paper, study]))  # as pytest passes one
+    first, second = text.split("Semantics: study-code")
+    assert first.startswith("Semantics: paper")
+    assert "0.800" in first and "0.300" not in first and "0.300" in second and "0.800" not in second
+    for part in (first, second):
+        assert "95% interval, a percentile bootstrap over items" in " ".join(part.split())
