@@ -55,12 +55,28 @@ def test_collection_of_the_full_grid_imports_no_torch(bench):
     bench.makeconftest(textwrap.dedent("""
         import sys
         def pytest_collection_finish(session):
-            heavy = sorted(m for m in ("torch", "transformers", "vllm", "trl") if m in sys.modules)
+            heavy = sorted(m for m in ("torch", "transformers", "vllm", "trl", "ray", "submitit") if m in sys.modules)
             print("HEAVY-MODULES:", ",".join(heavy) or "none")
     """))
     result = bench.runpytest_subprocess("--collect-only", "-q", "--mb-suite", "all", "-s")
     result.stdout.fnmatch_lines(["HEAVY-MODULES: none"])
     assert len(collected_ids(result)) > 100
+    for executor in ("ray", "slurm"):  # choosing a cluster engine imports it only when the run starts
+        result = bench.runpytest_subprocess("--collect-only", "-q", "--mb-suite", "all", "-s", "--mb-executor", executor)
+        result.stdout.fnmatch_lines(["HEAVY-MODULES: none"])
+
+
+@pytest.mark.slow
+def test_a_local_run_imports_no_cluster_engine(bench):
+    bench.makeconftest(textwrap.dedent("""
+        import sys
+        def pytest_sessionfinish(session):
+            print("CLUSTER-MODULES:", ",".join(sorted(m for m in ("ray", "submitit") if m in sys.modules)) or "none")
+    """))
+    result = bench.runpytest_subprocess("-s", "--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-methods", "soup",
+                                        "--mb-tasks", "toy_math")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*CLUSTER-MODULES: none"])  # after the dot of the passed case
 
 
 def test_a_separately_installed_plugin_appears_in_plugins_and_collection(bench, tmp_path, monkeypatch):

@@ -95,7 +95,7 @@ def test_hyperparameters_validate_with_clear_messages():
 
 # What the built-in specs declared by hand before data needs were derived from the classes.
 DECLARED_BY_HAND = {
-    "soup": ("none",), "model_stock": ("none",),
+    "soup": ("none",), "model_stock": ("none",), "linear": ("none",), "mergekit_gta": ("none",),
     "fisher": ("training_samples", "gradients"), "regmean": ("training_samples", "validation"),
     "localize_stitch": ("training_samples",),
     **{name: ("validation",) for name in ("task_arithmetic", "ties", "dare", "consensus", "dataless_localize_stitch",

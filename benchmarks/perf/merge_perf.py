@@ -1,7 +1,7 @@
 """Merge speed and memory against mergekit, on 5 experts of the embedded 135M model.
 
     MERGEBENCH_CACHE=/path/to/cache python benchmarks/perf/merge_perf.py \\
-        --mergekit /path/to/mergekit-venv/bin/mergekit-yaml [--work DIR] [--methods task_arithmetic,ties]
+        [--mergekit /path/to/mergekit-venv/bin/mergekit-yaml] [--work DIR] [--methods task_arithmetic,ties]
 
 Inputs: the embedded SmolLM2-135M-Instruct base (built into the cache on first use) cast to
 bf16, and 5 synthetic experts = base + Gaussian noise, saved in bf16. A merge's cost does not
@@ -115,13 +115,18 @@ def max_difference(ours: Path, theirs: Path) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mergekit", default=os.environ.get("MERGEBENCH_MERGEKIT"),
-                        help="mergekit-yaml of a mergekit 0.1.5 venv (default $MERGEBENCH_MERGEKIT)")
+    parser.add_argument("--mergekit", default=None,
+                        help="mergekit-yaml of a mergekit 0.1.5 venv (default: $MERGEBENCH_MERGEKIT, else the venv "
+                             "mergebench.merging.mergekit_venv builds once under ~/.cache/mergebench-tools)")
     parser.add_argument("--work", default="/tmp/mergebench-perf", help="where inputs and outputs are written")
     parser.add_argument("--methods", default="task_arithmetic,ties")
     args = parser.parse_args(argv)
-    if not args.mergekit or not Path(args.mergekit).is_file():
-        raise SystemExit("pass --mergekit PATH/TO/mergekit-yaml (pip install mergekit==0.1.5 in its own venv)")
+    if args.mergekit is None:
+        from mergebench.merging.mergekit_venv import mergekit_yaml
+
+        args.mergekit = str(mergekit_yaml())  # the tests' mergekit: found or built the same way
+    if not Path(args.mergekit).is_file():
+        raise SystemExit(f"--mergekit {args.mergekit} is not a file: give a mergekit 0.1.5 venv's bin/mergekit-yaml")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     base_dir, experts = prepare_inputs(work)

@@ -234,6 +234,13 @@ class Pipeline:
         """What merging ``model``'s experts with ``method`` starts from; ``params`` shape the statistics."""
         base = self.base(model)
         experts = self.experts(model, base)
+        if method.domains is not None:  # a column that merges some experts only (a mergekit config's)
+            missing = [d for d in method.domains if d not in experts]
+            if missing:
+                raise UsageError(f"method {method.name!r} merges the {', '.join(missing)} expert(s), which model "
+                                 f"{model.name!r} lacks (its experts: {', '.join(experts)})")
+            experts = {d: experts[d] for d in method.domains}
+        exclude = self.context.exclude if method.exclude is None else method.exclude
         statistics = self.statistics(model, method, params, base, experts)
         key = {
             **({"statistics": {d: p.name for d, p in statistics.items()}} if statistics else {}),
@@ -242,10 +249,10 @@ class Pipeline:
             "method": method.name,
             "method_version": method.version,
             "seed": self.context.seed,
-            "exclude": list(self.context.exclude),
+            "exclude": list(exclude),
             **({"semantics": self.context.semantics} if self.context.semantics != PAPER else {}),
         }
-        context = MergeContext(seed=self.context.seed, device=self.context.device, exclude=self.context.exclude,
+        context = MergeContext(seed=self.context.seed, device=self.context.device, exclude=exclude,
                                domains=tuple(experts), statistics=statistics)
         return MergeInputs(base, experts, statistics, context, key)
 

@@ -8,8 +8,8 @@ torch: specs are plain data and implementations load when a case runs.
 This module is the ``pytest11`` entry point; each other feature is a plugin module it loads:
 :mod:`~mergebench.pytest_progress` (progress on pytest's terminal, relayed from xdist workers),
 :mod:`~mergebench.pytest_results` (results gathered, saved, compared and gated),
-:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker) and
-:mod:`~mergebench.pytest_selection_hint` (where the cases are when ``-k``/``-m`` deselects them all).
+:mod:`~mergebench.pytest_xdist` (one GPU per xdist worker), :mod:`~mergebench.pytest_cluster` (stages on Ray
+or Slurm) and :mod:`~mergebench.pytest_selection_hint` (where the cases are when ``-k``/``-m`` deselects them all).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BUILT_IN_FAMILIES = ("coefficient", "sparsification", "other")  # the study's Ta
 
 # The other features are plugin modules of their own, registered wherever this one loads (controller and xdist workers).
 pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "mergebench.pytest_xdist",
-                  "mergebench.pytest_selection_hint"]
+                  "mergebench.pytest_selection_hint", "mergebench.pytest_mergekit", "mergebench.pytest_cluster"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,10 +71,13 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def selection_options(config: pytest.Config) -> dict[str, Any]:
+    from mergebench.pytest_mergekit import column_names
+
+    methods = config.getoption("mb_methods")
     return {
         "suites": config.getoption("mb_suite"),  # None: mini, or the named models' own suites
         "models": config.getoption("mb_models"),
-        "methods": config.getoption("mb_methods"),
+        "methods": [*methods, *column_names(config)] if methods and "all" not in methods else methods,  # default grid and all have them
         "tasks": config.getoption("mb_tasks"),
         "params": config.getoption("mb_param"),
         "checkpoint": config.getoption("mb_checkpoint"),
@@ -84,7 +87,8 @@ def selection_options(config: pytest.Config) -> dict[str, Any]:
 def selection_given(config: pytest.Config) -> bool:
     """Whether any --mb-* option names what to run (else the default suite, and maybe no benchmark at all)."""
     options = selection_options(config)
-    return bool(any(options[k] for k in ("models", "methods", "tasks", "params", "checkpoint")) or config.getoption("mb_suite"))
+    return bool(any(options[k] for k in ("models", "methods", "tasks", "params", "checkpoint")) or config.getoption("mb_suite")
+                or config.getoption("mb_mergekit_config"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -221,5 +225,8 @@ class CaseRunner:
 
 
 @pytest.fixture
-def mergebench(request: pytest.FixtureRequest, mergebench_pipeline) -> CaseRunner:
-    return CaseRunner(mergebench_pipeline, request.node)
+def mergebench(request: pytest.FixtureRequest) -> CaseRunner:
+    from mergebench.pytest_cluster import remote_runner
+
+    # under --mb-executor ray|slurm the case runs on the cluster: no local pipeline (nor torch) is needed
+    return remote_runner(request.node) or CaseRunner(request.getfixturevalue("mergebench_pipeline"), request.node)

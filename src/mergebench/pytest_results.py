@@ -29,6 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                       help="write every case's result to PATH as JSON (plots are written next to it)")
     results.addoption("--mb-save", default=None, metavar="TAG",
                       help="save the results under --mb-save-dir as <machine>-<commit>-<date>-<TAG>.json")
+    results.addoption("--mb-html", default=None, metavar="DIR",
+                      help="write DIR/index.html: the run's results as one self-contained page to share")
     results.addoption("--mb-save-dir", default=".mergebench", metavar="DIR", help="where saved runs live (default .mergebench)")
     results.addoption("--mb-compare", nargs="?", const="", default=None, metavar="RUN",
                       help="compare with a saved run: a TAG, a path, or nothing for the newest")
@@ -53,6 +55,10 @@ def _check_result_options(config: pytest.Config):
     if fail and config.getoption("mb_compare") is None:
         raise pytest.UsageError("--mb-compare-fail needs --mb-compare [RUN] (the saved run to compare with)")
     try:
+        if config.getoption("mb_html"):
+            from mergebench.results.html import check_page_dir
+
+            check_page_dir(config.getoption("mb_html"), "--mb-html")
         check_alpha(config.getoption("mb_compare_alpha"))
         return parse_thresholds(fail)
     except MergebenchError as exc:
@@ -144,6 +150,13 @@ class ResultCollector:
         if json_path:
             self.written.append(write_json(results, json_path, meta=meta, boot=boot))
             self.written += write_plots(results, Path(json_path).with_suffix(""), boot=boot)
+        html_dir = self.config.getoption("mb_html")
+        if html_dir:
+            from mergebench.results.html import write_page
+            from mergebench.results.html_meta import make_run
+
+            name = Path(json_path).stem if json_path else "this run"
+            self.written.append(write_page([make_run(name, results, meta, boot=boot)], html_dir))
         tag = self.config.getoption("mb_save")
         if tag:
             from mergebench.results.storage import save_run
@@ -196,9 +209,11 @@ def _run_meta(config: pytest.Config) -> dict[str, Any]:
     import platform
 
     from mergebench import __version__
+    from mergebench.results.storage import git_commit
 
     return {
         "mergebench_version": __version__,
+        "commit": git_commit(),
         "machine": platform.node(),
         "python": platform.python_version(),
         "options": selection_options(config),

@@ -137,7 +137,7 @@ def select_cases(
     if only_mtl:
         method_specs = []
     elif method_names == [ALL]:
-        method_specs = registries.methods.specs()
+        method_specs = [m for m in registries.methods.specs() if m.in_all]
     elif method_names:
         method_specs = registries.methods.select(method_names)
     else:  # the default grid: the study's methods and any plugin's, not the opt-in extras

@@ -170,6 +170,9 @@ class MethodSpec:
     min_experts: int = 1
     max_experts: int | None = None
     opt_in: bool = False  # left out of the default grid: runs when named or with --mb-methods all
+    in_all: bool = True  # False: runs only when named (at its defaults it repeats another method: mergekit interop)
+    domains: tuple[str, ...] | None = None  # the experts it merges, by domain (None: all of the model's)
+    exclude: tuple[str, ...] | None = None  # tensor regexes kept from the base (None: the run's; (): none, as in mergekit)
     summary: str = ""
     reference_url: str = ""
     semantics: tuple[Semantics, ...] = ()

@@ -2,7 +2,9 @@
 
 Grids are the study's Table 7 (MergeBench, He et al. 2025, Appendix C.2) for its nine methods;
 the methods beyond the study get a small grid around their papers' defaults (marked "ours") and are
-opt-in: they run when named (``--mb-methods slerp``) or with ``--mb-methods all``.
+opt-in: they run when named (``--mb-methods slerp``) or with ``--mb-methods all``. ``linear`` and
+``mergekit_gta`` (mergekit configs' counterparts) run only when named or configured: at their
+defaults they repeat the soup and Task Arithmetic at λ = 1.
 Shared parameter names: ``scaling`` (λ), ``density`` (fraction of task-vector entries kept),
 ``scope`` (``global`` or ``tensor`` top-k), ``p`` (DARE's drop probability); random methods take
 their seed from the merge context (``--seed``). A spec declares no data needs: ``MethodSpec.data``
@@ -60,6 +62,14 @@ HEAD_KNOB = knob("lm_head_in_threshold", False,
                  "study's code does", "ours: the head is no task-vector entry; the study flattens every non-embedding "
                  "parameter (utils.py:9-28) but never writes the head back (utils.py:35)")
 FLOAT32 = "the study merges in the checkpoints' bfloat16 (merger.py:9-11); float32 here"
+
+
+MERGEKIT_SPARSIFIERS = ("none", "magnitude", "magnitude_outliers", "random", "della_magprune")
+MERGEKIT_CONSENSUS = ("none", "sum", "count")
+
+
+def per_expert_param(name: str, doc: str) -> HyperParam:
+    return HyperParam(name, "", doc=f"{doc}, as LABEL=VALUE,... naming every expert")
 
 
 def method_specs() -> list[MethodSpec]:
@@ -289,6 +299,33 @@ def method_specs() -> list[MethodSpec]:
             name="model_stock", opt_in=True, impl=f"{PKG}.model_stock:ModelStock", family="other", min_experts=2,
             summary="Move from the base towards the experts' mean by a ratio set by the angle between them.",
             reference_url="https://arxiv.org/abs/2403.19522",
+        ),
+        MethodSpec(
+            name="linear", opt_in=True, in_all=False, impl=f"{PKG}.linear:Linear", family="coefficient",
+            hyperparams=(per_expert_param("weights", "each expert's weight (default 1 each)"),
+                         HyperParam("normalize", True, doc="divide by the sum of the weights")),
+            summary="Weighted average of whole models, one weight per expert (mergekit's linear).",
+            reference_url="https://arxiv.org/abs/2203.05482",
+        ),
+        MethodSpec(
+            name="mergekit_gta", opt_in=True, in_all=False, impl=f"{PKG}.mergekit_gta:MergekitGTA", family="sparsification",
+            hyperparams=(
+                HyperParam("scaling", 1.0, doc="λ, mergekit's lambda: the coefficient of the merged task vector"),
+                HyperParam("sparsify", "none", choices=MERGEKIT_SPARSIFIERS,
+                           doc="per-tensor sparsifier: none (task arithmetic), magnitude (TIES), "
+                               "magnitude_outliers (Breadcrumbs), random (DARE), della_magprune (DELLA)"),
+                HyperParam("consensus", "none", choices=MERGEKIT_CONSENSUS,
+                           doc="sign election: none, sum (TIES: the sign of the summed deltas), count (majority of signs)"),
+                per_expert_param("weights", "each expert's weight w_i (default 1 each)"),
+                per_expert_param("densities", "each expert's density, the fraction kept (default 1 each)"),
+                per_expert_param("gammas", "each expert's outlier fraction for magnitude_outliers (default 0.01 each)"),
+                per_expert_param("epsilons", "each expert's keep-probability spread for della_magprune (default 0.15 each)"),
+                HyperParam("normalize", False, doc="divide by the summed weights of the (agreeing) experts"),
+                HyperParam("rescale", False, doc="rescale each sparsified task vector to its L1 norm"),
+            ),
+            summary="mergekit's generalized task arithmetic (task_arithmetic, ties, dare_*, breadcrumbs*, della*) "
+                    "with per-expert weights and densities.",
+            reference_url="https://github.com/arcee-ai/mergekit",
         ),
         MethodSpec(
             name="tsv", opt_in=True, impl=f"{PKG}.tsv:TaskSingularVectors", family="other",

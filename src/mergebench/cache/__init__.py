@@ -13,6 +13,7 @@ worker, another shell) wait for the first instead of building the same artifact 
 that raises leaves nothing behind; one that was killed leaves its tmp folder, which the next cache
 of this host sweeps once that process is gone (:mod:`mergebench.cache.leftovers`). A lookup that hits
 sets the artifact folder's mtime, so ``mergebench cache gc --older-than DAYS`` knows what is unused.
+Each completed build appends a line to ``<root>/builds.jsonl`` (:mod:`mergebench.cache.builds`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 from filelock import FileLock
 
 from mergebench import __version__
-from mergebench.cache import integrity, leftovers
+from mergebench.cache import builds, integrity, leftovers
 from mergebench.errors import CacheFullError
 
 SCHEMA = 1
@@ -41,7 +42,7 @@ SCHEMA = 1
 META_FILE = integrity.META_FILE
 EAGER_VERIFY_BYTES = 64 << 20
 """Artifacts up to this size are verified on lookup; larger ones (weights) when a stage reads them."""
-RESERVED = frozenset({"tmp", "locks", "work"})
+RESERVED = frozenset({"tmp", "locks", "work", "cluster"})
 """Folders of the cache root that hold no stage's artifacts."""
 
 _swept: set[str] = set()
@@ -236,6 +237,7 @@ class ArtifactCache:
                 ) from error
             raise
         integrity.mark_verified(final)
+        builds.record_build(self.root, stage=key.stage, digest=key.digest, label=label, seconds=seconds)
         work = self.root / "work" / key.digest
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

@@ -20,16 +20,26 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
     from mergebench.merging.engine import merge_checkpoints
 
-    spec = plugin_manager.registries().methods.get(args.method)
-    experts = {label: Path(path) for label, path in key_values(args.expert, "--expert").items()}
-    if not experts:
-        raise UsageError("give at least one --expert DOMAIN=DIR")
-    params = spec.resolve_params(key_values(args.param, "--param"), args.semantics)
+    if args.mergekit_config:
+        from mergebench.cli.merge_mergekit import from_mergekit_config
+
+        if args.semantics != PAPER:
+            raise UsageError(f"--semantics {args.semantics} applies to --method; a --mergekit-config merges as "
+                             "mergekit's config says: drop --semantics or give --method instead")
+        spec, params, base, experts, exclude = from_mergekit_config(args)
+    else:
+        if not args.method or not args.base:
+            raise UsageError("give --method and --base (or a --mergekit-config)")
+        spec = plugin_manager.registries().methods.get(args.method)
+        experts = {label: Path(path) for label, path in key_values(args.expert, "--expert").items()}
+        if not experts:
+            raise UsageError("give at least one --expert DOMAIN=DIR")
+        params = spec.resolve_params(key_values(args.param, "--param"), args.semantics)
+        base, exclude = Path(args.base), () if args.no_exclude else tuple(args.exclude or DEFAULT_EXCLUDE)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-    exclude = () if args.no_exclude else tuple(args.exclude or DEFAULT_EXCLUDE)
-    verify_cached_inputs([Path(args.base), *experts.values()])
+    verify_cached_inputs([base, *experts.values()])
     device = resolve_device(args.device)
     statistics = _merge_statistics(args, spec, params, experts, exclude, device)
     context = MergeContext(seed=args.seed, device=device, exclude=exclude, domains=tuple(experts),
@@ -37,7 +47,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     tmp = out_tmp_path(out)  # named by host and pid; dead merges' leftovers next to it are swept
     try:
         with progress.use_sink(progress.default_sink()):
-            report = merge_checkpoints(spec, params, Path(args.base), experts, tmp, context=context,
+            report = merge_checkpoints(spec, params, base, experts, tmp, context=context,
                                        allow_pickle=args.allow_pickle, metadata={"mergebench_semantics": args.semantics})
         if out.exists():
             shutil.rmtree(out)
@@ -66,7 +76,7 @@ def _merge_statistics(args: argparse.Namespace, spec, params, experts, exclude, 
     unknown = sorted(set(files) - set(experts))
     if unknown:
         raise UsageError(f"--samples {unknown[0]}=... names no --expert; experts: {', '.join(experts)}")
-    base = Path(args.base)
+    base = Path(args.base)  # data-aware methods have no mergekit form: --base is given
     return statistics_for(
         spec, params, ArtifactCache(args.cache_dir), (checkpoint_identity(base), base),
         {label: (checkpoint_identity(path), path) for label, path in experts.items()},
@@ -79,8 +89,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("merge", help="merge expert checkpoints into a new Hugging Face checkpoint",
                        add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action=HelpWithMethods)  # the epilog lists the methods, built when asked for
-    p.add_argument("--method", required=True)
-    p.add_argument("--base", required=True, metavar="DIR")
+    p.add_argument("--method", help="a method of `mergebench plugins` (or give --mergekit-config)")
+    p.add_argument("--base", metavar="DIR")
+    p.add_argument("--mergekit-config", metavar="CONFIG.yml",
+                   help="run a mergekit YAML config instead of --method/--base/--expert/--param (see the README)")
     p.add_argument("--expert", action="append", default=[], metavar="DOMAIN=DIR", help="repeat for each expert")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--semantics", default=PAPER, choices=SEMANTICS,

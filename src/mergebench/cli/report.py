@@ -17,6 +17,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mergebench.results.uncertainty import Bootstrap
 
     check_alpha(args.alpha)
+    if args.html:
+        from mergebench.results.html import check_page_dir
+
+        check_page_dir(args.html, "--html")
     if args.fail and not args.compare:
         raise UsageError("--fail needs --compare BASELINE.json")
     if args.resamples < 100:
@@ -32,9 +36,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         for path in write_plots(results, Path(args.results[0]).with_suffix(""), boot=boot):
             out.print(f"written: {path}")
+    if args.html:
+        _html(args, boot, out)
     if args.compare:
         return _gate(args, results, out)
     return 0
+
+
+def _html(args: argparse.Namespace, boot, out) -> None:
+    from mergebench.results.html import write_page
+    from mergebench.results.html_meta import read_runs
+
+    runs = read_runs(args.results, seed=args.seed, resamples=args.resamples)
+    if len(runs) == 1 and runs[0].boot is not None:
+        runs[0].boot = boot  # the same draws as the tables', already computed
+    out.print(f"written: {write_page(runs, args.html)}")
 
 
 def _pairwise(results, boot, out) -> None:
@@ -76,6 +92,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pairwise", action="store_true",
                    help="compare every pair of methods paired on the same items: overall difference with its "
                         "interval and each domain's winner")
+    p.add_argument("--html", metavar="DIR",
+                   help="write DIR/index.html: one self-contained page (leaderboard, tables, runtimes, figures, "
+                        "metadata) to share; several results files become one section each, side by side")
     p.add_argument("--compare", metavar="BASELINE.json", help="show changes against a baseline results file")
     p.add_argument("--fail", action="append", default=[], metavar="KIND[:NAME]:AMOUNT",
                    help="exit 1 when a value regresses past AMOUNT (as pytest's --mb-compare-fail)")

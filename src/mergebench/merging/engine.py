@@ -224,7 +224,8 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
             writer.add(name, tensor)
             bar.advance()
     writer.close()
-    _write_side_files(base.directory, list(experts.values()), out_dir, spec, method.params, stamp)
+    _write_side_files(base.directory, list(experts.values()), out_dir, spec, method.params, stamp,
+                      inputs=(base, experts, method))
     return MergeReport(
         out_dir=out_dir,
         method=spec.name,
@@ -237,7 +238,8 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
 
 
 def _write_side_files(base_dir: Path, experts: list[CheckpointReader], out_dir: Path, spec: MethodSpec,
-                      params: Mapping[str, Any], stamp: Mapping[str, str]) -> None:
+                      params: Mapping[str, Any], stamp: Mapping[str, str], *,
+                      inputs: tuple[CheckpointReader, Mapping[str, CheckpointReader], MergeMethod] | None = None) -> None:
     shutil.copy2(base_dir / "config.json", out_dir / "config.json")
     copied = copy_tokenizer_files(base_dir, out_dir)
     has_template = "chat_template.jinja" in copied or _config_has_template(out_dir)
@@ -263,9 +265,21 @@ def _write_side_files(base_dir: Path, experts: list[CheckpointReader], out_dir: 
         f"- base: `{base_dir}`",
         *[f"- expert: `{e.directory}`" for e in experts],
         *[f"- {k}: `{v}`" for k, v in stamp.items() if k.startswith("mergebench_") and k not in {"mergebench_params", "mergebench_method", "mergebench_method_version"}],
+        *([f"- {_write_mergekit_config(out_dir, spec, params, *inputs)}"] if inputs else []),
         "",
     ]
     (out_dir / "README.md").write_text("\n".join(lines))
+
+
+def _write_mergekit_config(out_dir: Path, spec: MethodSpec, params: Mapping[str, Any], base: CheckpointReader,
+                           experts: Mapping[str, CheckpointReader], method: MergeMethod) -> str:
+    """``mergekit_config.yml``, as mergekit writes beside its merges: the config that reproduces this one, or why none does."""
+    from mergebench.merging.mergekit_export import write_mergekit_config
+
+    names = base.names()
+    return write_mergekit_config(out_dir, spec.name, spec.impl, params, base.directory,
+                                 {label: reader.directory for label, reader in experts.items()}, names, method.merges,
+                                 base.dtype_name(names[0]) if names else "F32")
 
 
 def _config_has_template(directory: Path) -> bool:

@@ -64,12 +64,14 @@ def dare(tau: "torch.Tensor", p: float, generator: "torch.Generator") -> "torch.
     return tau * keep / (1.0 - p)
 
 
-def magprune(tau: "torch.Tensor", density: float, epsilon: float, generator: "torch.Generator") -> "torch.Tensor":
+def magprune(tau: "torch.Tensor", density: float, epsilon: float, generator: "torch.Generator",
+             *, rescale: bool = True) -> "torch.Tensor":
     """DELLA's MAGPRUNE: keep probabilities rise linearly with magnitude rank within each row.
 
     Ranks are normalized to [0, 1] per row (a 1-D tensor is one row); entry i is kept with
     probability ``density − ε + 2ε·rank_i`` and, kept, rescaled by the inverse of that
     probability so its expectation is unchanged (Deep et al. 2024, Sec. 3). ``density`` 1 keeps all.
+    ``rescale=False`` keeps the kept entries as they are (mergekit rescales afterwards, by the L1 norm).
     """
     import torch
 
@@ -81,4 +83,4 @@ def magprune(tau: "torch.Tensor", density: float, epsilon: float, generator: "to
     rank_norm = ranks / width if width > 0 else torch.zeros_like(ranks)
     probs = (density - epsilon) + rank_norm * (2 * epsilon)
     keep = torch.rand(rows.shape, generator=generator).to(rows.device) < probs
-    return (rows * keep / probs).reshape(tau.shape)
+    return (rows * keep / probs if rescale else rows * keep).reshape(tau.shape)
