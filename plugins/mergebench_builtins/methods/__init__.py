@@ -68,8 +68,11 @@ MERGEKIT_SPARSIFIERS = ("none", "magnitude", "magnitude_outliers", "random", "de
 MERGEKIT_CONSENSUS = ("none", "sum", "count")
 
 
-def per_expert_param(name: str, doc: str) -> HyperParam:
-    return HyperParam(name, "", doc=f"{doc}, as LABEL=VALUE,... naming every expert")
+def per_expert_param(name: str, doc: str, source: str) -> HyperParam:
+    return HyperParam(name, "", doc=f"{doc}, as LABEL=VALUE,... naming every expert", source=source)
+
+
+MERGEKIT = "a --mergekit-config sets it from the config (merging/mergekit_config.py)"
 
 
 def method_specs() -> list[MethodSpec]:
@@ -302,26 +305,37 @@ def method_specs() -> list[MethodSpec]:
         ),
         MethodSpec(
             name="linear", opt_in=True, in_all=False, impl=f"{PKG}.linear:Linear", family="coefficient",
-            hyperparams=(per_expert_param("weights", "each expert's weight (default 1 each)"),
-                         HyperParam("normalize", True, doc="divide by the sum of the weights")),
+            hyperparams=(per_expert_param("weights", "each expert's weight (default 1 each)",
+                                          f"ours: equal weights, the Model Soups uniform soup (Wortsman et al. 2022); {MERGEKIT}"),
+                         HyperParam("normalize", True, doc="divide by the sum of the weights",
+                                    source=f"mergekit's linear (normalize defaults to true there); {MERGEKIT}")),
             summary="Weighted average of whole models, one weight per expert (mergekit's linear).",
             reference_url="https://arxiv.org/abs/2203.05482",
         ),
         MethodSpec(
             name="mergekit_gta", opt_in=True, in_all=False, impl=f"{PKG}.mergekit_gta:MergekitGTA", family="sparsification",
             hyperparams=(
-                HyperParam("scaling", 1.0, doc="λ, mergekit's lambda: the coefficient of the merged task vector"),
+                HyperParam("scaling", 1.0, doc="λ, mergekit's lambda: the coefficient of the merged task vector",
+                           source=f"mergekit's lambda default 1.0; {MERGEKIT}"),
                 HyperParam("sparsify", "none", choices=MERGEKIT_SPARSIFIERS,
                            doc="per-tensor sparsifier: none (task arithmetic), magnitude (TIES), "
-                               "magnitude_outliers (Breadcrumbs), random (DARE), della_magprune (DELLA)"),
+                               "magnitude_outliers (Breadcrumbs), random (DARE), della_magprune (DELLA)",
+                           source=f"ours: none is mergekit's task_arithmetic; {MERGEKIT} from its merge_method"),
                 HyperParam("consensus", "none", choices=MERGEKIT_CONSENSUS,
-                           doc="sign election: none, sum (TIES: the sign of the summed deltas), count (majority of signs)"),
-                per_expert_param("weights", "each expert's weight w_i (default 1 each)"),
-                per_expert_param("densities", "each expert's density, the fraction kept (default 1 each)"),
-                per_expert_param("gammas", "each expert's outlier fraction for magnitude_outliers (default 0.01 each)"),
-                per_expert_param("epsilons", "each expert's keep-probability spread for della_magprune (default 0.15 each)"),
-                HyperParam("normalize", False, doc="divide by the summed weights of the (agreeing) experts"),
-                HyperParam("rescale", False, doc="rescale each sparsified task vector to its L1 norm"),
+                           doc="sign election: none, sum (TIES: the sign of the summed deltas), count (majority of signs)",
+                           source=f"ours: none is mergekit's task_arithmetic; {MERGEKIT} from its merge_method"),
+                per_expert_param("weights", "each expert's weight w_i (default 1 each)",
+                                 f"ours: every expert counts equally, as task arithmetic; {MERGEKIT}"),
+                per_expert_param("densities", "each expert's density, the fraction kept (default 1 each)",
+                                 f"mergekit's density default 1.0 (nothing dropped); {MERGEKIT}"),
+                per_expert_param("gammas", "each expert's outlier fraction for magnitude_outliers (default 0.01 each)",
+                                 f"mergekit's breadcrumbs gamma default 0.01; {MERGEKIT}"),
+                per_expert_param("epsilons", "each expert's keep-probability spread for della_magprune (default 0.15 each)",
+                                 f"mergekit's della epsilon default 0.15; {MERGEKIT}"),
+                HyperParam("normalize", False, doc="divide by the summed weights of the (agreeing) experts",
+                           source=f"mergekit's task_arithmetic does not normalize; {MERGEKIT} per merge_method"),
+                HyperParam("rescale", False, doc="rescale each sparsified task vector to its L1 norm",
+                           source=f"mergekit's task_arithmetic does not rescale; {MERGEKIT} per merge_method"),
             ),
             summary="mergekit's generalized task arithmetic (task_arithmetic, ties, dare_*, breadcrumbs*, della*) "
                     "with per-expert weights and densities.",
