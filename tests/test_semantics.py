@@ -97,6 +97,7 @@ def test_cli_merge_with_study_code_semantics_is_the_studys_ties(tiny_llama, tiny
 @pytest.mark.parametrize("args, message", [
     (["--method", "localize_stitch"], "method 'localize_stitch' has no study-code form (the study trains"),
     (["--method", "consensus", "--param", "mask_lambda=0.4"], "mask_lambda=0.4 contradicts the study-code semantics"),
+    (["--mergekit-config", "ties.yml"], "--semantics study-code applies to --method; a --mergekit-config merges as"),
 ])
 def test_cli_refuses_what_the_study_code_cannot_do_before_writing(args, message, tiny_llama, tiny_experts, tmp_path):
     done = subprocess.run([sys.executable, "-m", "mergebench.cli", "merge", "--semantics", "study-code", *args,
