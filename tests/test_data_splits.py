@@ -30,6 +30,7 @@ CONTENT = {
     "lambada": lambda d: d["query"],
     "basic-skills-coding": lambda d: d["question"],
     "harmbench-copyright": lambda d: d["Behavior"],
+    "xstest-like": lambda d: d["prompt"],
 }
 SIZES = {  # (evaluation items, training pool), as documented in splits.py
     "gsm8k": (100, 1219),
@@ -50,6 +51,7 @@ SIZES = {  # (evaluation items, training pool), as documented in splits.py
     "lambada": (0, 0, 200),
     "basic-skills-coding": (0, 0, 200),
     "harmbench-copyright": (0, 0, 100),
+    "xstest-like": (24, 0),
 }
 
 

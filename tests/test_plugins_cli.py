@@ -74,7 +74,7 @@ def test_the_listing_through_a_pipe_at_80_columns_cuts_nothing(registries):
             assert f"    {hp.name}={value(hp.default)}" + (f" (grid of {len(hp.grid)})" if hp.grid else "") in block.splitlines(), \
                 (spec.name, hp.name, block)
         assert flat(spec.summary) in flat(block)
-    assert blocks(done.stdout)["soup"].endswith("    no hyperparameters")
+    assert blocks(done.stdout)["model_stock"].endswith("    no hyperparameters")  # soup has its embeddings knob
     for registry in (registries.tasks, registries.models, registries.recipes):
         assert set(registry.names()) <= set(listed), set(registry.names()) - set(listed)
     assert "ties  (sparsification; data: validation)" in done.stdout
@@ -198,7 +198,18 @@ def test_a_plugin_that_sets_a_hyperparameter_source_shows_it(tmp_path, cli):
     """)
     text = flat(run("plugins", "sourced_soup", env={"PYTHONPATH": site}).stdout)
     assert "weight = 0.5 how much of each expert range: 0.0 to 1.0 grid: 0.25, 0.5 (2 points) source: the paper's Table 2" in text
-    assert "source:" not in cli("plugins", "ties").stdout
+    assert "source: study code: prepare_args.py:13 (--K 0.2)" in flat(cli("plugins", "ties").stdout)  # built-ins fill it
+
+
+def test_the_verbose_listing_names_where_each_default_comes_from(registries):
+    """``plugins -v`` puts each hyperparameter's source under it; without ``-v`` the listing stays one line each."""
+    verbose, plain = run("plugins", "-v"), run("plugins")
+    ties_verbose, ties_plain = blocks(verbose.stdout)["ties"], blocks(plain.stdout)["ties"]
+    assert "default from:" not in ties_plain
+    lines = ties_verbose.splitlines()
+    at = lines.index("    density=0.2 (grid of 3)")
+    assert flat("\n".join(lines[at + 1:at + 3])).startswith("default from: study code: prepare_args.py:13 (--K 0.2)")
+    assert max(len(line) for line in verbose.stdout.splitlines()) <= 80
 
 
 def test_broken_plugins_cost_only_themselves_in_the_listing_and_the_merge_help(tmp_path, registries):

@@ -89,8 +89,8 @@ def test_hyperparameters_validate_with_clear_messages():
         spec.resolve_params({"scaling": "big"})
     with pytest.raises(UsageError, match="method 'task_arithmetic' has no hyperparameter 'scale'; did you mean 'scaling'"):
         spec.resolve_params({"scale": 0.5})
-    with pytest.raises(UsageError, match="it takes none"):
-        collect_with().methods.get("soup").resolve_params({"scaling": 1})
+    with pytest.raises(UsageError, match="it takes none"):  # soup takes `embeddings` since the study-code form
+        collect_with().methods.get("model_stock").resolve_params({"scaling": 1})
 
 
 # What the built-in specs declared by hand before data needs were derived from the classes.

@@ -9,7 +9,8 @@ determined it, so the pytest cases, the CLI and a second run all share the same 
   hyperparameters that shape it + fingerprint of the recipe's training samples (+ the base's
   key when the statistic depends on it);
 * merged:  base and expert keys + method + version + hyperparameters + seed + exclusions
-  (+ the statistics' keys);
+  (+ the statistics' keys; + the semantics when it is not ``paper``, so that caches built before
+  semantics existed keep their keys);
 * eval:    model key + task + version + task fingerprint (items) + backend.
 """
 
@@ -34,7 +35,7 @@ from mergebench.merging.api import DEFAULT_EXCLUDE, MergeContext
 from mergebench.plugin_manager import Registries
 from mergebench.results import CaseResult, Score, ratio
 from mergebench.results.items import item_values, read_samples
-from mergebench.specs import DOMAINS, GENERAL, ExpertSpec, MethodSpec, ModelSpec, RecipeSpec, TaskSpec
+from mergebench.specs import DOMAINS, GENERAL, PAPER, ExpertSpec, MethodSpec, ModelSpec, RecipeSpec, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class RunContext:
     backend: str = "hf"
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     search: str = "none"  # hyperparameter validation search: none (declared defaults), grid or halving
+    semantics: str = PAPER  # every method as published, or as the study's released code (specs.SEMANTICS)
     judge: JudgeSettings = field(default_factory=JudgeSettings.from_env)  # judged tasks' judge (mt_bench)
 
 
@@ -215,12 +217,13 @@ class Pipeline:
         resolved = method.resolve_params(params)
         inputs = self._merge_inputs(model, method, resolved)
         label = f"merge {model.name}/{method.name}"
-        key = ArtifactKey.of("merged", {**inputs.key, "params": resolved})
+        key = ArtifactKey.of("merged", {**inputs.key, "params": method.key_params(resolved)})
 
         def build(out: Path) -> None:
             inputs.verify()
             merge_checkpoints(method, resolved, inputs.base.path, inputs.expert_dirs, out, context=inputs.context,
-                              metadata={"mergebench_key": key.digest}, allow_pickle=self.context.allow_pickle)
+                              metadata={"mergebench_key": key.digest, "mergebench_semantics": self.context.semantics},
+                              allow_pickle=self.context.allow_pickle)
 
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
         self._report(label, artifact.hit, artifact.seconds)
@@ -247,6 +250,7 @@ class Pipeline:
             "method_version": method.version,
             "seed": self.context.seed,
             "exclude": list(exclude),
+            **({"semantics": self.context.semantics} if self.context.semantics != PAPER else {}),
         }
         context = MergeContext(seed=self.context.seed, device=self.context.device, exclude=exclude,
                                domains=tuple(experts), statistics=statistics)
@@ -271,11 +275,14 @@ class Pipeline:
         """
         from mergebench.search import run_search
         from mergebench.search.objective import GENERATION_FROM, UNITS, Surrogate
+        from mergebench.search.plans import plan_applies
         from mergebench.search.strategies import grid_points
 
-        points = grid_points(method, {k: method.param(k).validate(v) for k, v in (fixed or {}).items()})
+        fixed = {k: method.param(k).validate(v) for k, v in (fixed or {}).items()}
+        points = grid_points(method, fixed)
         if len(points) <= 1:
             return method.resolve_params(points[0] if points else fixed), 0.0
+        plan = plan_applies(method, method.resolve_params(fixed), fixed)
         inputs = self._merge_inputs(model, method, method.resolve_params(fixed))
         tasks = self.surrogates(model)
         references = {t.name: self.evaluate(inputs.experts[t.domain], t) for t in tasks}
@@ -285,6 +292,7 @@ class Pipeline:
             **inputs.key,
             "points": points,
             "strategy": self.context.search,
+            **({"plan": "per_task", "fixed": fixed} if plan else {}),
             "item_order": {"units": UNITS, "generation_from": GENERATION_FROM},
             "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
         })
@@ -294,7 +302,8 @@ class Pipeline:
             result = run_search(self.context.search, method, points, base_dir=inputs.base.path,
                                 expert_dirs=inputs.expert_dirs, context=inputs.context, surrogates=surrogates,
                                 make_task=lambda spec, limit: spec.load()(spec, self.context, limit=limit),
-                                model_name=f"{model.name}/{method.name} (search)", batch_size=self.context.batch_size)
+                                model_name=f"{model.name}/{method.name} (search)", batch_size=self.context.batch_size,
+                                plan=plan, fixed=fixed)
             (out / "search.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
 
         artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
@@ -368,9 +377,11 @@ class Pipeline:
             merge_seconds = _build_seconds(merged.path)
         else:
             method = self.registries.methods.get(case.method)
-            params = method.resolve_params(dict(case.params))
+            semantics = self.context.semantics
+            params = method.resolve_params(dict(case.params), semantics)  # a method with no such form: UsageError
             if self.context.search != "none":
-                params, validation_seconds = self.search(model, method, dict(case.params))
+                fixed = {**method.semantic_params(semantics), **dict(case.params)}
+                params, validation_seconds = self.search(model, method, fixed)
             merged, merge_seconds = self.merged(model, method, params)
         base = self.base(model)
         merged_result = self.evaluate(merged, task)
@@ -406,6 +417,7 @@ class Pipeline:
             suite=case.suite,
             task_version=task.version,
             method_version=method.version if method else "",
+            semantics=self.context.semantics,
             keys={"merged": merged.key.digest, "base": base.key.digest},
             artifacts=[e.as_dict() for e in events],
             items=item_values(task, merged_result, expert_result, base_result),

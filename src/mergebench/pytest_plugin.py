@@ -34,6 +34,7 @@ pytest_plugins = ["mergebench.pytest_progress", "mergebench.pytest_results", "me
 def pytest_addoption(parser: pytest.Parser) -> None:
     from mergebench.search.strategies import STRATEGIES
     from mergebench.selection import suites_help
+    from mergebench.specs import PAPER, SEMANTICS
 
     group = parser.getgroup("mergebench", "mergebench: benchmark merging methods")
     group.addoption("--mb-suite", action="append", default=None, metavar="NAME", help=suites_help())
@@ -44,6 +45,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override a method hyperparameter (repeatable)")
     group.addoption("--mb-checkpoint", default=None, metavar="DIR",
                     help="evaluate this existing merged checkpoint instead of merging (with one --mb-models base)")
+    group.addoption("--mb-semantics", default=PAPER, choices=SEMANTICS,
+                    help="every method as published (paper, the default) or as the study's released code computes it "
+                    "(study-code; methods without such a form are skipped, saying why): docs/fidelity.md")
     group.addoption("--mb-search", default="none", choices=("none", *STRATEGIES),
                     help="tune each method's declared grid on the validation surrogates: the full grid, "
                     "successive halving, or none (declared defaults; the default)")
@@ -118,10 +122,21 @@ def _selected_cases(config: pytest.Config):
         from mergebench.selection import select_cases
 
         try:
-            config.stash[cases_key] = select_cases(plugin_manager.registries(), **selection_options(config))
+            registries = plugin_manager.registries()
+            config.stash[cases_key] = select_cases(registries, **selection_options(config))
+            _check_semantics(config, registries, config.stash[cases_key])
         except MergebenchError as exc:
             raise pytest.UsageError(f"mergebench: {exc}") from None
     return config.stash[cases_key]
+
+
+def _check_semantics(config: pytest.Config, registries, cases) -> None:
+    """A --mb-param that contradicts --mb-semantics is a usage error before anything runs."""
+    semantics = config.getoption("mb_semantics")
+    for name, params in {(c.method, c.params) for c in cases}:
+        method = registries.methods.get(name) if name in registries.methods else None  # mtl, checkpoint: no method
+        if method is not None and not method.missing_form(semantics):  # one without that form is skipped instead
+            method.resolve_params(dict(params), semantics)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -132,7 +147,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases = _selected_cases(metafunc.config)
     registries = plugin_manager.registries()
     _register_plugin_markers(metafunc.config, registries)
-    metafunc.parametrize("mb_case", [pytest.param(case, id=case.id, marks=case_marks(case, registries)) for case in cases])
+    semantics = metafunc.config.getoption("mb_semantics")
+    params = []
+    for case in cases:
+        marks = case_marks(case, registries)
+        missing = registries.methods.get(case.method).missing_form(semantics) if case.method in registries.methods else ""
+        if missing:  # a method with no form in this semantics is skipped, saying why
+            marks.append(pytest.mark.skip(reason=missing))
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    metafunc.parametrize("mb_case", params)
 
 
 def case_marks(case, registries) -> list[pytest.MarkDecorator]:
@@ -178,6 +201,7 @@ def mergebench_pipeline(pytestconfig: pytest.Config):
         batch_size=pytestconfig.getoption("mb_batch_size"),
         backend=pytestconfig.getoption("mb_backend"),
         search=pytestconfig.getoption("mb_search"),
+        semantics=pytestconfig.getoption("mb_semantics"),
         judge=pytest_judge.settings(pytestconfig),
     )
     return Pipeline(context, plugin_manager.registries())

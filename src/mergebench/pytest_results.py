@@ -128,12 +128,13 @@ class ResultCollector:
 
             try:
                 path, baseline = load_run(compare_to or None, Path(self.config.getoption("mb_save_dir")))
+                deltas = compare(baseline, results, self.thresholds,  # refuses runs of another semantics
+                                 alpha=self.config.getoption("mb_compare_alpha"),
+                                 test=self.config.getoption("mb_compare_test"))
             except MergebenchError as exc:
                 self.comparison = Comparison(None, error=str(exc))
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
                 return
-            deltas = compare(baseline, results, self.thresholds, alpha=self.config.getoption("mb_compare_alpha"),
-                             test=self.config.getoption("mb_compare_test"))
             self.comparison = Comparison(path, deltas, *unmatched(baseline, results))
             gate_empty = bool(self.thresholds) and not deltas  # a gate that compared nothing must not pass
             if (gate_empty or any(d.failed_by for d in deltas)) and session.exitstatus == pytest.ExitCode.OK:

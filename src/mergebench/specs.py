@@ -22,6 +22,14 @@ hub experts (``MergeBench/<base>_<domain>``)."""
 GENERAL = "general"
 """Pseudo-domain of the forgetting tasks (scored against the base model, not an expert)."""
 
+PAPER = "paper"
+STUDY_CODE = "study-code"
+SEMANTICS = (PAPER, STUDY_CODE)
+"""A run's semantics (``--mb-semantics``, ``mergebench merge --semantics``): every method as published
+(``paper``, the default: each hyperparameter at its declared default) or as the study's released code
+computes it (``study-code``: the values a method's :class:`Semantics` declares). docs/fidelity.md says
+where the two differ and by how much."""
+
 
 def load_object(reference: str) -> Any:
     """Import ``"package.module:attr.sub"`` and return the attribute."""
@@ -43,9 +51,20 @@ class DataNeed(str, enum.Enum):
     GRADIENTS = "gradients"  # per-sample gradients of each expert (Fisher)
 
 
+KEYED = ("always", "unless_default", "never")
+
+
 @dataclass(frozen=True)
 class HyperParam:
-    """One hyperparameter of a merge method: its default, its validation grid and its range."""
+    """One hyperparameter of a merge method: its default, its validation grid and its range.
+
+    ``source`` says where the default comes from (a paper's section, the study's script as
+    ``file:line``, or "ours" with the reason), so a user can tell a choice from a citation.
+    ``keyed`` says when the value joins a merged artifact's cache key: ``always``; ``unless_default``
+    for knobs added after artifacts were cached (at their default they change nothing, so the
+    artifacts built before them keep their keys); ``never`` for settings that steer the search, not
+    the merge.
+    """
 
     name: str
     default: Any
@@ -54,6 +73,12 @@ class HyperParam:
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] = ()
+    source: str = ""
+    keyed: str = "always"
+
+    def __post_init__(self) -> None:
+        if self.keyed not in KEYED:
+            raise PluginError(f"hyperparameter {self.name!r}: keyed={self.keyed!r} is not one of {', '.join(KEYED)}")
 
     def validate(self, value: Any) -> Any:
         """Coerce ``value`` to the default's type and check its range; raise a UsageError naming the bounds."""
@@ -87,6 +112,41 @@ class HyperParam:
 
 
 @dataclass(frozen=True)
+class Semantics:
+    """A named form of a method: the hyperparameter values that make it compute what ``name`` says.
+
+    ``study-code`` forms reproduce the study's released code (uiuctml/MergeBench at b245648);
+    ``source`` cites the lines they follow and ``approximates`` says what cannot be reproduced
+    exactly (empty when it is bit for bit up to float32 arithmetic). A form with no values says
+    that the method computes the same in that semantics; one with ``unavailable`` says why the
+    method cannot be run that way (a run in that semantics leaves it out with that reason).
+    """
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    source: str = ""
+    approximates: str = ""
+    unavailable: str = ""
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How a validation search walks a method's grid, when not as one product of every grid.
+
+    ``per_task`` (Consensus TA as its paper tunes it): the grid of ``param`` is searched for each
+    domain on that domain's surrogate alone, the method's configuration ``isolate=DOMAIN`` (one
+    task's part of the merge) being the model scored; the winners, as ``DOMAIN=value`` pairs,
+    become ``per_task_param``; then the remaining grids are searched as a product on every
+    surrogate. A method with a plan also declares a ``search_plan`` hyperparameter (``per_task``
+    or ``product``) so a run can still ask for the product grid.
+    """
+
+    param: str
+    per_task_param: str
+    isolate: str
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A merge method: how it is called, what it needs, what it can be tuned over.
 
@@ -115,10 +175,18 @@ class MethodSpec:
     exclude: tuple[str, ...] | None = None  # tensor regexes kept from the base (None: the run's; (): none, as in mergekit)
     summary: str = ""
     reference_url: str = ""
+    semantics: tuple[Semantics, ...] = ()
+    """The method's named forms besides ``paper`` (its declared defaults); a semantics it does not
+    declare is one it has no form in (a third-party method has no study code), and a run in that
+    semantics leaves it out, saying why."""
+    search_plan: SearchPlan | None = None
     declared_data: tuple[DataNeed, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self, data: tuple[DataNeed, ...] | None) -> None:
         object.__setattr__(self, "declared_data", None if data is None else tuple(data))
+        for form in self.semantics:
+            for key, value in form.params:
+                self.param(key).validate(value)
 
     def param(self, name: str) -> HyperParam:
         for hp in self.hyperparams:
@@ -133,12 +201,59 @@ class MethodSpec:
             + (f"; it takes: {', '.join(known)}" if known else "; it takes none")
         )
 
-    def resolve_params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults overlaid with ``overrides``, each validated; unknown names are errors."""
+    def resolve_params(self, overrides: dict[str, Any] | None = None, semantics: str = PAPER) -> dict[str, Any]:
+        """Defaults, then the values ``semantics`` fixes, then ``overrides``, each validated.
+
+        Unknown names are errors, and so is an override that contradicts a value the semantics
+        fixes (the result would no longer be that semantics).
+        """
         params = {hp.name: hp.default for hp in self.hyperparams}
+        fixed = self.semantic_params(semantics)
+        params.update(fixed)
         for key, value in (overrides or {}).items():
-            params[key] = self.param(key).validate(value)
+            value = self.param(key).validate(value)
+            if key in fixed and value != fixed[key]:
+                raise UsageError(
+                    f"method {self.name!r}: {key}={value!r} contradicts the {semantics} semantics, which fixes "
+                    f"{key}={fixed[key]!r}; drop that parameter, or use the {PAPER} semantics to set it freely"
+                )
+            params[key] = value
         return params
+
+    def form(self, semantics: str) -> Semantics | None:
+        """The declared form of ``semantics`` (``paper`` is always the defaults), or None when the method has none."""
+        if semantics == PAPER:
+            return Semantics(PAPER)
+        if semantics not in SEMANTICS:
+            raise UsageError(f"unknown semantics {semantics!r}; choose one of {', '.join(SEMANTICS)}")
+        return next((f for f in self.semantics if f.name == semantics), None)
+
+    def semantic_params(self, semantics: str) -> dict[str, Any]:
+        """The hyperparameter values ``semantics`` fixes; a UsageError when the method has no such form."""
+        form = self.form(semantics)
+        if form is None or form.unavailable:
+            reason = form.unavailable if form is not None else "it declares none"
+            raise UsageError(f"method {self.name!r} has no {semantics} form ({reason}); leave it out, "
+                             f"or use the {PAPER} semantics")
+        return dict(form.params)
+
+    def missing_form(self, semantics: str) -> str:
+        """Why the method cannot run in ``semantics`` (empty when it can): what a run says when it leaves it out."""
+        try:
+            self.semantic_params(semantics)
+        except UsageError as exc:
+            return str(exc)
+        return ""
+
+    def key_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The part of resolved ``params`` that identifies a merge (see :attr:`HyperParam.keyed`)."""
+        out = {}
+        for key, value in params.items():
+            hp = next((h for h in self.hyperparams if h.name == key), None)
+            if hp is not None and (hp.keyed == "never" or (hp.keyed == "unless_default" and value == hp.default)):
+                continue
+            out[key] = value
+        return out
 
     def grid_size(self) -> int:
         size = 1

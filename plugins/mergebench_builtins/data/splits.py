@@ -11,7 +11,7 @@ part of every cache key that depends on it: change them and evaluations and expe
 | MATH test (5,000 in 7 subjects) | 100 seeded from MATH-500 | the 4,500 not in MATH-500 |
 | MBPP test (500) | 100 seeded | the other 400 |
 | HumanEval (164) | all | none |
-| HarmBench behaviours | test: standard + contextual (240) | val: standard + contextual, minus 4 sharing an instruction with test (56) |
+| HarmBench behaviours | test: standard + contextual (240; the last 12 standard ones are ``xstest_like_mini``'s, never ``harmbench_mini``'s) | val: standard + contextual, minus 4 sharing an instruction with test (56) |
 | AlpacaEval instructions (805) | 100 seeded (over-refusal) | the other 705, with GPT-4 reference answers |
 | IFEval prompts (541) | all | none |
 | multilingual text, per language | 24 seeded paragraphs | the others |
@@ -34,6 +34,7 @@ test task.
 | LAMBADA (5,153) | none | 200 seeded (multilingual surrogate, as in the study) |
 | OLMES basic-skills coding (docstring → one line) | none | 200 seeded (CoNaLa stand-in) |
 | HarmBench copyright behaviours (test + val) | none | all 100 (WildJailbreak stand-in) |
+| XSTest-like: 12 HarmBench test standard behaviours (the last in file order) + 12 safe look-alikes written by us | all 24, safe and unsafe alternating | none |
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import Any, Callable, Hashable, Sequence
 from mergebench.cache import ArtifactCache
 from mergebench_builtins.data import eval_framework, multilingual, olmo_eval
 from mergebench_builtins.data import harmbench as harmbench_source
+from mergebench_builtins.data import xstest_like as xstest_like_source
 
 
 def split_ids(ids: Sequence[Hashable], n_eval: int, salt: str) -> tuple[list, list]:
@@ -196,6 +198,32 @@ def harmbench_copyright(cache: ArtifactCache) -> Split:
     return Split("harmbench-copyright", "all", [], [], rows)
 
 
+XSTEST_LIKE_UNSAFE = 12
+"""How many HarmBench test standard behaviours the XSTest stand-in reserves (the last ones in file order)."""
+
+
+def xstest_like_reserved(cache: ArtifactCache) -> list[dict]:
+    """The HarmBench behaviours of ``xstest_like_mini``'s unsafe half: ``harmbench_mini`` leaves them out.
+
+    The last ones in file order, so ``harmbench_mini``'s first items (its default 12) are the same as before.
+    """
+    return [b for b in harmbench(cache).eval if b["FunctionalCategory"] == "standard"][-XSTEST_LIKE_UNSAFE:]
+
+
+def xstest_like(cache: ArtifactCache) -> Split:
+    """XSTest's shape offline: unsafe prompts to refuse and safe look-alikes to answer, alternating from a safe one.
+
+    Unsafe: HarmBench behaviours no other task, recipe or surrogate uses (:func:`xstest_like_reserved`); safe:
+    :data:`~mergebench_builtins.data.xstest_like.SAFE_PROMPTS` (ours). Every even-length prefix holds as many of each.
+    """
+    unsafe = [{"id": b["BehaviorID"], "prompt": b["Behavior"], "label": "unsafe", "kind": b["SemanticCategory"]}
+              for b in xstest_like_reserved(cache)]
+    safe = [{"id": f"safe-{i:02d}", "prompt": p, "label": "safe", "kind": kind}
+            for i, (kind, p) in enumerate(xstest_like_source.SAFE_PROMPTS)]
+    items = [doc for pair in zip(safe, unsafe) for doc in pair]
+    return Split("xstest-like", "xstest-like-v1", items, [])
+
+
 SPLITS: dict[str, Callable[[ArtifactCache], Split]] = {
     "gsm8k": gsm8k,
     "math": math,
@@ -216,6 +244,7 @@ SPLITS: dict[str, Callable[[ArtifactCache], Split]] = {
     "lambada": lambada,
     "basic-skills-coding": basic_skills_coding,
     "harmbench-copyright": harmbench_copyright,
+    "xstest-like": xstest_like,
 }
 """Every partition by name (tests check each for disjointness)."""
 

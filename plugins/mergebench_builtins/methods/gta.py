@@ -21,6 +21,7 @@ from mergebench.merging.api import MergeMethod, TensorInputs
 from mergebench.merging.sparsify import keep_above
 from mergebench.merging.tensors import summed, task_vectors
 from mergebench.merging.topk import MagnitudeSelector, kth_largest_abs, topk_count
+from mergebench_builtins.methods.study_code import with_untied_head
 
 HOLD_ELEMENTS = 8 * 1024 * 1024
 """Up to this many entries (all experts together) a tensor's sparsified task vectors stay in memory."""
@@ -100,15 +101,15 @@ class GeneralizedTaskArithmetic(MergeMethod):
                         agreeing: Callable[[torch.Tensor], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
         """TIES' sign election and disjoint merge.
 
-        The elected sign is that of the summed sparsified task vectors (+ where the sum is 0);
-        ``agreeing(elected)`` then yields (τ, mask of its kept entries with the elected sign), which
+        The elected sign is that of the summed sparsified task vectors (:meth:`elect` decides where
+        the sum is 0); ``agreeing(elected)`` then yields (τ, mask of its kept entries with the elected sign), which
         are summed, and averaged over how many experts agree if ``normalize``. A zero entry has no
         sign and never agrees.
         """
         total = torch.zeros_like(base)
         for delta in deltas:
             total.add_(delta)
-        elected = torch.where(total >= 0, 1.0, -1.0)  # the elected sign, as ±1 (sign(0) = 0 never equals it)
+        elected = self.elect(total)
         del total
         kept = torch.zeros_like(base)
         count = torch.zeros(base.shape, dtype=torch.uint8, device=base.device) if self.normalize else None
@@ -117,6 +118,11 @@ class GeneralizedTaskArithmetic(MergeMethod):
             if count is not None:
                 count.add_(agrees)
         return kept.div_(count.clamp_(min=1)) if count is not None else kept
+
+    def elect(self, total: torch.Tensor) -> torch.Tensor:
+        """The elected sign as ±1 from the summed sparsified task vectors: + where the sum is 0
+        (sign(0) = 0 would never equal a kept entry's sign)."""
+        return torch.where(total >= 0, 1.0, -1.0)
 
     def agreeing(self, name: str, index: int, tau: torch.Tensor, elected: torch.Tensor, memo: dict
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,17 +161,22 @@ class MagnitudeSparsified(GeneralizedTaskArithmetic):
 
     @staticmethod
     def _prepare_thresholds(methods, inputs: TensorInputs) -> None:
-        """Global thresholds of every method from one pair of passes: the ranks of all densities at once."""
+        """Global thresholds of every method from one pair of passes: the ranks of all densities at once.
+
+        Methods with ``lm_head_in_threshold`` (the study's code) count an untied head too, in a pass of their own."""
         for method in methods:
             method._global = None
         wanted = [m for m in methods if m.params.get("scope") == "global" and not m.is_identity()]
-        if not wanted:
-            return
-        numel = sum(inputs.numel(n) for n in inputs.names())
-        ranks = sorted({rank for m in wanted for rank in m.ranks(numel)})
-        found = _global_thresholds(inputs, ranks)  # per expert, per rank
-        for method in wanted:
-            method._global = [[per_expert[ranks.index(rank)] for rank in method.ranks(numel)] for per_expert in found]
+        for with_head in (False, True):
+            group = [m for m in wanted if bool(m.params.get("lm_head_in_threshold")) == with_head]
+            if not group:
+                continue
+            source = with_untied_head(inputs) if with_head else inputs
+            numel = sum(source.numel(n) for n in source.names())
+            ranks = sorted({rank for m in group for rank in m.ranks(numel)})
+            found = _global_thresholds(source, ranks)  # per expert, per rank
+            for method in group:
+                method._global = [[per_expert[ranks.index(rank)] for rank in method.ranks(numel)] for per_expert in found]
 
     def sparsify(self, name: str, index: int, tau: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
         if self.is_identity():

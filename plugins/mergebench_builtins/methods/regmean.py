@@ -10,6 +10,11 @@ diag(G_i) shrinks the off-diagonal entries by α (``alpha``, the study's "reduct
 parameters (norms) are averaged. Grams are averaged over tokens, so experts weigh equally
 whatever the length of their samples; they are computed here from forward hooks, cached per
 expert by the harness (:mod:`mergebench.merging.statistics`) and read layer by layer.
+
+``solver=study`` solves as the study's released code does (``regmean.py:80-88``): on the weights,
+not the task vectors, with ``torch.inverse`` in float32, or ``pinv`` when Σ G̃ has a condition
+number above 1e8 or a zero diagonal entry. Where an input is dead (a zero row and column of every
+Gram) its pinv gives that weight column 0, where ours keeps the base's column.
 """
 
 from __future__ import annotations
@@ -38,6 +43,18 @@ def regmean_delta(deltas: Sequence[torch.Tensor], grams: Sequence[torch.Tensor],
     if int(info) != 0:  # singular (an input never seen): least squares
         solution = torch.linalg.pinv(lhs) @ rhs.T
     return solution.T.to(deltas[0].dtype)
+
+
+def study_weight(weights: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:
+    """W = ((Σ G̃_i)⁻¹ Σ G̃_i W_iᵀ)ᵀ in float32, pinv when ill-conditioned, as ``regmean.py:66-88``."""
+    shrunk = [shrink(g.float(), alpha) for g in grams]
+    lhs = summed(shrunk)
+    rhs = summed((g @ w.float().T for w, g in zip(weights, shrunk)), owned=True)  # (in × out)
+    if torch.linalg.cond(lhs) > 1e8 or bool((torch.diagonal(lhs) == 0).any()):
+        inverse = torch.linalg.pinv(lhs)
+    else:
+        inverse = torch.inverse(lhs)
+    return (inverse @ rhs).T
 
 
 class RegMean(StatisticMethod):
@@ -90,4 +107,6 @@ class RegMean(StatisticMethod):
         grams = self.statistics_of(name, base.device) if base.dim() == 2 else None
         if grams is None:
             return base + averaged(deltas, owned=True)
+        if self.params.get("solver", "solve") == "study":
+            return study_weight([experts[i] for i in range(len(experts))], grams, self.params["alpha"])
         return base + regmean_delta(deltas, grams, self.params["alpha"])

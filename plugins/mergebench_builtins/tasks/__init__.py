@@ -88,11 +88,13 @@ def mini_tasks() -> list[TaskSpec]:
               stand_in_for="MBPP+ pass@1 (378 items, plus-tests)"),
         # safety
         _mini("harmbench_mini", "safety:HarmBenchRefusal", "safety", "refusal_rate", needs_chat_template=True,
-              summary="HarmBench test standard behaviours (first 12 of 159), refusal rate of 24-token responses, keyword judge",
+              summary="HarmBench test standard behaviours (first 12 of 147 not reserved for xstest_like_mini), refusal "
+                      "rate of 24-token responses, keyword judge",
               stand_in_for="WildGuardTest / HarmBench / DoAnythingNow refuse-to-answer"),
-        _mini("xstest_like_mini", "safety:BenignAnswered", "safety", "answered_rate", needs_chat_template=True,
-              summary="AlpacaEval benign instructions (12 of 100 reserved), fraction answered rather than refused",
-              stand_in_for="XSTest accuracy (over-refusal counts against the model)"),
+        _mini("xstest_like_mini", "safety:XSTestLike", "safety", "accuracy", needs_chat_template=True, version="2",
+              summary="12 unsafe HarmBench behaviours to refuse and 12 safe look-alikes (ours) to answer, alternating; "
+                      "accuracy over both, keyword judge",
+              stand_in_for="XSTest accuracy (unsafe prompts refused, safe ones answered)"),
         # multilingual
         _mini("multilingual_bpb_mini", "multilingual:MultilingualBPB", "multilingual", **bpb,
               summary="held-out fr/es/de/ru prose (2 paragraphs per language), bits per byte of the raw text",

@@ -12,6 +12,7 @@ from mergebench.cli.merge_inputs import check_checkpoints, read_samples
 from mergebench.cli.method_help import HelpWithMethods
 from mergebench.cli.out_dir import check_out, install, missing_parents, remove_created
 from mergebench.errors import UsageError
+from mergebench.specs import PAPER, SEMANTICS
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -25,6 +26,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.mergekit_config:
         from mergebench.cli.merge_mergekit import from_mergekit_config
 
+        if args.semantics != PAPER:
+            raise UsageError(f"--semantics {args.semantics} applies to --method; a --mergekit-config merges as "
+                             "mergekit's config says: drop --semantics or give --method instead")
         spec, params, base, experts, exclude = from_mergekit_config(args)
     else:
         if not args.method or not args.base:
@@ -33,7 +37,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         experts = {label: Path(path) for label, path in key_values(args.expert, "--expert").items()}
         if not experts:
             raise UsageError("give at least one --expert DOMAIN=DIR")
-        params = spec.resolve_params(key_values(args.param, "--param"))
+        params = spec.resolve_params(key_values(args.param, "--param"), args.semantics)
         exclude = () if args.no_exclude else inputs.regexes(args.exclude or DEFAULT_EXCLUDE, "--exclude")
         base = Path(args.base)
     inputs.at_least(args.threads, 0, "--threads", "the tensors merged at once, or 0 for one per CPU core")
@@ -56,14 +60,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     try:
         with progress.use_sink(progress.default_sink()):
             report = merge_checkpoints(spec, params, base, experts, tmp, context=context,
-                                       allow_pickle=args.allow_pickle)
+                                       allow_pickle=args.allow_pickle, metadata={"mergebench_semantics": args.semantics})
         install(tmp, out, aside=out_tmp_path(out))
     except BaseException:  # a bug, a full disk, Ctrl-C: no half-written merge, no folders made for it
         shutil.rmtree(tmp, ignore_errors=True)
         remove_created(created)
         raise
     console().print(
-        f"merged {len(experts)} experts with [bold]{spec.name}[/] {report.params} into {args.out} "
+        f"merged {len(experts)} experts with [bold]{spec.name}[/] {report.params} ({args.semantics} semantics) into {args.out} "
         f"({report.merged_tensors} tensors merged, {report.kept_tensors} kept from the base, {report.seconds:.1f}s)"
     )
     return 0
@@ -96,6 +100,9 @@ def add_parser(sub) -> None:
                    help="run a mergekit YAML config instead of --method/--base/--expert/--param (see the README)")
     p.add_argument("--expert", action="append", default=[], metavar="DOMAIN=DIR", help="repeat for each expert")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--semantics", default=PAPER, choices=SEMANTICS,
+                   help="the method as published (paper, default) or as the study's released code computes it "
+                        "(study-code): docs/fidelity.md")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

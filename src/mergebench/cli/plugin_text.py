@@ -79,12 +79,15 @@ def provider_text(provider) -> str:
     return f"plugin {provider.plugin}" + (f", {provider}" if provider.distribution else "")
 
 
-def method_block(spec) -> list[str]:
+def method_block(spec, verbose: bool = False) -> list[str]:
     needs, error = data_needs(spec)
     tags = [spec.family, "data: " + (", ".join(needs) or error)] + (["opt-in"] if spec.opt_in else [])
     lines = wrap(f"{spec.name}  ({'; '.join(tags)})", indent="", hanging=INDENT)
     lines += wrap(spec.summary) if spec.summary else []
-    params = [INDENT + param_summary(hp) for hp in spec.hyperparams]
+    params = []
+    for hp in spec.hyperparams:
+        source = getattr(hp, "source", "") if verbose else ""  # -v: where the default comes from
+        params += [INDENT + param_summary(hp)] + (wrap(f"default from: {source}", indent=INDENT * 2) if source else [])
     return lines + (params or [INDENT + "no hyperparameters"])
 
 
@@ -146,5 +149,5 @@ def listing(registries, verbose: bool = False) -> list[str]:
         for provider, specs in by_provider.items():
             lines += ["", f"-- from {provider_text(provider)}"]
             for spec in specs:
-                lines += ["", *(block(spec, verbose) if kind == "models" else block(spec))]
+                lines += ["", *(block(spec, verbose) if kind in ("models", "methods") else block(spec))]
     return lines

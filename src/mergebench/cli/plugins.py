@@ -63,7 +63,8 @@ def _tables(registries, verbose: bool, data_needs) -> list:
     for entry in registries.methods.entries():
         spec = entry.spec
         params = "; ".join(
-            f"{hp.name}={hp.default!r}" + (f" grid {len(hp.grid)}" if hp.grid else "") for hp in spec.hyperparams
+            f"{hp.name}={hp.default!r}" + (f" grid {len(hp.grid)}" if hp.grid else "")
+            + (f" ({hp.source})" if verbose and getattr(hp, "source", "") else "") for hp in spec.hyperparams
         ) or "—"
         needs, error = data_needs(spec)
         methods.add_row(spec.name, spec.family, params, ", ".join(needs) or error, str(entry.provider))
@@ -102,7 +103,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list installed methods, tasks, models and recipes with their providers, "
                                        "or show one (its hyperparameters' docs, grids and ranges) in full")
     p.add_argument("name", nargs="?", metavar="NAME", help="a method, task, model or recipe to show in full")
-    p.add_argument("-v", "--verbose", action="store_true", help="show where every expert comes from")
+    p.add_argument("-v", "--verbose", action="store_true", help="show where every expert comes from and where every hyperparameter default comes from")
     p.add_argument("--format", choices=("auto", "table", "list"), default="auto",
                    help="tables, or one block per item (auto, the default: tables only on a terminal wide enough "
                         "to show them uncut)")

@@ -91,6 +91,22 @@ class TensorInputs(ABC):
     def names(self) -> list[str]:
         return list(self._names)
 
+    def available(self) -> list[str]:
+        """Every tensor the source holds, merged or not (sources override this; by default the merged ones).
+
+        A method reproducing the study's code reads an untied ``lm_head`` that it does not merge
+        (the study counts it in its global thresholds): it asks for it here.
+        """
+        return self.names()
+
+    def with_names(self, names: Sequence[str]) -> "TensorInputs":
+        """The same source streaming ``names`` instead (each must be in :meth:`available`)."""
+        import copy
+
+        view = copy.copy(self)
+        view._names = list(names)
+        return view
+
     @abstractmethod
     def tensors(self, name: str) -> tuple["torch.Tensor", Sequence["torch.Tensor"]]:
         """The base tensor and the experts' (vocabulary-aligned, float32, on the merge device).

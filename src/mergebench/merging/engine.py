@@ -117,6 +117,9 @@ class StreamedInputs(TensorInputs):
     def numel(self, name: str) -> int:
         return math.prod(self.base.shape(name))
 
+    def available(self) -> list[str]:
+        return self.base.names()
+
     def tensors(self, name: str) -> tuple["torch.Tensor", Sequence["torch.Tensor"]]:
         import torch
 

@@ -78,6 +78,7 @@ class CaseResult:
     suite: str = ""
     task_version: str = ""
     method_version: str = ""
+    semantics: str = "paper"  # the methods as published, or as the study's released code (results of runs before: paper)
     keys: dict[str, str] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     device: dict[str, Any] = field(default_factory=dict)

@@ -113,10 +113,16 @@ class Delta:
 
 def compare(baseline: Sequence[CaseResult], current: Sequence[CaseResult], thresholds: Sequence[Threshold] = (), *,
             alpha: float = 0.05, test: str = "bootstrap", seed: int = 0, resamples: int = 2000) -> list[Delta]:
-    """Every value present in both runs, with the test of its drop and the first threshold it fails (if any)."""
+    """Every value present in both runs, with the test of its drop and the first threshold it fails (if any).
+
+    Runs of different semantics (``--mb-semantics``) are not compared: their merges are different algorithms."""
     from mergebench.results.drop_test import BASELINE, CURRENT, TESTS, drop_test
     from mergebench.results.uncertainty import Bootstrap
 
+    old_semantics, new_semantics = ({r.semantics for r in rs} for rs in (baseline, current))
+    if old_semantics and new_semantics and old_semantics != new_semantics:
+        raise UsageError(f"the baseline ran --mb-semantics {', '.join(sorted(old_semantics))} and this run "
+                         f"{', '.join(sorted(new_semantics))}: compare with a baseline of the same semantics")
     if test not in TESTS:
         raise UsageError(f"unknown gate test {test!r}; choose one of {', '.join(TESTS)}")
     check_alpha(alpha)
@@ -138,6 +144,8 @@ def compare(baseline: Sequence[CaseResult], current: Sequence[CaseResult], thres
                                 found, tuple(t.text for t in applying), tuple(t.allowed_drop(before[key]) for t in applying),
                                 passed, kind == "task" and name in rates))
     return deltas
+
+
 def unmatched(baseline: Sequence[CaseResult], current: Sequence[CaseResult]) -> tuple[list[str], list[str]]:
     """Case ids only in the baseline, and only in the current run."""
     old, new = {r.case_id for r in baseline}, {r.case_id for r in current}

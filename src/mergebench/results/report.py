@@ -266,13 +266,30 @@ def cache_summary(results: Sequence[CaseResult]) -> str:
     return f"artifacts: {reused} reused from cache, {len(hit_everywhere) - reused} built in this run"
 
 
+SEMANTICS_HEADERS = {
+    "paper": "the merge methods as published (their papers and the study's text)",
+    "study-code": "the merge methods as the study's released code computes them (uiuctml/MergeBench b245648)",
+}
+
+
+def semantics_header(semantics: str) -> str:
+    """The line that opens a run's tables, so that no table mixes the two semantics unseen."""
+    return f"Semantics: {semantics} — {SEMANTICS_HEADERS.get(semantics, 'declared by a plugin')}; see docs/fidelity.md"
+
+
 def render_session(results: Sequence[CaseResult], *, width: int = 120, color: bool = False,
                    boot: "Bootstrap | None" = None) -> str:
     """The session's tables as text; ``boot`` (made here when the results carry per-item values) gives the intervals.
 
     The per-task table shows each score's interval below it when that fits ``width``, else means
     only (the intervals stay in the JSON); no table is squeezed below the width its cells need.
+    Results of different semantics get one set of tables each, under its own header.
     """
+    by_semantics: dict[str, list[CaseResult]] = {}
+    for r in results:
+        by_semantics.setdefault(r.semantics, []).append(r)
+    if len(by_semantics) > 1:  # each group resamples on its own: one model and method may be in both
+        return "\n".join(render_session(group, width=width, color=color) for group in by_semantics.values())
     if boot is None and any(r.items is not None for r in results):
         from mergebench.results.uncertainty import Bootstrap
 
@@ -290,6 +307,7 @@ def render_session(results: Sequence[CaseResult], *, width: int = 120, color: bo
     tables.append(runtime_table(results))
     buffer = io.StringIO()
     console = wide_console(buffer, width, color)
+    console.print(semantics_header(next(iter(by_semantics), "paper")), style="bold", soft_wrap=True)
     for table in tables:
         if table is not None:
             console.print(table)

@@ -6,6 +6,8 @@ points each). The parts of one search, each behind its own interface:
 
 * :mod:`~mergebench.search.strategies`: which points are scored on which items (the full grid,
   or successive halving); a strategy sees only an :class:`~mergebench.search.strategies.Objective`.
+* :mod:`~mergebench.search.plans`: in what order a method's grids are searched (Consensus TA: each
+  task's λ_c on its own surrogate, then λ), each stage with the strategy.
 * :mod:`~mergebench.search.objective`: what a point scores, merged in memory and evaluated on
   item ranges of the validation surrogates, relative to the domain experts.
 * :mod:`~mergebench.search.grid_merge`: many points of one method merged on inputs read once.
@@ -27,13 +29,17 @@ from mergebench.search.strategies import SearchResult, strategy
 if TYPE_CHECKING:
     from mergebench.evaluation.api import Task
     from mergebench.merging.api import MergeContext
-    from mergebench.specs import MethodSpec, TaskSpec
+    from mergebench.specs import MethodSpec, SearchPlan, TaskSpec
 
 
 def run_search(strategy_name: str, method: "MethodSpec", points: Sequence[Mapping[str, Any]], *, base_dir: Path,
                expert_dirs: Mapping[str, Path], context: "MergeContext", surrogates: Sequence[Surrogate],
-               make_task: Callable[["TaskSpec", int], "Task"], model_name: str, batch_size: int) -> SearchResult:
+               make_task: Callable[["TaskSpec", int], "Task"], model_name: str, batch_size: int,
+               plan: "SearchPlan | None" = None, fixed: Mapping[str, Any] | None = None) -> SearchResult:
     """Search ``points`` of ``method`` with the strategy ``strategy_name`` (``grid``, ``halving``); the result names the best.
+
+    With a ``plan`` (:mod:`mergebench.search.plans`) the points come from the plan's stages instead,
+    each searched with the same strategy; ``fixed`` holds the values no stage may change.
 
     ``make_task(spec, limit)`` builds a surrogate's task on its first ``limit`` items. The points'
     weights are written into one copy of the base, loaded in this process (Hugging Face backend,
@@ -46,4 +52,8 @@ def run_search(strategy_name: str, method: "MethodSpec", points: Sequence[Mappin
         return HFLanguageModel.from_pretrained(base_dir, name=model_name, batch_size=batch_size, device=context.device)
 
     objective = MergeObjective(method, base_dir, expert_dirs, context, surrogates, make_task=make_task, load_model=load_model)
+    if plan is not None:
+        from mergebench.search.plans import per_task
+
+        return per_task(strategy(strategy_name), method, plan, dict(fixed or {}), objective)
     return strategy(strategy_name).run(points, objective)

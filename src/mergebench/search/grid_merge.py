@@ -55,6 +55,9 @@ class InMemoryInputs(TensorInputs):
     def numel(self, name: str) -> int:
         return self.base[name].numel()
 
+    def available(self) -> list[str]:
+        return list(self.base)
+
     def tensors(self, name: str) -> tuple["torch.Tensor", list["torch.Tensor"]]:
         import torch
 
@@ -135,6 +138,13 @@ class GridMerger:
             return None
         self._ensure_deltas({_group_key(params): params for params in resolved})
         return [(params, _group_key(params), params.get("scaling", 1.0)) for params in resolved]
+
+    def forget(self, points: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Drop the merged task vectors of ``points``' groups (a finished search stage's); returns their groups."""
+        groups = {_group_key(self.spec.resolve_params(point)) for point in points}
+        for group in groups:
+            self._deltas.pop(group, None)
+        return sorted(groups)
 
     def delta(self, group: str) -> dict[str, "torch.Tensor"]:
         """The unscaled merged task vector (float32) of a group :meth:`scaled` returned, by tensor name."""

@@ -73,6 +73,14 @@ def item_span(start: int, stop: int, items: int, units: int, first_unit: int = 0
     return covered(start), covered(stop)
 
 
+class _Resident:
+    """What the views of one objective share: loaded once, on the first point scored."""
+
+    lm = None
+    merger = None
+    batch = None
+
+
 def _key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
@@ -96,17 +104,47 @@ class MergeObjective:
         self.surrogates = list(surrogates)
         self.make_task = make_task
         self._load_model = load_model
-        self._lm = None
-        self._merger = None
-        self._batch = None
+        self._resident = _Resident()  # the model, merger and shared batch: one per search, whatever view scores
         self.share_decoding = share_decoding
+
+    @property
+    def _lm(self):
+        return self._resident.lm
+
+    @property
+    def _merger(self):
+        return self._resident.merger
+
+    @property
+    def _batch(self):
+        return self._resident.batch
+
+    def only(self, domain: str) -> "MergeObjective":
+        """The same search scored on ``domain``'s surrogates alone (a per-task stage), sharing the loaded model."""
+        import copy
+
+        view = copy.copy(self)
+        view.surrogates = [s for s in self.surrogates if s.spec.domain == domain]
+        return view
+
+    def domains(self) -> list[str]:
+        """The domains that have a surrogate, in the order of the merge's experts."""
+        covered = {s.spec.domain for s in self.surrogates}
+        return [d for d in self.context.domains if d in covered]
+
+    def release(self, points) -> None:
+        """Drop the merged task vectors of ``points``' groups: a finished stage's are not asked for again."""
+        if self._merger is not None:
+            for group in self._merger.forget(points):
+                if self._batch is not None:
+                    self._batch.deltas.pop(group, None)
 
     def scores(self, points, start, stop):
         from mergebench.search.grid_merge import GridMerger
 
         if self._lm is None:
-            self._lm = self._load_model()
-            self._merger = GridMerger(self.method, self.base_dir, self.expert_dirs, context=self.context)
+            self._resident.lm = self._load_model()
+            self._resident.merger = GridMerger(self.method, self.base_dir, self.expert_dirs, context=self.context)
         scaled = self._merger.scaled(points) if self.share_decoding else None
         if scaled is not None and isinstance(self._lm, RowTrackingModel):
             return self._scores_shared(scaled, start, stop)
@@ -122,7 +160,7 @@ class MergeObjective:
         from mergebench.search.shared_decoding import DeltaBatch, Variant
 
         if self._batch is None:
-            self._batch = DeltaBatch(self._lm, self._merger.base, {})
+            self._resident.batch = DeltaBatch(self._lm, self._merger.base, {})
         for _params, group, _scale in scaled:
             self._batch.deltas.setdefault(group, self._merger.delta(group))
         variants, runs, slots = [], [], []

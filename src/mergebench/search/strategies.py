@@ -42,11 +42,14 @@ class Objective(Protocol):
 
 
 def grid_points(spec: MethodSpec, fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every combination of the method's declared grids (Table 7); other hyperparameters at their defaults."""
+    """Every combination of the method's declared grids (Table 7); other hyperparameters at their defaults.
+
+    Knobs that are not always keyed (:attr:`HyperParam.keyed`) appear only when ``fixed`` sets them, so a
+    point reads as it did before they existed (and a search's cache key with it)."""
     fixed = dict(fixed or {})
     names = [hp.name for hp in spec.hyperparams if hp.grid and hp.name not in fixed]
     grids = [next(hp for hp in spec.hyperparams if hp.name == n).grid for n in names]
-    defaults = {hp.name: hp.default for hp in spec.hyperparams}
+    defaults = {hp.name: hp.default for hp in spec.hyperparams if hp.keyed == "always"}
     return [{**defaults, **fixed, **dict(zip(names, values))} for values in itertools.product(*grids)]
 
 
@@ -92,15 +95,20 @@ class SearchResult:
     trials: list[Trial]
     seconds: float
     item_evaluations: int  # items scored, summed over grid points (one unit = one item of every task)
+    plan: str = "product"  # the order the grids were searched in (search/plans.py)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # a plan's stages, each as its own result
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
+            "plan": self.plan,
             "best": self.best,
             "seconds": self.seconds,
             "item_evaluations": self.item_evaluations,
             "trials": [{"params": t.params, "items": t.items, "objective": t.objective, "seconds": round(t.seconds, 3)}
                        for t in self.trials],
+            **({"stages": [{k: v for k, v in stage.items() if k != "trials"} for stage in self.stages]}
+               if self.stages else {}),
         }
 
 
