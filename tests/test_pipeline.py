@@ -82,3 +82,23 @@ def test_each_model_carries_its_name_into_its_evaluations(cache):
     for ref in refs:
         pipeline.evaluate(ref, task)
     assert [e.label for e in cache.events if e.stage == "eval"] == [f"eval {r.name} on toy_math" for r in refs]
+
+
+def test_a_column_of_one_name_running_another_method_is_another_merge(cache):
+    """A --mb-mergekit-config column is named by the user: reusing the name for a config that runs another
+    method with the same settings must not find the first config's merge in the cache."""
+    import dataclasses
+
+    from mergebench import plugin_manager
+    from mergebench.pipeline import Pipeline, RunContext
+
+    registries = plugin_manager.registries()
+    pipeline = Pipeline(RunContext(cache=cache), registries)
+    model = registries.models.get("tiny-llama")
+    soup, linear = registries.methods.get("soup"), registries.methods.get("linear")
+    column = dataclasses.replace(soup, name="mine", hyperparams=(), semantics=(), domains=("math", "coding"))
+    as_linear = dataclasses.replace(column, impl=linear.impl)
+    keys = [pipeline._merge_inputs(model, spec, {}).key for spec in (column, as_linear)]
+    assert keys[0]["impl"] == soup.impl and keys[1]["impl"] == linear.impl
+    assert {k: v for k, v in keys[0].items() if k != "impl"} == {k: v for k, v in keys[1].items() if k != "impl"}
+    assert "impl" not in pipeline._merge_inputs(model, soup, {}).key  # built-in methods' keys unchanged

@@ -248,6 +248,8 @@ class Pipeline:
             "experts": {d: ref.key.digest for d, ref in experts.items()},
             "method": method.name,
             "method_version": method.version,
+            # a column's name is the user's (a mergekit config's); what it runs must tell its merges apart
+            **({"impl": method.impl} if method.domains is not None else {}),
             "seed": self.context.seed,
             "exclude": list(exclude),
             **({"semantics": self.context.semantics} if self.context.semantics != PAPER else {}),
