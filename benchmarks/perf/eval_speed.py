@@ -12,8 +12,8 @@ with their four endings), greedy decoding, the same token budget and stop string
 default (``batch_size=1``, what ``lm_eval --model hf`` does unless told otherwise), so the figures
 separate what batching buys from what the engine itself does. Outputs are compared too.
 
-Generation runs in rounds that interleave the engines (ours; ours with its packed weights or its
-in-place key/value cache switched off, to show what each buys; lm-eval at the same batch size),
+Generation runs in rounds that interleave the engines (ours; ours with its packed weights
+switched off, to show what they buy; lm-eval at the same batch size),
 so load from other jobs on a shared machine hits them alike; the fastest round of each counts.
 The CPU model (``lscpu``) and the ISA torch dispatches to are printed first; for an AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` before Python starts.
@@ -71,7 +71,7 @@ def lm_eval_batches(args) -> list[int]:
 
 
 def compare_generation(ours, context, args) -> None:
-    """Rounds interleave the engines (ours, ours without each lever, lm-eval at the same batch); fastest of each kept."""
+    """Rounds interleave the engines (ours, ours without packed weights, lm-eval at the same batch); fastest of each kept."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -92,7 +92,6 @@ def compare_generation(ours, context, args) -> None:
     engines = {"mergebench": lambda: ours.generate(requests)}
     if not args.skip_levers:
         engines["mergebench, weights not packed"] = lambda: _without("packed_linear", ours, requests)
-        engines["mergebench, transformers' DynamicCache"] = lambda: _without("kv_cache", ours, requests)
     engines[f"lm-eval hf, batch {args.batch_size}"] = lambda: stock.generate_until(instances, disable_tqdm=True)
     times: dict[str, list[float]] = {name: [] for name in engines}
     outputs: dict[str, list[str]] = {}
@@ -121,19 +120,12 @@ def compare_generation(ours, context, args) -> None:
 
 def _without(lever: str, ours, requests):
     """Our engine with one lever off, to show what it buys (benchmark only: patched for the call)."""
+    import contextlib
     from unittest import mock
 
-    if lever == "packed_linear":
-        import contextlib
-
-        patch = mock.patch("mergebench.evaluation.packed_linear.packed_linears",
-                           lambda model, rows_hint=16: contextlib.nullcontext(False))
-    else:
-        from transformers import DynamicCache
-
-        patch = mock.patch("mergebench.evaluation.decode.in_place_cache",
-                           lambda config, capacity: DynamicCache(config=config))
-    with patch:
+    assert lever == "packed_linear"
+    with mock.patch("mergebench.evaluation.packed_linear.packed_linears",
+                    lambda model, rows_hint=16: contextlib.nullcontext(False)):
         return ours.generate(requests)
 
 

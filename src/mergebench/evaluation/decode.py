@@ -3,9 +3,11 @@
 Why its own loop and not ``model.generate``: decoding a small model on a CPU is bound by what
 each step costs besides the arithmetic, and by steps spent on rows that are already done.
 Here a row leaves the batch as soon as it emits EOS, reaches its budget or contains a stop
-string (its cache rows are dropped, so the remaining rows run cheaper); the keys and values are
-written in place (:mod:`.kv_cache`); the LM head runs on the last position only; and, on the
+string (its cache rows are dropped, so the remaining rows run cheaper); the attention mask is
+allocated once for the whole budget; the LM head runs on the last position only; and, on the
 CPU, the linear layers multiply by weights packed once for MKL (:mod:`.packed_linear`).
+A key/value cache written in place instead of transformers' ``DynamicCache`` was tried and
+measured no faster (README, "Speed on this kind of machine").
 The tokens are those of greedy decoding with the model's own forward pass.
 """
 
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from mergebench.evaluation.api import GenerationRequest, RowListener
-from mergebench.evaluation.kv_cache import in_place_cache
 
 if TYPE_CHECKING:
     import torch
@@ -65,9 +66,10 @@ def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[Gen
     ``on_done()``: called once per finished row; ``row_listener``: told the rows of every forward pass.
     """
     import torch
+    from transformers import DynamicCache
 
     batch = Batch.of(prompts, max(r.max_new_tokens for r in requests), pad, device)
-    cache = in_place_cache(model.config, batch.capacity)
+    cache = DynamicCache(config=model.config)
     cache_kw = cache_argument(model)
     generated: list[list[int]] = [[] for _ in requests]
     active = list(range(len(requests)))  # rows still generating, in cache order
