@@ -1,11 +1,10 @@
-"""The decoding loop and its packed linears against transformers' own greedy ``generate``."""
+"""The decoding loop against transformers' own greedy ``generate``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mergebench.evaluation import packed_linear
 from mergebench.evaluation.api import GenerationRequest
 from mergebench.evaluation.hf import HFLanguageModel
 
@@ -46,26 +45,6 @@ def test_rows_with_different_budgets_and_stops_leave_the_batch_with_the_same_tok
     assert ours[1] == full[: full.index(stop)]
     assert [ours[0], ours[2], ours[3]] == [transformers_greedy(lm, PROMPTS[0], 3), transformers_greedy(lm, PROMPTS[2], 20),
                                            transformers_greedy(lm, PROMPTS[3], 7)]
-
-
-def test_packed_linears_compute_the_layer_and_are_removed_after_the_block(tiny_llama):
-    lm = HFLanguageModel.from_pretrained(tiny_llama, device="cpu")
-    layers = packed_linear.packable(lm.model)
-    if not layers:
-        pytest.skip("this torch has no MKL packed linear")
-    x = torch.randn(5, layers[0].in_features)
-    expected = torch.nn.functional.linear(x, layers[0].weight, layers[0].bias)
-    with torch.inference_mode(), packed_linear.packed_linears(lm.model) as packed:
-        assert packed and all("forward" in m.__dict__ for m in layers)
-        torch.testing.assert_close(layers[0](x), expected, rtol=1e-5, atol=1e-6)
-    assert not any("forward" in m.__dict__ for m in layers)
-
-
-def test_packing_is_skipped_when_the_packed_copies_would_not_fit_in_memory(tiny_llama, monkeypatch):
-    lm = HFLanguageModel.from_pretrained(tiny_llama, device="cpu")
-    monkeypatch.setattr(packed_linear, "_available_bytes", lambda: 1024)
-    with packed_linear.packed_linears(lm.model) as packed:
-        assert not packed and not any("forward" in m.__dict__ for m in lm.model.modules())
 
 
 @pytest.mark.slow

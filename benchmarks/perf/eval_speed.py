@@ -1,7 +1,7 @@
 """Our engine against lm-eval's stock ``hf`` backend, same model, items and settings, one run.
 
     python benchmarks/perf/eval_speed.py [--items 32] [--max-new-tokens 256] [--batch-size 16] [--threads N]
-                                         [--rounds 3] [--skip-levers] [--skip-lm-eval-default]
+                                         [--rounds 3] [--skip-lm-eval-default]
     python benchmarks/perf/eval_speed.py --mode loglikelihood [--items 32]     # HellaSwag choices
 
 Both engines get the same in-memory model (the embedded SmolLM2-135M-Instruct base unless
@@ -12,8 +12,7 @@ with their four endings), greedy decoding, the same token budget and stop string
 default (``batch_size=1``, what ``lm_eval --model hf`` does unless told otherwise), so the figures
 separate what batching buys from what the engine itself does. Outputs are compared too.
 
-Generation runs in rounds that interleave the engines (ours; ours with its packed weights
-switched off, to show what they buy; lm-eval at the same batch size),
+Generation runs in rounds that interleave the engines (ours, then lm-eval at the same batch size),
 so load from other jobs on a shared machine hits them alike; the fastest round of each counts.
 The CPU model (``lscpu``) and the ISA torch dispatches to are printed first; for an AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` before Python starts.
@@ -37,7 +36,6 @@ def main() -> None:
     parser.add_argument("--skip-lm-eval-default", action="store_true", help="skip lm-eval at batch_size=1")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every engine (generate mode)")
-    parser.add_argument("--skip-levers", action="store_true", help="only ours and lm-eval (no lever-off variants)")
     args = parser.parse_args()
 
     import torch
@@ -71,7 +69,7 @@ def lm_eval_batches(args) -> list[int]:
 
 
 def compare_generation(ours, context, args) -> None:
-    """Rounds interleave the engines (ours, ours without packed weights, lm-eval at the same batch); fastest of each kept."""
+    """Rounds interleave the engines (ours, lm-eval at the same batch); the fastest round of each counts."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -90,8 +88,6 @@ def compare_generation(ours, context, args) -> None:
                  for i, p in enumerate(prompts)]
     stock = HFLM(pretrained=ours.model, tokenizer=ours.tokenizer, batch_size=args.batch_size)
     engines = {"mergebench": lambda: ours.generate(requests)}
-    if not args.skip_levers:
-        engines["mergebench, weights not packed"] = lambda: _without("packed_linear", ours, requests)
     engines[f"lm-eval hf, batch {args.batch_size}"] = lambda: stock.generate_until(instances, disable_tqdm=True)
     times: dict[str, list[float]] = {name: [] for name in engines}
     outputs: dict[str, list[str]] = {}
@@ -116,17 +112,6 @@ def compare_generation(ours, context, args) -> None:
         same = sum(a.strip() == b.strip() for a, b in zip(mine, theirs))
         print(f"lm-eval hf backend, batch 1 (once): {seconds:.1f}s; {seconds / reference:.2f}x; "
               f"identical outputs {same}/{len(prompts)}", flush=True)
-
-
-def _without(lever: str, ours, requests):
-    """Our engine with one lever off, to show what it buys (benchmark only: patched for the call)."""
-    import contextlib
-    from unittest import mock
-
-    assert lever == "packed_linear"
-    with mock.patch("mergebench.evaluation.packed_linear.packed_linears",
-                    lambda model, rows_hint=16: contextlib.nullcontext(False)):
-        return ours.generate(requests)
 
 
 def compare_loglikelihood(ours, context, args) -> None:

@@ -4,10 +4,9 @@ Why its own loop and not ``model.generate``: decoding a small model on a CPU is 
 each step costs besides the arithmetic, and by steps spent on rows that are already done.
 Here a row leaves the batch as soon as it emits EOS, reaches its budget or contains a stop
 string (its cache rows are dropped, so the remaining rows run cheaper); the attention mask is
-allocated once for the whole budget; the LM head runs on the last position only; and, on the
-CPU, the linear layers multiply by weights packed once for MKL (:mod:`.packed_linear`).
-A key/value cache written in place instead of transformers' ``DynamicCache`` was tried and
-measured no faster (README, "Speed on this kind of machine").
+allocated once for the whole budget; and the LM head runs on the last position only.
+A key/value cache written in place instead of transformers' ``DynamicCache`` and linear layers
+on MKL-packed weights were tried and measured no faster (README, "Speed on this kind of machine").
 The tokens are those of greedy decoding with the model's own forward pass.
 """
 

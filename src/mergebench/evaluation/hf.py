@@ -105,7 +105,6 @@ class HFLanguageModel(RowTrackingModel):
         import torch
 
         from mergebench.evaluation.decode import greedy_batch
-        from mergebench.evaluation.packed_linear import packed_linears
 
         encoded = [with_bos(self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"], self.tokenizer, self.bos_first)
                    for r in requests]
@@ -113,8 +112,7 @@ class HFLanguageModel(RowTrackingModel):
         outputs: list[str] = [""] * len(requests)
         rows = batch_size or self.batch_size
         eos, pad = self._eos_ids(), self.tokenizer.pad_token_id
-        with torch.inference_mode(), progress.progress(f"generate ({self.name})", total=len(requests)) as bar, \
-                packed_linears(self.model, rows):
+        with torch.inference_mode(), progress.progress(f"generate ({self.name})", total=len(requests)) as bar:
             for start in range(0, len(order), rows):
                 batch_ids = order[start:start + rows]
                 batch = [requests[i] for i in batch_ids]
