@@ -1,6 +1,7 @@
 """Our engine against lm-eval's stock ``hf`` backend, same model, items and settings, one run.
 
     python benchmarks/perf/eval_speed.py [--items 32] [--max-new-tokens 256] [--batch-size 16] [--threads N]
+                                         [--rounds 3] [--skip-lm-eval-default]
     python benchmarks/perf/eval_speed.py --mode loglikelihood [--items 32]     # HellaSwag choices
 
 Both engines get the same in-memory model (the embedded SmolLM2-135M-Instruct base unless
@@ -10,12 +11,18 @@ with their four endings), greedy decoding, the same token budget and stop string
 :class:`HFLanguageModel`. lm-eval runs twice: at the same batch size as ours, and at its own
 default (``batch_size=1``, what ``lm_eval --model hf`` does unless told otherwise), so the figures
 separate what batching buys from what the engine itself does. Outputs are compared too.
+
+Generation runs in rounds that interleave the engines (ours, then lm-eval at the same batch size),
+so load from other jobs on a shared machine hits them alike; the fastest round of each counts.
+The CPU model (``lscpu``) and the ISA torch dispatches to are printed first; for an AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` before Python starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 
 
@@ -28,6 +35,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--skip-lm-eval-default", action="store_true", help="skip lm-eval at batch_size=1")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every engine (generate mode)")
     args = parser.parse_args()
 
     import torch
@@ -43,9 +51,17 @@ def main() -> None:
     context = RunContext(cache=ArtifactCache())
     path = args.model or Pipeline(context, registries).base(registries.models.get("smollm2-135m-instruct")).path
     ours = HFLanguageModel.from_pretrained(path, batch_size=args.batch_size)
+    print(f"CPU {cpu_model()}, torch dispatches to {torch.backends.cpu.get_cpu_capability()}", flush=True)
     print(f"mode {args.mode}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     (compare_generation if args.mode == "generate" else compare_loglikelihood)(ours, context, args)
+
+
+def cpu_model() -> str:
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def lm_eval_batches(args) -> list[int]:
@@ -53,6 +69,7 @@ def lm_eval_batches(args) -> list[int]:
 
 
 def compare_generation(ours, context, args) -> None:
+    """Rounds interleave the engines (ours, lm-eval at the same batch); the fastest round of each counts."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -63,22 +80,38 @@ def compare_generation(ours, context, args) -> None:
     docs = splits.gsm8k(context.cache).eval[: args.items]
     prompts = [question_prompt(ours, d["question"]) for d in docs]
     stops = ("Question:",)  # as lm-eval's gsm8k; the chat model ends its turn with EOS first
-    print(f"{len(prompts)} GSM8K prompts, up to {args.max_new_tokens} new tokens", flush=True)
-    started = time.perf_counter()
-    mine = ours.generate([GenerationRequest(p, args.max_new_tokens, stops) for p in prompts])
-    ours_seconds = time.perf_counter() - started
-    print(f"mergebench hf engine: {ours_seconds:.1f}s ({ours_seconds / len(prompts):.2f}s an item)", flush=True)
+    print(f"{len(prompts)} GSM8K prompts, up to {args.max_new_tokens} new tokens, {args.rounds} interleaved rounds",
+          flush=True)
+    requests = [GenerationRequest(p, args.max_new_tokens, stops) for p in prompts]
     gen_kwargs = {"until": list(stops), "max_gen_toks": args.max_new_tokens, "do_sample": False}
     instances = [Instance(request_type="generate_until", doc={}, arguments=(p, gen_kwargs), idx=i)
                  for i, p in enumerate(prompts)]
-    for batch in lm_eval_batches(args):
-        stock = HFLM(pretrained=ours.model, tokenizer=ours.tokenizer, batch_size=batch)
+    stock = HFLM(pretrained=ours.model, tokenizer=ours.tokenizer, batch_size=args.batch_size)
+    engines = {"mergebench": lambda: ours.generate(requests)}
+    engines[f"lm-eval hf, batch {args.batch_size}"] = lambda: stock.generate_until(instances, disable_tqdm=True)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    outputs: dict[str, list[str]] = {}
+    for round_ in range(args.rounds):
+        for name, run in engines.items():
+            started = time.perf_counter()
+            outputs[name] = run()
+            times[name].append(time.perf_counter() - started)
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {t[-1]:.1f}s" for n, t in times.items())
+              + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
+    mine, reference = outputs["mergebench"], min(times["mergebench"])
+    for name, seconds in times.items():
+        same = sum(a.strip() == b.strip() for a, b in zip(mine, outputs[name]))
+        print(f"{name}: fastest {min(seconds):.1f}s (all {', '.join(f'{s:.1f}' for s in seconds)}); mergebench is "
+              f"{min(seconds) / reference:.2f}x faster; outputs identical to mergebench's {same}/{len(prompts)}",
+              flush=True)
+    if not args.skip_lm_eval_default and args.batch_size != 1:
         started = time.perf_counter()
-        theirs = stock.generate_until(instances, disable_tqdm=True)
+        theirs = HFLM(pretrained=ours.model, tokenizer=ours.tokenizer, batch_size=1).generate_until(
+            instances, disable_tqdm=True)
         seconds = time.perf_counter() - started
         same = sum(a.strip() == b.strip() for a, b in zip(mine, theirs))
-        print(f"lm-eval hf backend, batch {batch}: {seconds:.1f}s ({seconds / len(prompts):.2f}s an item); "
-              f"speed-up {seconds / ours_seconds:.2f}x; identical outputs {same}/{len(prompts)}", flush=True)
+        print(f"lm-eval hf backend, batch 1 (once): {seconds:.1f}s; {seconds / reference:.2f}x; "
+              f"identical outputs {same}/{len(prompts)}", flush=True)
 
 
 def compare_loglikelihood(ours, context, args) -> None:

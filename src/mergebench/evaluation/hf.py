@@ -104,72 +104,24 @@ class HFLanguageModel(RowTrackingModel):
         """Greedy continuations; batches follow prompt length unless ``keep_order`` (batches of consecutive requests)."""
         import torch
 
+        from mergebench.evaluation.decode import greedy_batch
+
         encoded = [with_bos(self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"], self.tokenizer, self.bos_first)
                    for r in requests]
         order = list(range(len(requests))) if keep_order else sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
         outputs: list[str] = [""] * len(requests)
         rows = batch_size or self.batch_size
+        eos, pad = self._eos_ids(), self.tokenizer.pad_token_id
         with torch.inference_mode(), progress.progress(f"generate ({self.name})", total=len(requests)) as bar:
             for start in range(0, len(order), rows):
                 batch_ids = order[start:start + rows]
-                texts = self._generate_batch([encoded[i] for i in batch_ids], [requests[i] for i in batch_ids], bar,
-                                             row_listener)
-                for i, text in zip(batch_ids, texts):
-                    outputs[i] = text
+                batch = [requests[i] for i in batch_ids]
+                tokens = greedy_batch(self.model, [encoded[i] for i in batch_ids], batch, pad=pad, eos=eos,
+                                      device=self.device, stopped=lambda t, r: self._hit_stop(t, r.stop),
+                                      on_done=lambda: bar.advance(1), row_listener=row_listener)
+                for i, ids, request in zip(batch_ids, tokens, batch):
+                    outputs[i] = cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), request.stop)
         return outputs
-
-    def _generate_batch(self, prompts: list[list[int]], batch: Sequence[GenerationRequest], bar,
-                        row_listener: RowListener | None) -> list[str]:
-        import torch
-        from transformers import DynamicCache
-
-        device, pad = self.device, self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the last column
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        eos = self._eos_ids()
-        cache = DynamicCache(config=self.model.config)
-        generated: list[list[int]] = [[] for _ in batch]
-        active = list(range(len(batch)))  # batch rows still generating, in cache order
-        if row_listener is not None:
-            row_listener(list(batch))
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits
-        next_positions = positions[:, -1:] + 1
-        while active:
-            tokens = logits[:, -1].argmax(-1).tolist()
-            keep = []
-            for slot, (row, token) in enumerate(zip(active, tokens)):
-                request = batch[row]
-                done = token in eos
-                if not done:
-                    generated[row].append(token)
-                    done = len(generated[row]) >= request.max_new_tokens or self._hit_stop(generated[row], request.stop)
-                if done:
-                    bar.advance(1)
-                else:
-                    keep.append(slot)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, next_positions = mask[index], next_positions[index]
-                active = [active[slot] for slot in keep]
-            step = torch.tensor([[generated[row][-1]] for row in active], device=device)
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            if row_listener is not None:
-                row_listener([batch[row] for row in active])
-            logits = self.model(input_ids=step, attention_mask=mask, position_ids=next_positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            next_positions = next_positions + 1
-        return [cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), request.stop)
-                for tokens, request in zip(generated, batch)]
 
     def _hit_stop(self, tokens: list[int], stops: Sequence[str]) -> bool:
         """Whether the generated text now contains a stop string (checked on the last 24 tokens only)."""
