@@ -153,7 +153,7 @@ ROWS = [
     Row("report-items-pool-not-a-mapping", "report pool_not_a_mapping.json", "its 'item_values' is not a mapping"),
     Row("report-items-truncated", "report items_truncated.json", "the file was edited or truncated"),
     Row("report-items-do-not-match", "report items_mismatch.json", "per-item values do not match"),
-    Row("report-alpha-out-of-range", f"{R} --alpha 0.9", "alpha must be in (0, 0.5]"),
+    Row("report-alpha-out-of-range", f"{R} --alpha 0.9", "--alpha 0.9: the gate's level must be in (0, 0.5]"),
     Row("report-resamples-too-few", f"{R} --resamples 10", "--resamples 10: a bootstrap needs at least 100"),
     Row("report-plots-read-only", "report ro/results.json --plots", "--plots writes its figures next to the first results file",
         read_only="ro"),

@@ -166,7 +166,7 @@ def test_runs_on_different_items_are_compared_unpaired_and_one_item_cannot_be_te
 
 
 def test_the_gates_level_and_test_are_checked():
-    with pytest.raises(UsageError, match=r"alpha must be in \(0, 0.5\], e.g. 0.05, not 0.7"):
+    with pytest.raises(UsageError, match=r"alpha 0.7: the gate's level must be in \(0, 0.5\], e.g. 0.05"):
         _gate([], [], alpha=0.7)
     with pytest.raises(UsageError, match="unknown gate test 'exact'; choose one of bootstrap, point"):
         _gate([], [], test="exact")

@@ -92,7 +92,7 @@ def test_report_bad_input_is_one_line_without_a_traceback(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "missing.json does not exist; give a file written by pytest --mb-json FILE" in done.stderr
     done = run("report", str(tmp_path / "r.json"), "--alpha", "0.9")
-    assert done.returncode == 2 and "alpha must be in (0, 0.5]" in done.stderr
+    assert done.returncode == 2 and "--alpha 0.9: the gate's level must be in (0, 0.5]" in done.stderr
 
 
 def test_report_against_an_older_baseline_gates_on_points_and_says_why(tmp_path):

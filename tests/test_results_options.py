@@ -31,7 +31,7 @@ def test_wrong_option_combinations_are_usage_errors(bench, tmp_path):
     result = bench.runpytest_subprocess(*TINY, "--mb-compare", "--mb-compare-fail", "normalised:2%")
     result.stderr.fnmatch_lines(["*KIND one of normalized*"])
     result = bench.runpytest_subprocess(*TINY, "--mb-compare", "--mb-compare-fail", "normalized:2%", "--mb-compare-alpha", "5")
-    result.stderr.fnmatch_lines(["*the gate's level alpha must be in (0, 0.5], e.g. 0.05, not 5.0*"])
+    result.stderr.fnmatch_lines(["*--mb-compare-alpha 5.0: the gate's level must be in (0, 0.5], e.g. 0.05*"])
     result = bench.runpytest_subprocess(*TINY, "--mb-checkpoint", str(tmp_path), "--mb-methods", "soup")
     result.stderr.fnmatch_lines(["*--mb-checkpoint evaluates an existing merged model*--mb-methods*"])
     result = bench.runpytest_subprocess("--mb-suite", "tiny", "--mb-checkpoint", str(tmp_path))

@@ -59,7 +59,7 @@ def _check_result_options(config: pytest.Config):
             from mergebench.results.html import check_page_dir
 
             check_page_dir(config.getoption("mb_html"), "--mb-html")
-        check_alpha(config.getoption("mb_compare_alpha"))
+        check_alpha(config.getoption("mb_compare_alpha"), "--mb-compare-alpha")
         return parse_thresholds(fail)
     except MergebenchError as exc:
         raise pytest.UsageError(str(exc)) from None

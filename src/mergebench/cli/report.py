@@ -16,7 +16,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mergebench.results.report import render_session
     from mergebench.results.uncertainty import Bootstrap
 
-    check_alpha(args.alpha)
+    check_alpha(args.alpha, "--alpha")
     if args.html:
         from mergebench.results.html import check_page_dir
 

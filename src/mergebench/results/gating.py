@@ -82,9 +82,10 @@ def parse_thresholds(texts: Iterable[str]) -> list[Threshold]:
     return [parse_threshold(t) for t in texts]
 
 
-def check_alpha(alpha: float) -> float:
+def check_alpha(alpha: float, option: str = "alpha") -> float:
+    """``option`` names the flag the user typed, so the message says what to change."""
     if not 0 < alpha <= 0.5:
-        raise UsageError(f"the gate's level alpha must be in (0, 0.5], e.g. 0.05, not {alpha}")
+        raise UsageError(f"{option} {alpha}: the gate's level must be in (0, 0.5], e.g. 0.05")
     return alpha
 
 
