@@ -112,7 +112,7 @@ def test_a_hand_edited_file_with_mismatched_lengths_names_the_case_and_the_fix(t
     with pytest.raises(UsageError, match="not in the file's 'item_values' pool"):
         read_json(path)
     path.write_text("{not json")
-    with pytest.raises(UsageError, match="cannot read results file"):
+    with pytest.raises(UsageError, match=r"results file .* is not JSON .*; give a file written by pytest --mb-json FILE"):
         read_json(path)
 
 

@@ -26,7 +26,6 @@ STATISTICS_PICKLE_FIX = f"the statistics of data-aware methods load safetensors 
 EVAL_PICKLE_FIX = f"evaluation loads safetensors only: {CONVERT}"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
                    "tekken.json", "*.tiktoken")
-RESULTS_FIX = "give a file written by pytest --mb-json FILE or --mb-save TAG"
 
 
 def checkpoint_folder(path: Path | str, flag: str, *, allow_pickle: bool = False, pickle_fix: str = ALLOW_PICKLE_FIX) -> Path:
@@ -128,35 +127,7 @@ def writable_folder(path: Path, what: str) -> Path:
 
 
 def results_file(path: Path | str, what: str) -> list["CaseResult"]:
-    """The results in ``path``, or one line saying why it is not a results file."""
-    from mergebench.results import CaseResult
-    from mergebench.results.compact import Pool
+    """The results in ``path``, or one line saying why it is not a results file (one reader: pytest's --mb-compare uses it too)."""
+    from mergebench.results import read_json
 
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{what} {path} does not exist; {RESULTS_FIX}")
-    if not path.is_file():
-        raise UsageError(f"{what} {path} is a folder, not a results file; {RESULTS_FIX}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} {path} is not text, so not a mergebench results file; {RESULTS_FIX}") from None
-    if not text.strip():
-        raise UsageError(f"{what} {path} is empty, not a mergebench results file; {RESULTS_FIX}")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"{what} {path} is not JSON ({exc}); {RESULTS_FIX}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-        raise UsageError(f"{what} {path} is JSON but not a mergebench results file (no list of 'cases'); {RESULTS_FIX}")
-    pool = data.get("item_values") or {}
-    if not isinstance(pool, dict):
-        raise UsageError(f"{what} {path}: its 'item_values' is not a mapping of per-item arrays; {RESULTS_FIX}")
-    pool = Pool(pool)
-    results = []
-    for i, case in enumerate(data["cases"]):
-        try:
-            results.append(CaseResult.from_dict(case, pool, where=f"{what} {path}"))
-        except (TypeError, KeyError, ValueError, AttributeError) as exc:
-            raise UsageError(f"{what} {path}: case {i} is not a mergebench result ({exc}); {RESULTS_FIX}") from None
-    return results
+    return read_json(path, what)

@@ -173,18 +173,43 @@ def write_json(results: Sequence[CaseResult], path: Path | str, *, meta: Mapping
     return path
 
 
-def read_json(path: Path | str) -> list[CaseResult]:
-    """The cases of a results file of any format; a malformed one is a UsageError naming the case and the fix."""
+RESULTS_FIX = "give a file written by pytest --mb-json FILE or --mb-save TAG"
+
+
+def read_json(path: Path | str, what: str = "results file") -> list[CaseResult]:
+    """The cases of a results file of any format, or one line saying why it is not one (``what`` names the option).
+
+    The one reader of results files: the command line and pytest's ``--mb-compare`` both call it.
+    """
     from mergebench.results.compact import Pool
 
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist; {RESULTS_FIX}")
+    if not path.is_file():
+        raise UsageError(f"{what} {path} is a folder, not a results file; {RESULTS_FIX}")
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read results file {path}: {exc}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path} is not text, so not a mergebench results file; {RESULTS_FIX}") from None
+    except OSError as exc:  # a permission, a vanished file
+        raise UsageError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    if not text.strip():
+        raise UsageError(f"{what} {path} is empty, not a mergebench results file; {RESULTS_FIX}")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} {path} is not JSON ({exc}); {RESULTS_FIX}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-        raise UsageError(f"{path} is not a mergebench results file (no 'cases')")
-    pool = Pool(data.get("item_values") or {})
-    try:
-        return [CaseResult.from_dict(c, pool, where=str(path)) for c in data["cases"]]
-    except (KeyError, TypeError) as exc:
-        raise UsageError(f"{path}: a case lacks a field or has the wrong type ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"{what} {path} is JSON but not a mergebench results file (no list of 'cases'); {RESULTS_FIX}")
+    pool = data.get("item_values") or {}
+    if not isinstance(pool, dict):
+        raise UsageError(f"{what} {path}: its 'item_values' is not a mapping of per-item arrays; {RESULTS_FIX}")
+    pool = Pool(pool)
+    results = []
+    for i, case in enumerate(data["cases"]):
+        try:
+            results.append(CaseResult.from_dict(case, pool, where=f"{what} {path}"))
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{what} {path}: case {i} is not a mergebench result ({exc}); {RESULTS_FIX}") from None
+    return results
