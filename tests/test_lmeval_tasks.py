@@ -8,6 +8,7 @@ right for some items and wrong for others: each score below is computed by hand.
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -135,6 +136,23 @@ def run(name: str, lm, limit: int = 2):
 def test_full_suite_task_on_a_local_fixture(offline_fixtures, name, score, n):
     result = run(name, scripted())
     assert result.score == pytest.approx(score) and result.n == n
+    # per-document values, so the report's intervals and the paired gate cover lm-eval's tasks too
+    assert len(result.values) == n and sum(result.values) / n == pytest.approx(score)
+    assert len({json.dumps(s["doc_id"]) for s in result.samples}) == n  # each item named by (task, document)
+
+
+def test_lm_eval_values_are_kept_only_when_the_score_is_their_mean():
+    from mergebench.evaluation.lmeval import _item_values, _scored_rows
+
+    output = {"samples": {"b": [{"doc_id": 1, "filter": "strict", "acc": 0.0}, {"doc_id": 0, "filter": "strict", "acc": 1.0},
+                                {"doc_id": 0, "filter": "flex", "acc": 0.0}],
+                          "a": [{"doc_id": 0, "filter": "strict", "acc": True}]}}
+    rows = _scored_rows(output, "strict")
+    assert [(r["_task"], r["doc_id"]) for r in rows] == [("a", 0), ("b", 0), ("b", 1)]
+    assert _item_values(rows, "acc", 2 / 3, 3) == [1.0, 1.0, 0.0]
+    assert _item_values(rows, "acc", 0.5, 3) == []  # a score that is not their mean (a corpus metric, another weighting)
+    assert _item_values(rows, "bleu", 0.5, 3) == []  # no per-document value logged
+    assert _item_values(rows, "acc", 2 / 3, 4) == []  # not one value per scored document
 
 
 def test_every_registered_lm_eval_task_exists_in_lm_eval():

@@ -145,11 +145,39 @@ class LmEvalTask(Task):
             raise
         score, stderr = _task_score(output["results"], name, metric, filter_name)
         n = _sample_count(output, name)
-        samples = [{"task": task, "doc_id": s.get("doc_id"), "filtered_resps": s.get("filtered_resps")}
-                   for task, rows in output.get("samples", {}).items() for s in rows]
+        rows = _scored_rows(output, filter_name)
+        samples = [{"task": s["_task"], "doc_id": [s["_task"], s.get("doc_id")], "filtered_resps": s.get("filtered_resps")}
+                   for s in rows]
+        values = _item_values(rows, metric, score, n)
         return TaskResult(task=self.spec.name, metric=self.spec.metric, score=score, stderr=stderr, n=n,
-                          higher_is_better=self.spec.higher_is_better, samples=samples,
+                          higher_is_better=self.spec.higher_is_better, samples=samples, values=values,
                           extras={"lm_eval_task": name, "chat_template": chat})
+
+
+def _scored_rows(output: dict[str, Any], filter_name: str) -> list[dict[str, Any]]:
+    """lm-eval's logged samples of the reported filter, in (task, document) order, each tagged with its task."""
+    rows = []
+    for task, logged in sorted(output.get("samples", {}).items()):
+        for row in logged:
+            if row.get("filter", filter_name) == filter_name:
+                rows.append({**row, "_task": task})
+    return sorted(rows, key=lambda r: (r["_task"], r.get("doc_id") if isinstance(r.get("doc_id"), int) else -1))
+
+
+def _item_values(rows: list[dict[str, Any]], metric: str, score: float, n: int) -> list[float]:
+    """Per-document values of ``metric``, or none when lm-eval's score is not their mean.
+
+    lm-eval logs each document's metric; for a mean-aggregated metric (accuracy, exact match, a
+    group weighted by size) their mean is the reported score, and the intervals and paired gate
+    resample them as they do our own tasks'. A corpus-level metric (BLEU, perplexity) or a group
+    averaged otherwise has no such values: the case is then reported without an interval, as
+    before, rather than with one the score does not rest on.
+    """
+    values = [row.get(metric) for row in rows]
+    if len(values) != n or not values or not all(isinstance(v, (int, float)) for v in values):
+        return []
+    values = [float(v) for v in values]
+    return values if abs(sum(values) / len(values) - score) <= 1e-6 * max(1.0, abs(score)) else []
 
 
 def _is_unreachable(exc: BaseException) -> bool:

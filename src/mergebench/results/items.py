@@ -151,7 +151,7 @@ def fingerprint(task: Any, ids: Sequence[str], clusters: Sequence[int] | None, n
 def item_values(task: Any, merged: Any, expert: Any = None, base: Any = None) -> ItemValues | None:
     """The case's :class:`ItemValues` from the task results of its three models (``TaskResult``), or None.
 
-    None when a result reports no per-item values (lm-eval's tasks) or the three were scored on
+    None when a result reports no per-item values (an lm-eval corpus-level metric) or the three were scored on
     different items (their sample ids differ): such a case is reported without an interval.
     """
     results = {"merged": merged, "expert": expert, "base": base}
