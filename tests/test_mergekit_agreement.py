@@ -137,6 +137,8 @@ EXPORTS = {
     "soup": ("soup", {}, 3, (), "exact"),  # a soup averages every tensor whatever the exclusions
     "task_arithmetic": ("task_arithmetic", {"scaling": 0.7}, 3, DEFAULT_EXCLUDE, "exact"),
     "ties": ("ties", {"scaling": 0.9, "density": 0.3, "scope": "tensor"}, 3, DEFAULT_EXCLUDE, "exact"),
+    "ties_sum": ("ties", {"scaling": 0.9, "density": 0.3, "scope": "tensor", "merge_func": "sum"}, 3, DEFAULT_EXCLUDE,
+                 "exact"),  # the study code's sum of the agreeing entries: mergekit's ties with normalize off
     "breadcrumbs": ("breadcrumbs", {"scaling": 0.8, "density": 0.6, "gamma": 0.05, "scope": "tensor"}, 3,
                     DEFAULT_EXCLUDE, "exact"),
     "della": ("della", {"scaling": 0.6, "density": 1.0}, 3, DEFAULT_EXCLUDE, "exact"),

@@ -49,8 +49,11 @@ def test_soup_is_linear_and_a_bf16_base_is_written_back_as_bf16():
 @pytest.mark.parametrize("impl, params, reason", [
     ("ties:Ties", {"scaling": 1.0, "density": 0.2, "scope": "global"},
      "ties with scope=global trims over the whole model; mergekit trims each tensor"),
-    ("ties:Ties", {"scaling": 1.0, "density": 0.2, "scope": "tensor", "merge_func": "sum"},
-     "ties's hyperparameter merge_func has no mergekit counterpart"),
+    ("ties:Ties", {"scaling": 1.0, "density": 0.2, "scope": "tensor", "topk": "floor_plus_one"},
+     "ties with topk=floor_plus_one keeps one entry more than the density's share; mergekit computes topk=floor"),
+    ("ties:Ties", {"scaling": 1.0, "density": 0.2, "scope": "tensor", "zero_sign": "majority"},
+     "elects the model-wide majority sign where a sum is 0"),
+    ("soup:Soup", {"embeddings": "base"}, "soup with embeddings=base keeps the base's embeddings"),
     ("della:Della", {"scaling": 1.0, "density": 0.2, "epsilon": 0.1}, "they agree only at density 1"),
     ("slerp:Slerp", {"t": 0.5}, "slerp here keeps the base's model.embed_tokens.weight, lm_head.weight"),
     ("model_stock:ModelStock", {}, "merge with --no-exclude for a mergekit form"),

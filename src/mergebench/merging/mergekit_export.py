@@ -5,7 +5,8 @@ own merge with ``mergekit-yaml`` where mergekit can express it (mergekit 0.1.5's
 
 * ``soup`` and ``linear`` → ``linear``; ``task_arithmetic`` → ``task_arithmetic`` (λ as ``lambda``);
 * ``ties`` and ``breadcrumbs`` with ``scope=tensor`` (mergekit trims each tensor; the default
-  ``scope=global`` trims over the whole model, which it cannot);
+  ``scope=global`` trims over the whole model, which it cannot); TIES's ``merge_func`` mean or
+  sum is mergekit's ``normalize`` on or off, its other study-code knobs only at mergekit's values;
 * ``dare`` → ``dare_linear`` with ``density`` 1−p, ``weight`` 1/(1−p) and ``rescale: false``;
 * ``della`` only at ``density`` 1 (ours rescales each kept entry by its keep probability,
   mergekit by the L1 norm);
@@ -143,8 +144,15 @@ def _check_known(params: Mapping[str, Any], known: set[str], method: str) -> Non
         raise NoForm(f"{method}'s hyperparameter {unknown[0]} has no mergekit counterpart")
 
 
+def _only_at(params: Mapping[str, Any], key: str, value: Any, method: str, why: str) -> None:
+    """A knob of the study-code semantics has a mergekit form only at the value mergekit computes."""
+    if params.get(key, value) != value:
+        raise NoForm(f"{method} with {key}={params[key]} {why}; mergekit computes {key}={value}")
+
+
 def _soup(params, base_dir, experts, excluded, names):
-    _check_known(params, set(), "soup")
+    _check_known(params, {"embeddings"}, "soup")
+    _only_at(params, "embeddings", "averaged", "soup", "keeps the base's embeddings")
     return {"merge_method": "linear", "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in experts.values()],
             "parameters": {"normalize": True}}
 
@@ -170,11 +178,16 @@ def _per_tensor(params, method):
 
 
 def _ties(params, base_dir, experts, excluded, names):
-    _check_known(params, {"scaling", "density", "scope"}, "ties")
+    _check_known(params, {"scaling", "density", "scope", "merge_func", "topk", "zero_sign", "lm_head_in_threshold"},
+                 "ties")
     _per_tensor(params, "ties")
+    _only_at(params, "topk", "floor", "ties", "keeps one entry more than the density's share")
+    _only_at(params, "zero_sign", "positive", "ties", "elects the model-wide majority sign where a sum is 0")
+    _only_at(params, "lm_head_in_threshold", False, "ties", "counts the head in the threshold")
     n = len(experts)
+    # the disjoint mean is mergekit's normalize (by the agreeing weights, 1 each); the study's sum is normalize off
     return _gta("ties", base_dir, experts, excluded, names, [1.0] * n, {"density": [float(params["density"])] * n},
-                {"lambda": float(params["scaling"]), "normalize": True})
+                {"lambda": float(params["scaling"]), "normalize": params.get("merge_func", "mean") == "mean"})
 
 
 def _breadcrumbs(params, base_dir, experts, excluded, names):
