@@ -150,7 +150,10 @@ def test_ctrl_c_cancels_the_outstanding_stages(cluster, site, markers, seeded, t
     driver = subprocess.Popen([sys.executable, "-m", "pytest", str(bench_file), "-p", "no:cacheprovider", "--mb-suite", "tiny",
                                "--mb-models", "tiny-llama", "--mb-tasks", "toy_math", "--mb-methods", "slow_soup",
                                "--mb-cache-dir", str(cache), "--mb-executor", "ray", "--mb-ray-address", cluster.address],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              # as at a terminal: a suite started in the background by a shell (nohup ... &) inherits
+                              # SIGINT ignored, and Python keeps an inherited SIG_IGN, so Ctrl-C would never arrive
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not list(markers.glob("merging-*")):
