@@ -108,3 +108,21 @@ def test_report_against_an_older_baseline_gates_on_points_and_says_why(tmp_path)
     nothing = run("report", str(now), "--compare", str(write_json([case("x", "coding", 0.1, 0.2, method="ties")],
                                                                    tmp_path / "other.json")), "--fail", "normalized:2%")
     assert nothing.returncode == 1 and "the gate compared nothing" in nothing.stdout
+
+
+def test_report_combines_files_that_split_a_grid_and_keeps_two_runs_apart(tmp_path):
+    cases = _methods(np.random.default_rng(3))
+    best = write_json([c for c in cases if c.method == "best"], tmp_path / "best.json")
+    rest = write_json([c for c in cases if c.method != "best"], tmp_path / "rest.json")
+    again = write_json([c for c in cases if c.method == "best"], tmp_path / "again.json")
+    env = {**os.environ, "COLUMNS": "200"}
+    shards = run("report", str(best), str(rest), env=env)  # one grid in two files: one set of tables, all methods
+    assert shards.returncode == 0, shards.stderr
+    assert shards.stdout.count("Semantics: paper") == 1
+    assert all(m in shards.stdout for m in ("best", "worse", "close"))
+    runs = run("report", str(best), str(again), env=env)  # the same cases twice: two runs, each its own tables
+    assert runs.returncode == 0, runs.stderr
+    assert runs.stdout.count("Semantics: paper") == 2 and str(again) in runs.stdout
+    refused = run("report", str(best), str(again), "--compare", str(rest))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{best} and {again} both hold case" in refused.stderr and "--plots and --compare need one" in refused.stderr

@@ -29,15 +29,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         thresholds = parse_thresholds(args.fail)
     except UsageError as exc:  # its message names pytest's option
         raise UsageError(str(exc).replace("--mb-compare-fail", "--fail")) from None
-    results = [r for path in args.results for r in inputs.results_file(path, "results file")]
+    runs = _runs(args.results)
+    if len(runs) > 1 and (args.plots or args.compare):
+        first, second, case = _shared_case(runs)
+        raise UsageError(f"{first} and {second} both hold case {case}, so they are two runs: --plots and --compare "
+                         "need one; give one results file, or files that split one grid")
+    results = [r for _, run in runs for r in run]
     baseline = inputs.results_file(args.compare, "--compare baseline") if args.compare else None
     if args.plots:
         inputs.writable_folder(Path(args.results[0]).parent, "--plots writes its figures next to the first results file")
     out = console()
-    boot = Bootstrap(results, seed=args.seed, resamples=args.resamples)
-    sys.stdout.write(render_session(results, width=out.width, color=out.is_terminal, boot=boot))
-    if args.pairwise:
-        _pairwise(results, boot, out)
+    for path, run in runs:
+        if len(runs) > 1:  # files holding the same cases are separate runs: tables of their own
+            out.print(f"[bold]{path}[/]")
+        boot = Bootstrap(run, seed=args.seed, resamples=args.resamples)
+        sys.stdout.write(render_session(run, width=out.width, color=out.is_terminal, boot=boot))
+        if args.pairwise:
+            _pairwise(run, boot, out)
     if args.plots:
         from mergebench.results.plots import write_plots
 
@@ -48,6 +56,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     if baseline is not None:
         return _gate(args, results, baseline, thresholds, out)
     return 0
+
+
+def _runs(paths: list[str]) -> list[tuple[str, list]]:
+    """The results files as runs: files that split one grid (shards, machines) are one run, combined;
+    files that hold the same case are separate runs, each reported on its own (one table cell
+    never holds two runs' numbers)."""
+    files = [(path, inputs.results_file(path, "results file")) for path in paths]
+    seen: set = set()
+    for _, results in files:
+        keys = {(r.case_id, getattr(r, "semantics", None)) for r in results}
+        if keys & seen:
+            return files
+        seen |= keys
+    return [(", ".join(paths), [r for _, results in files for r in results])]
+
+
+def _shared_case(runs: list[tuple[str, list]]) -> tuple[str, str, str]:
+    """Two files and a case they both hold (``runs`` are separate only when there is one)."""
+    seen: dict[str, str] = {}
+    for path, run in runs:
+        for r in run:
+            if r.case_id in seen and seen[r.case_id] != path:
+                return seen[r.case_id], path, r.case_id
+            seen.setdefault(r.case_id, path)
+    return runs[0][0], runs[1][0], "?"
 
 
 def _html(args: argparse.Namespace, boot, out) -> None:
