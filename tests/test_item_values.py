@@ -51,6 +51,25 @@ def test_item_ids_come_from_the_samples_and_several_values_of_one_prompt_are_one
     assert item_list([{"response": "x"}], 1, "acc") == (["#0"], None)
 
 
+def test_an_unrated_judged_turn_is_no_item_and_two_models_missing_different_turns_do_not_pair():
+    def judged(ratings):
+        return [{"question_id": q, "turn": t, "judge_score": r} for (q, t), r in zip(((81, 1), (81, 2), (82, 1)), ratings)]
+
+    assert item_list(judged([7, None, 5]), 2, "judge_score") == (["81", "82"], None)  # 81's second turn unrated
+    mt = SimpleNamespace(name="mt_bench", version="1", metric="judge_score", options=())
+
+    def result(ratings):
+        rated = [r for r in ratings if r is not None]
+        return TaskResult("mt_bench", "judge_score", sum(rated) / len(rated), 0.0, len(rated), values=rated,
+                          samples=judged(ratings))
+
+    # the same count of rated turns, but not the same turns: pairing them by position would compare
+    # question 81's second turn with question 82's first, so the case gets no interval instead
+    assert item_values(mt, result([7, None, 5]), result([7, 6, None])) is None
+    both = item_values(mt, result([7, None, 5]), result([8, None, 4]))
+    assert both.merged == (7.0, 5.0) and both.expert == (8.0, 4.0)
+
+
 def test_the_fingerprint_changes_with_the_items_and_the_task_version():
     one = fingerprint(TASK, ["1", "7"], (2, 1), 3)
     assert one == fingerprint(TASK, ["1", "7"], (2, 1), 3)

@@ -168,7 +168,8 @@ class MTBench(Task):
         answer_of = {j.question.question_id: a for j, a in zip(judgments[::2], answers)}
         samples = [{"question_id": j.question.question_id, "category": j.question.category, "turn": j.turn,
                     "question": j.question.turns[j.turn - 1], "answer": answer_of[j.question.question_id][j.turn - 1],
-                    "judge_prompt": j.prompt, "reference": j.reference, "rating": g.rating, "judgment": g.judgment,
+                    "judge_prompt": j.prompt, "reference": j.reference, "rating": g.rating, self.spec.metric: g.rating,
+                    "judgment": g.judgment,
                     "attempts": g.attempts} for j, g in zip(judgments, grades)]
         rated = [(j, g.rating) for j, g in zip(judgments, grades) if g.rating is not None]
         if not rated:

@@ -125,6 +125,8 @@ def item_list(samples: Sequence[Mapping[str, Any]], n: int, metric: str) -> tupl
     """
     ids, sizes = [], []
     for sample in samples:
+        if metric in sample and sample[metric] is None:  # kept for the reader, scored nothing (an unrated judged turn)
+            continue
         item = _item_id(sample)
         if item is None:
             break
