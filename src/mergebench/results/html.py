@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 from mergebench.errors import UsageError
 from mergebench.results import CaseResult, domain_scores, overall_normalized, ratio
 from mergebench.results.html_assets import CSS, JS
+from mergebench.results.html_assets import table as _table
 from mergebench.results.html_meta import Run, metadata_section
 from mergebench.specs import GENERAL
 
@@ -59,15 +60,6 @@ def _td(text: str, value: float | None = None, found: "Interval | None" = None, 
     if found is not None:
         inner += f'<br><span class="ci">{_bounds(found, percent)}</span>'
     return f'<td class="num"{attrs}>{inner}</td>'
-
-
-def _table(caption: str, headers: Sequence[str], refs: Sequence[str], rows: Sequence[str], *, sortable: bool = True) -> str:
-    """A table whose ``rows`` (methods) sort and whose ``refs`` (base, expert) stay above them; headers are HTML."""
-    head = "".join(f'<th scope="col">{h}</th>' for h in headers)
-    body = (f'<tbody class="refs">{"".join(refs)}</tbody>' if refs else "") + f'<tbody class="rows">{"".join(rows)}</tbody>'
-    cls = ' class="sortable"' if sortable else ""
-    return (f'<div class="scroll"><table{cls}><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
-            f"{body}</table></div>")
 
 
 def _row(label: str, cells: Sequence[str]) -> str:

@@ -1,9 +1,13 @@
-"""The results page's style sheet and script, inlined into the page so it is one self-contained file.
+"""The results page's style sheet, script and table frame, inlined into the page so it is one self-contained file.
 
 The script only enhances: every table is complete in the HTML, and sorting is the one thing it
 adds (a button in each sortable header). A page opened with script disabled, printed, or read
 by an HTML parser shows the same numbers.
 """
+
+from __future__ import annotations
+
+from typing import Sequence
 
 CSS = """
 :root { --fg: #1b1f24; --dim: #5c6670; --line: #d5dbe1; --head: #f3f5f7; --best: #0b6e2f; --tie: #3c6e91; }
@@ -82,3 +86,12 @@ JS = """
   });
 })();
 """
+
+
+def table(caption: str, headers: Sequence[str], refs: Sequence[str], rows: Sequence[str], *, sortable: bool = True) -> str:
+    """A table whose ``rows`` (methods) sort and whose ``refs`` (base, expert) stay above them; headers are HTML."""
+    head = "".join(f'<th scope="col">{h}</th>' for h in headers)
+    body = (f'<tbody class="refs">{"".join(refs)}</tbody>' if refs else "") + f'<tbody class="rows">{"".join(rows)}</tbody>'
+    cls = ' class="sortable"' if sortable else ""
+    return (f'<div class="scroll"><table{cls}><caption>{caption}</caption><thead><tr>{head}</tr></thead>'
+            f"{body}</table></div>")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from mergebench.errors import UsageError
 from mergebench.results import CaseResult, read_json
+from mergebench.results.html_assets import table
 
 if TYPE_CHECKING:
     from mergebench.results.uncertainty import Bootstrap
@@ -110,10 +111,8 @@ def _items_table(results: Sequence[CaseResult]) -> str:
         f'<td class="num" data-value="{r.merged.n}">{r.merged.n}</td>'
         f"<td><code>{escape(r.items.fingerprint[:12]) if r.items else 'no per-item values'}</code></td></tr>"
         for (m, t), r in seen.items())
-    return ('<div class="scroll"><table class="sortable"><caption>What each score rests on (items are the resampling '
-            "units; IFEval's prompts hold several instruction values)</caption><thead><tr><th>model</th><th>task</th>"
-            "<th>domain</th><th>metric</th><th>items</th><th>values</th><th>item list</th></tr></thead>"
-            f'<tbody class="rows">{body}</tbody></table></div>')
+    return table("What each score rests on (items are the resampling units; IFEval's prompts hold several instruction "
+                 "values)", ("model", "task", "domain", "metric", "items", "values", "item list"), (), [body])
 
 
 def _methods_table(results: Sequence[CaseResult]) -> str:
@@ -125,6 +124,4 @@ def _methods_table(results: Sequence[CaseResult]) -> str:
         f"<td><code>{escape(json.dumps(r.params, sort_keys=True)) if r.params else '—'}</code></td>"
         f"<td>{escape(_semantics([r]))}</td></tr>"
         for (m, method), r in seen.items())
-    return ('<div class="scroll"><table class="sortable"><caption>What each method computed</caption><thead><tr>'
-            "<th>model</th><th>method</th><th>version</th><th>hyperparameters</th><th>semantics</th></tr></thead>"
-            f'<tbody class="rows">{body}</tbody></table></div>')
+    return table("What each method computed", ("model", "method", "version", "hyperparameters", "semantics"), (), [body])
