@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 INDEX_FILE = "model.safetensors.index.json"
-_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
@@ -33,7 +33,7 @@ class _Dtypes(dict):
         if not self:
             import torch
 
-            self.update({k: getattr(torch, v) for k, v in _DTYPE_NAMES.items()})
+            self.update({k: getattr(torch, v) for k, v in DTYPE_NAMES.items()})
         return super().get(key, default)
 
 

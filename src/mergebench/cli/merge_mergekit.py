@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mergebench.checkpoint.reader import DTYPE_NAMES
 from mergebench.errors import UsageError
 from mergebench.merging.mergekit_config import MergekitPlan, Refusal
 
@@ -45,7 +46,6 @@ def from_mergekit_config(args: argparse.Namespace) -> tuple[Any, dict, Path, dic
 
 
 # -- references as checkpoint folders (the command line) ---------------------------------------
-SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def checkpoint_dirs(plan: MergekitPlan, source: str = "CONFIG") -> tuple[Path, dict[str, Path]]:
@@ -67,7 +67,7 @@ def checkpoint_dirs(plan: MergekitPlan, source: str = "CONFIG") -> tuple[Path, d
 def check_output_dtype(plan: MergekitPlan, stored: str, source: str = "CONFIG") -> None:
     """mergekit writes ``out_dtype`` (else ``dtype``); mergebench computes in float32 and writes the base's dtype: refuse a difference."""
     wanted = plan.out_dtype or plan.dtype
-    have = SAFETENSORS_DTYPES.get(stored, stored)
+    have = DTYPE_NAMES.get(stored, stored)
     if wanted is not None and wanted != have:
         key = "out_dtype" if plan.out_dtype else "dtype"
         raise Refusal(source)(f"{key}: {wanted}", f"mergekit would write {wanted}; mergebench writes the base checkpoint's "

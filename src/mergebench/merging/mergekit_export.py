@@ -27,9 +27,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mergebench.checkpoint.reader import DTYPE_NAMES
+
 FILE = "mergekit_config.yml"
 PKG = "mergebench_builtins.methods"
-DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 NO_FORM = {
     f"{PKG}.fisher:Fisher": "it weighs every entry by each expert's Fisher information, computed from training "
@@ -69,7 +70,7 @@ def mergekit_config(impl: str, params: Mapping[str, Any], base_dir: Path, expert
     if build is None:
         raise NoForm(f"mergebench knows no mergekit form of {impl} (a plugin's method)")
     config = build(dict(params), base_dir, experts, excluded, names)
-    out_dtype = DTYPES.get(base_dtype, base_dtype)
+    out_dtype = DTYPE_NAMES.get(base_dtype, base_dtype)
     config["dtype"] = "float32"  # mergebench computes in float32 and writes the base's dtype
     if out_dtype != "float32":
         config["out_dtype"] = out_dtype
