@@ -29,7 +29,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         thresholds = parse_thresholds(args.fail)
     except UsageError as exc:  # its message names pytest's option
         raise UsageError(str(exc).replace("--mb-compare-fail", "--fail")) from None
-    runs = _runs(args.results)
+    from mergebench.results import read_results
+
+    files = [(path, *read_results(path, "results file")) for path in args.results]
+    runs = _runs(files)
     if len(runs) > 1 and (args.plots or args.compare):
         first, second, case = _shared_case(runs)
         raise UsageError(f"{first} and {second} both hold case {case}, so they are two runs: --plots and --compare "
@@ -39,10 +42,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plots:
         inputs.writable_folder(Path(args.results[0]).parent, "--plots writes its figures next to the first results file")
     out = console()
+    boots = {}
     for path, run in runs:
         if len(runs) > 1:  # files holding the same cases are separate runs: tables of their own
             out.print(f"[bold]{path}[/]")
-        boot = Bootstrap(run, seed=args.seed, resamples=args.resamples)
+        boot = boots[path] = Bootstrap(run, seed=args.seed, resamples=args.resamples)
         sys.stdout.write(render_session(run, width=out.width, color=out.is_terminal, boot=boot))
         if args.pairwise:
             _pairwise(run, boot, out)
@@ -52,24 +56,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         for path in write_plots(results, Path(args.results[0]).with_suffix(""), boot=boot):
             out.print(f"written: {path}")
     if args.html:
-        _html(args, boot, out)
+        _html(args, files, boots, out)
     if baseline is not None:
         return _gate(args, results, baseline, thresholds, out)
     return 0
 
 
-def _runs(paths: list[str]) -> list[tuple[str, list]]:
-    """The results files as runs: files that split one grid (shards, machines) are one run, combined;
-    files that hold the same case are separate runs, each reported on its own (one table cell
-    never holds two runs' numbers)."""
-    files = [(path, inputs.results_file(path, "results file")) for path in paths]
+def _runs(files: list[tuple[str, list, dict]]) -> list[tuple[str, list]]:
+    """The results files (path, cases, meta) as runs: files that split one grid (shards, machines)
+    are one run, combined; files that hold the same case are separate runs, each reported on its
+    own (one table cell never holds two runs' numbers)."""
     seen: set = set()
-    for _, results in files:
+    for _, results, _ in files:
         keys = {(r.case_id, getattr(r, "semantics", None)) for r in results}
         if keys & seen:
-            return files
+            return [(path, results) for path, results, _ in files]
         seen |= keys
-    return [(", ".join(paths), [r for _, results in files for r in results])]
+    return [(", ".join(path for path, _, _ in files), [r for _, results, _ in files for r in results])]
 
 
 def _shared_case(runs: list[tuple[str, list]]) -> tuple[str, str, str]:
@@ -83,13 +86,12 @@ def _shared_case(runs: list[tuple[str, list]]) -> tuple[str, str, str]:
     return runs[0][0], runs[1][0], "?"
 
 
-def _html(args: argparse.Namespace, boot, out) -> None:
+def _html(args: argparse.Namespace, files, boots, out) -> None:
+    """The page of the files read for the tables; a file reported on its own reuses its tables' draws."""
     from mergebench.results.html import write_page
-    from mergebench.results.html_meta import read_runs
+    from mergebench.results.html_meta import runs_of
 
-    runs = read_runs(args.results, seed=args.seed, resamples=args.resamples)
-    if len(runs) == 1 and runs[0].boot is not None:
-        runs[0].boot = boot  # the same draws as the tables', already computed
+    runs = runs_of(files, boots=boots, seed=args.seed, resamples=args.resamples)
     out.print(f"written: {write_page(runs, args.html)}")
 
 

@@ -181,6 +181,11 @@ def read_json(path: Path | str, what: str = "results file") -> list[CaseResult]:
 
     The one reader of results files: the command line and pytest's ``--mb-compare`` both call it.
     """
+    return read_results(path, what)[0]
+
+
+def read_results(path: Path | str, what: str = "results file") -> tuple[list[CaseResult], dict[str, Any]]:
+    """:func:`read_json`'s cases and the file's ``meta`` (the run's commit, machine, options), from one parse."""
     from mergebench.results.compact import Pool
 
     path = Path(path)
@@ -212,4 +217,5 @@ def read_json(path: Path | str, what: str = "results file") -> list[CaseResult]:
             results.append(CaseResult.from_dict(case, pool, where=f"{what} {path}"))
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise UsageError(f"{what} {path}: case {i} is not a mergebench result ({exc}); {RESULTS_FIX}") from None
-    return results
+    meta = data.get("meta")
+    return results, meta if isinstance(meta, dict) else {}

@@ -11,10 +11,9 @@ import json
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from mergebench.errors import UsageError
-from mergebench.results import CaseResult, read_json
+from mergebench.results import CaseResult, read_results
 from mergebench.results.html_assets import table
 
 if TYPE_CHECKING:
@@ -46,19 +45,22 @@ def make_run(name: str, results: Sequence[CaseResult], meta: dict[str, Any] | No
 
 def read_runs(paths: Sequence[Path | str], *, seed: int | None = None, resamples: int | None = None) -> list[Run]:
     """One run per results file, named by its file name (made unique), with the file's ``meta``."""
+    return runs_of([(path, *read_results(path)) for path in paths], seed=seed, resamples=resamples)
+
+
+def runs_of(files: Sequence[tuple[Path | str, Sequence[CaseResult], dict[str, Any]]], *,
+            boots: Mapping[str, "Bootstrap"] | None = None, seed: int | None = None,
+            resamples: int | None = None) -> list[Run]:
+    """:func:`read_runs` of files already read: (path, cases, meta); ``boots`` are bootstraps already drawn, by path."""
     runs, names = [], set()
-    for path in map(Path, paths):
-        results = read_json(path)
-        try:
-            meta = json.loads(path.read_text()).get("meta") or {}
-        except (OSError, ValueError, AttributeError) as exc:
-            raise UsageError(f"cannot read the metadata of {path}: {exc}") from None
+    for given, results, meta in files:
+        path = Path(given)
         name, n = path.stem, 2
         while name in names:
             name, n = f"{path.stem} ({n})", n + 1
         names.add(name)
-        runs.append(make_run(name, results, meta if isinstance(meta, dict) else {}, source=str(path), seed=seed,
-                             resamples=resamples))
+        drawn = (boots or {}).get(str(given)) if any(r.items is not None for r in results) else None
+        runs.append(make_run(name, results, meta, source=str(path), boot=drawn, seed=seed, resamples=resamples))
     return runs
 
 
