@@ -13,12 +13,9 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from mergebench.errors import CheckpointError, UsageError
-
-if TYPE_CHECKING:
-    from mergebench.results import CaseResult
 
 CONVERT = "convert it (load it and save_pretrained with safe_serialization=True)"
 ALLOW_PICKLE_FIX = f"mergebench reads safetensors unless told otherwise: {CONVERT}, or pass --allow-pickle if you trust the file"
@@ -124,10 +121,3 @@ def writable_folder(path: Path, what: str) -> Path:
         raise UsageError(f"{what}: cannot write in {existing} ({exc.strerror or exc}); choose a folder you can "
                          "write to") from None
     return existing
-
-
-def results_file(path: Path | str, what: str) -> list["CaseResult"]:
-    """The results in ``path``, or one line saying why it is not a results file (one reader: pytest's --mb-compare uses it too)."""
-    from mergebench.results import read_json
-
-    return read_json(path, what)

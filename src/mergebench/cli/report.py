@@ -29,7 +29,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         thresholds = parse_thresholds(args.fail)
     except UsageError as exc:  # its message names pytest's option
         raise UsageError(str(exc).replace("--mb-compare-fail", "--fail")) from None
-    from mergebench.results import read_results
+    from mergebench.results import read_json, read_results
 
     files = [(path, *read_results(path, "results file")) for path in args.results]
     runs = _runs(files)
@@ -38,7 +38,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"{first} and {second} both hold case {case}, so they are two runs: --plots and --compare "
                          "need one; give one results file, or files that split one grid")
     results = [r for _, run in runs for r in run]
-    baseline = inputs.results_file(args.compare, "--compare baseline") if args.compare else None
+    baseline = read_json(args.compare, "--compare baseline") if args.compare else None
     if args.plots:
         inputs.writable_folder(Path(args.results[0]).parent, "--plots writes its figures next to the first results file")
     out = console()
