@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mergebench.progress import RichSink, live_bars_wanted
-from mergebench.pytest_progress import FileSink, LabelledSink, ProgressRelay
+from mergebench.progress_relay import FileSink, LabelledSink, ProgressRelay
 
 
 @pytest.mark.parametrize("isatty, color, environ, bars", [
