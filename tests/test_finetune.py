@@ -69,6 +69,45 @@ def test_fast_loss_trains_exactly_like_trls_loss(model, request, tmp_path):
         torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_activation_checkpointing_off_trains_the_same_weights_bit_for_bit(tiny_llama, tmp_path, frozen):
+    """Off (the mini recipes), training keeps activations instead of recomputing them, and ends with
+    exactly the weights of trl's default (checkpointing on), also with frozen embeddings; which is
+    why the setting stays out of an expert's cache key."""
+    import dataclasses
+
+    import torch
+    from transformers import TrainerCallback
+
+    seen: dict[str, bool] = {}
+
+    def recorder(name):
+        class Record(TrainerCallback):
+            def on_step_begin(self, args, state, control, model=None, **kwargs):
+                seen[name] = (model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing")
+                              else model.is_gradient_checkpointing)  # renamed in transformers 5
+
+        return Record()
+
+    settings = dataclasses.replace(FAST, freeze_embeddings=frozen)
+    kept, _ = _sft(tiny_llama, tmp_path, dataclasses.replace(settings, activation_checkpointing=False), name="kept",
+                   callbacks=[recorder("kept")])
+    recomputed, _ = _sft(tiny_llama, tmp_path, settings, name="recomputed", callbacks=[recorder("recomputed")])
+    assert seen == {"kept": False, "recomputed": True}
+    a, b, base = load_tensors(kept), load_tensors(recomputed), load_tensors(tiny_llama)
+    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_activation_checkpointing_is_left_out_of_the_key_and_other_settings_are_not():
+    import dataclasses
+
+    assert dataclasses.replace(FAST, activation_checkpointing=False).fingerprint() == FAST.fingerprint()
+    assert dataclasses.replace(FAST, learning_rate=2e-3).fingerprint() != FAST.fingerprint()
+    assert "activation_checkpointing" not in FAST.fingerprint() and FAST.as_dict()["activation_checkpointing"] is True
+
+
 def test_lora_is_merged_into_dense_weights_of_the_targeted_modules_only(tiny_llama, tmp_path):
     import dataclasses
 

@@ -11,9 +11,12 @@ the positions computed (padded batches) and real tokens, and the ratio to the fi
 configuration measured in the same round, with the CPU model and the load average.
 
 Configurations: ``before`` (random batches, embeddings trained: the recipes until 2026-12),
-``length batches`` (batches of similar length), ``length batches + frozen embeddings`` (today's
-mini recipes) and, measured but not adopted, the same with the lower half of the decoder layers
-frozen too (task vectors would then be zero there, unlike the study's fully finetuned experts).
+``length batches`` (batches of similar length), ``length batches + frozen embeddings``, measured
+but not adopted the same with the lower half of the decoder layers frozen too (task vectors would
+then be zero there, unlike the study's fully finetuned experts), and today's mini recipes: the
+same without trl's default activation checkpointing (each layer's forward pass is no longer run
+twice). The first four recompute activations, as trl does by default. ``--only 3,5`` compares two
+configurations; ratios are to the first configuration run.
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isa_emulation import EMULATION, cpu_model  # noqa: E402
 
+_RECOMPUTE = {"activation_checkpointing": True}
 CONFIGS = {
-    "before": {"length_batches": False, "freeze_embeddings": False},
-    "length batches": {"length_batches": True, "freeze_embeddings": False},
-    "length batches + frozen embeddings": {"length_batches": True, "freeze_embeddings": True},
-    "the same + lower half of the layers frozen (not adopted)": {"length_batches": True, "freeze_embeddings": True},
+    "before": {"length_batches": False, "freeze_embeddings": False, **_RECOMPUTE},
+    "length batches": {"length_batches": True, "freeze_embeddings": False, **_RECOMPUTE},
+    "length batches + frozen embeddings": {"length_batches": True, "freeze_embeddings": True, **_RECOMPUTE},
+    "the same + lower half of the layers frozen (not adopted)": {"length_batches": True, "freeze_embeddings": True,
+                                                                 **_RECOMPUTE},
+    "length batches + frozen embeddings + activations kept (today's mini recipes)": {
+        "length_batches": True, "freeze_embeddings": True, "activation_checkpointing": False},
 }
 FROZEN_LAYERS = {"the same + lower half of the layers frozen (not adopted)": 0.5}
 """Configurations that also freeze this fraction of the decoder layers, from the bottom (backward stops above them)."""
@@ -85,7 +92,7 @@ def main() -> None:
     parser.add_argument("--domain", default="math")
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps (16 is a whole mini expert)")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--only", default="", help="comma-separated configuration numbers (1 = before, always run)")
+    parser.add_argument("--only", default="", help="comma-separated configuration numbers (default: all)")
     parser.add_argument("--native", action="store_true", help="no AVX2 emulation")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -95,7 +102,7 @@ def main() -> None:
 
     configs = list(CONFIGS)
     if args.only:
-        keep = {1} | {int(i) for i in args.only.split(",")}
+        keep = {int(i) for i in args.only.split(",")}
         configs = [c for i, c in enumerate(configs, 1) if i in keep]
     isa = "native" if args.native else "AVX2 emulation (" + " ".join(f"{k}={v}" for k, v in EMULATION.items()) + ")"
     print(f"CPU: {cpu_model()}; {isa}; mini-{args.domain}, {args.steps} steps; load average {os.getloadavg()[0]:.1f}",

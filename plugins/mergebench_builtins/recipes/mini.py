@@ -54,12 +54,15 @@ def examples_digest(examples: list[dict[str, str]]) -> str:
 class MiniSFT(Recipe):
     """SFT on the first ``examples`` training items with ``settings`` (the same for every mini domain).
 
-    Two settings make an expert cheaper to train without changing what it learns from (measured
+    Three settings make an expert cheaper to train without changing what it learns from (measured
     with ``benchmarks/perf/recipe_speed.py``):
 
     * ``length_batches``: the examples run from ~40 to 256 tokens, and random batches of 8 were
       ~30% padding, which a CPU computes like real tokens (141k positions for the five experts,
       103k in batches of similar length; the same examples, one epoch, steps in random order).
+    * ``activation_checkpointing`` off: trl turns it on by default, recomputing every layer's
+      forward pass during backward to save memory; a 135M model's activations fit in RAM many
+      times over, so the mini recipes keep them (same weights, bit for bit; not in the key).
     * ``freeze_embeddings``: the (tied) embedding matrix is 28M of the 135M weights, and its
       gradient and AdamW update are paid every step, yet merges leave embeddings and ``lm_head``
       out of task vectors (:data:`~mergebench.merging.api.DEFAULT_EXCLUDE`), as the study does:
@@ -69,7 +72,7 @@ class MiniSFT(Recipe):
 
     examples = 128
     settings = SFTSettings(learning_rate=2e-4, epochs=1, batch_size=8, max_length=256, warmup_ratio=0.1,
-                           length_batches=True, freeze_embeddings=True)
+                           length_batches=True, freeze_embeddings=True, activation_checkpointing=False)
     wheels: tuple[PinnedWheel, ...] = ()
 
     def training_examples(self) -> list[dict[str, str]]:
@@ -80,7 +83,7 @@ class MiniSFT(Recipe):
         return []
 
     def fingerprint(self) -> dict:
-        return {"examples": self.examples, "settings": self.settings.as_dict(),
+        return {"examples": self.examples, "settings": self.settings.fingerprint(),
                 "sources": [s.sha256 for s in self.wheels], "splits": self.split_fingerprints(),
                 "data_sha256": examples_digest(self.trained_examples())}
 
@@ -258,7 +261,7 @@ class MiniMTL(MiniSFT):
         return sum(part.examples for part in self._parts())
 
     def fingerprint(self) -> dict:
-        return {"settings": self.settings.as_dict(), "parts": [p.fingerprint() for p in self._parts()]}
+        return {"settings": self.settings.fingerprint(), "parts": [p.fingerprint() for p in self._parts()]}
 
     def training_examples(self) -> list[dict[str, str]]:
         groups = [part.trained_examples() for part in self._parts()]

@@ -29,6 +29,10 @@ from mergebench.errors import CheckpointError, UsageError
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+COST_ONLY_SETTINGS = ("activation_checkpointing",)
+"""Settings left out of :meth:`SFTSettings.fingerprint`: they change the cost of training, not its result."""
+
+
 @dataclass(frozen=True)
 class SFTSettings:
     learning_rate: float = 1e-4
@@ -58,9 +62,21 @@ class SFTSettings:
     length_batches: bool = False
     """Batches of similar length in random order instead of random batches (less padding; :mod:`.batching`)."""
     logging_steps: int = 1
+    activation_checkpointing: bool = True
+    """Recompute each layer's forward pass during backward instead of keeping its activations
+    (trl's default). It saves memory that large models on GPUs need and costs a third more compute,
+    which a 135M model on a CPU, whose activations fit in RAM many times over, need not pay."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings an expert's cache key holds: those that change the trained weights.
+
+        Activation checkpointing changes what training costs, not what it computes (the same
+        forward pass, run again; ``tests/test_finetune.py`` checks the weights are bit for bit
+        equal), so switching it keeps every expert already trained."""
+        return {k: v for k, v in asdict(self).items() if k not in COST_ONLY_SETTINGS}
 
 
 def common_arguments(seed: int, save_steps: int) -> dict[str, Any]:
@@ -159,6 +175,15 @@ def validate_examples(examples: Sequence[Any], tokenizer: Any, max_positions: in
                 f"model's context of {max_positions} (max_position_embeddings); shorten or drop that example"
             )
     return lengths
+
+
+def _checkpointing_argument(config_class: type) -> str:
+    """The Trainer argument that switches activation checkpointing: transformers 5 renamed
+    ``gradient_checkpointing`` (which still works, with a deprecation warning) to ``activation_checkpointing``."""
+    import dataclasses
+
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def _fast_loss_supported(config: Any) -> bool:
@@ -281,6 +306,7 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
             completion_only_loss=True,
             packing=settings.packing,
             logging_steps=settings.logging_steps,
+            **{_checkpointing_argument(SFTConfig): settings.activation_checkpointing},
             **common_arguments(seed, settings.save_steps),
         )
         losses: list[float] = []
