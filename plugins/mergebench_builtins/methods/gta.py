@@ -91,8 +91,8 @@ class GeneralizedTaskArithmetic(MergeMethod):
     def combine(self, base: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
         """Sum, mean or TIES' election of sparsified task vectors held in memory."""
         if self.consensus:  # TIES' election and disjoint merge, without boolean masks (see disjoint_merge)
-            total = torch.zeros_like(base)
-            for delta in deltas:
+            total = deltas[0] + deltas[1] if len(deltas) > 1 else deltas[0] + 0.0  # = 0 + δ_0 + δ_1 exactly, but
+            for delta in deltas[2:]:  # for the sign of an exact 0, which only all-zero entries have (nothing agrees there)
                 total.add_(delta)
             return disjoint_merge(deltas, self.elect(total), normalize=self.normalize)
         total = summed(deltas, owned=True)

@@ -96,17 +96,19 @@ def disjoint_merge(deltas: Iterable["torch.Tensor"], elected: "torch.Tensor", *,
     ``|δ|`` where δ agrees with the sign s and 0 elsewhere, and ``sign`` of it counts the agreeing.
     Multiplying by ±1 is exact and rounding is symmetric, so s·Σ relu(s·δ_i) equals the masked sum
     Σ δ_i·[sign δ_i = s] bit for bit, summed in the same order; the final ``+ 0.0`` turns the −0
-    of an entry where nothing agrees into the +0 the masked sum gives.
+    of an entry where nothing agrees into the +0 the masked sum gives. The first δ becomes the sum.
     """
-    import torch
-
-    kept = torch.zeros_like(elected)
-    count = torch.zeros_like(elected) if normalize else None
+    kept = count = None
     for delta in deltas:
         agreeing = delta.mul_(elected).relu_()
+        if kept is None:  # 0 + x = x (up to the sign of 0, which the final + 0.0 settles): no zeros to fill
+            kept, count = agreeing, (agreeing.sign() if normalize else None)
+            continue
         kept.add_(agreeing)
         if count is not None:
             count.add_(agreeing.sign_())
+    if kept is None:
+        raise ValueError("nothing to merge")
     if count is not None:
         kept.div_(count.clamp_(min=1))
     return kept.mul_(elected).add_(0.0)
