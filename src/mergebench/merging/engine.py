@@ -226,7 +226,7 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
             return result.to(original.dtype)
 
     with progress.progress(f"merge {spec.name}", total=len(names), unit="tensors") as bar:
-        for name, tensor in zip(names, ordered_map(pool, produce, names, window)):
+        for name, tensor in zip(names, ordered_map(pool, produce, names, window + _write_ahead(base, names))):
             writer.add(name, tensor)
             bar.advance()
     writer.close()
@@ -241,6 +241,19 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
         kept_tensors=len(names) - len(merged_names),
         total_bytes=sum(p.stat().st_size for p in out_dir.glob("*.safetensors")),
     )
+
+
+WRITE_AHEAD_BYTES = 64 * 1024**2
+
+
+def _write_ahead(base: CheckpointReader, names: list[str]) -> int:
+    """How many merged tensors may wait for the writer beyond one per worker: ~64 MB of typical (median) ones.
+
+    Results are written in order, so with one result per worker in flight a large tensor (the
+    embeddings, first in the file) left the other workers idle until it was done; finished small
+    tensors may queue behind it instead."""
+    sizes = sorted(math.prod(base.shape(n)) * 4 for n in names) or [1]
+    return min(64, WRITE_AHEAD_BYTES // max(1, sizes[len(sizes) // 2]))
 
 
 def _write_side_files(base_dir: Path, experts: list[CheckpointReader], out_dir: Path, spec: MethodSpec,
