@@ -31,6 +31,39 @@ def test_sharded_write_then_read_round_trips(tmp_path: Path):
     assert not list(tmp_path.glob(".shard-*"))
 
 
+@pytest.mark.parametrize("max_shard_bytes", [600, 10_000])
+def test_a_writer_given_the_layout_writes_the_same_files_without_a_spill(tmp_path: Path, max_shard_bytes: int):
+    tensors = {f"layer.{i}.weight": torch.arange(i * 10, i * 10 + 64, dtype=torch.float32).reshape(8, 8) for i in range(5)}
+    tensors["norm.weight"] = torch.arange(6, dtype=torch.bfloat16)
+    layout = [(name, str(t.dtype), tuple(t.shape)) for name, t in tensors.items()]
+    written = {}
+    for mode, kwargs in (("spill", {}), ("direct", {"layout": layout})):
+        writer = ShardedWriter(tmp_path / mode, max_shard_bytes=max_shard_bytes, metadata={"k": "v"}, **kwargs)
+        for name, tensor in tensors.items():
+            writer.add(name, tensor)
+            assert not list((tmp_path / mode).glob("*.data.tmp")) or mode == "spill"
+        writer.close()
+        written[mode] = (sorted(p.name for p in (tmp_path / mode).iterdir()), writer.hashes)
+        for path in (tmp_path / mode).glob("*.safetensors"):
+            written[mode] += (path.read_bytes(),)
+    assert written["direct"] == written["spill"]  # same names, bytes and SHA-256s
+    assert len(written["spill"][0]) == (4 if max_shard_bytes == 600 else 1)  # 3 shards and an index, or one file
+
+
+def test_a_writer_given_the_layout_refuses_a_tensor_out_of_it(tmp_path: Path):
+    layout = [("a", "F32", (2,)), ("b", "F32", (3,))]
+    writer = ShardedWriter(tmp_path / "order", layout=layout)
+    with pytest.raises(ValueError, match="tensor 'b' \\(F32 \\[3\\]\\) does not come where the layout expects 'a'"):
+        writer.add("b", torch.zeros(3))
+    writer = ShardedWriter(tmp_path / "shape", layout=layout)
+    with pytest.raises(ValueError, match="expects 'a' \\(F32 \\[2\\]\\)"):
+        writer.add("a", torch.zeros(4))
+    writer = ShardedWriter(tmp_path / "short", layout=layout)
+    writer.add("a", torch.zeros(2))
+    with pytest.raises(ValueError, match="1 tensors of the layout were never added \\(first: 'b'\\)"):
+        writer.close()
+
+
 def test_a_truncated_shard_is_named_with_the_fix(tiny_llama: Path, tmp_path: Path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_llama, broken)

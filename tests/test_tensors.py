@@ -57,3 +57,48 @@ def test_task_vectors_use_the_lazy_sequences_own_reader_when_it_has_one(pair):
 
     assert [float(t[0, 0]) for t in task_vectors(Lazy([base + delta, base]), base)] == [0.0, 1.0]
     assert torch.equal(next(task_vectors([base + delta], base)), (base + delta) - base)
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("zero_sign", [1.0, -1.0])  # the sign elected where the sum is 0 (+, or a majority's −)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_disjoint_merge_equals_the_masked_ties_sum_bit_for_bit(normalize, zero_sign):
+    from mergebench.merging.tensors import disjoint_merge, elected_sign
+
+    generator = torch.Generator().manual_seed(0)
+    deltas = [torch.randn(4096, generator=generator) for _ in range(5)]
+    for i, delta in enumerate(deltas):  # trimmed entries (+0), a few −0 and exact cancellations
+        delta[torch.rand(4096, generator=generator) < 0.6] = 0.0
+        delta[i::97] = -0.0
+    deltas[1][:50], deltas[2][:50] = 1.5, -1.5
+    total = torch.zeros(4096)
+    for delta in deltas:
+        total.add_(delta)
+    reference_sign = torch.where(total >= 0, 1.0, -1.0)  # the former election
+    assert torch.equal(elected_sign(total), reference_sign)
+    reference_sign[total == 0] = zero_sign
+    kept, count = torch.zeros(4096), torch.zeros(4096, dtype=torch.uint8)
+    for delta in deltas:  # the former masked disjoint sum
+        agrees = torch.sign(delta) == reference_sign
+        kept.add_(delta * agrees)
+        count.add_(agrees)
+    expected = kept.div_(count.clamp_(min=1)) if normalize else kept
+    found = disjoint_merge([d.clone() for d in deltas], reference_sign, normalize=normalize)
+    assert torch.equal(_bits(found), _bits(expected))  # the signs of zeros included
+
+
+def test_keep_above_keeps_exactly_the_magnitudes_at_or_over_the_threshold():
+    from mergebench.merging.sparsify import keep_above
+
+    threshold = 0.3
+    just = torch.tensor(threshold, dtype=torch.float32)
+    below, above = torch.nextafter(just, torch.tensor(0.0)), torch.nextafter(just, torch.tensor(1.0))
+    tau = torch.stack([just, -just, below, -below, above, -above, torch.tensor(0.0), torch.tensor(-0.0),
+                       torch.tensor(float("inf")), torch.tensor(0.1)])
+    expected = tau.masked_fill((tau < float(just)) & (tau > -float(just)), 0)
+    found = keep_above(tau.clone(), float(just))
+    assert torch.equal(_bits(found), _bits(expected))
+    assert found.tolist()[:6] == [float(just), -float(just), 0.0, 0.0, float(above), -float(above)]

@@ -23,10 +23,14 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa_emulation import EMULATION, cpu_model  # noqa: E402
 
 EXPERTS = 5
 NOISE = 0.01  # of each tensor's standard deviation
@@ -113,6 +117,59 @@ def max_difference(ours: Path, theirs: Path) -> tuple[float, float]:
     return largest, differing / total
 
 
+def check_exact(method: str, base_dir: Path, expert_dirs: list[Path], ours: Path) -> str:
+    """Recompute our merge from its formula (float32 arithmetic on the bf16 inputs, rounded to bf16 once) and
+    compare bit for bit: speed must not have cost exactness. TIES' threshold comes from ``torch.topk`` here,
+    independently of the radix select the engine uses."""
+    import torch
+
+    from mergebench.checkpoint import CheckpointReader
+
+    base_r, merged = CheckpointReader(base_dir), CheckpointReader(ours)
+    readers = [CheckpointReader(d) for d in expert_dirs]
+    differing = []
+    for name in base_r.names():
+        base = base_r.get(name).float()
+        taus = [r.get(name).float() - base for r in readers]
+        if method == "task_arithmetic":
+            total = taus[0].clone()
+            for tau in taus[1:]:
+                total += tau
+        else:
+            deltas = []
+            for tau in taus:
+                k = max(1, int(0.2 * tau.numel()))
+                threshold = tau.abs().reshape(-1).topk(k).values.min()
+                deltas.append(torch.where(tau.abs() >= threshold, tau, 0.0))
+            elected = torch.where(sum(deltas, torch.zeros_like(base)) >= 0, 1.0, -1.0)
+            kept, count = torch.zeros_like(base), torch.zeros_like(base)
+            for delta in deltas:
+                agrees = torch.sign(delta) == elected
+                kept += delta * agrees
+                count += agrees
+            total = kept / count.clamp(min=1)
+        expected = (base + total).to(torch.bfloat16)
+        if not torch.equal(expected.view(torch.int16), merged.get(name).view(torch.int16)):
+            differing.append(name)
+    if differing:
+        return f"DIFFERS in {len(differing)} of {len(base_r.names())} tensors (first: {differing[0]})"
+    return f"identical bit for bit in all {len(base_r.names())} tensors"
+
+
+def check_emulation(env: dict[str, str]) -> str:
+    """The ISA torch dispatches to in a child started with ``env``; refuses to go on if the emulation did not take."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    if env.get("ATEN_CPU_CAPABILITY") and out.lower() != env["ATEN_CPU_CAPABILITY"].lower():
+        raise SystemExit(f"ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']} did not take effect: torch dispatches to {out}")
+    return out
+
+
+def spread(values: list[float]) -> str:
+    """Median and the range over rounds: the figure and its uncertainty on a shared machine."""
+    return f"{statistics.median(values):.3f} (range {min(values):.3f}–{max(values):.3f}, {len(values)} rounds)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mergekit", default=None,
@@ -120,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                              "mergebench.merging.mergekit_venv builds once under ~/.cache/mergebench-tools)")
     parser.add_argument("--work", default="/tmp/mergebench-perf", help="where inputs and outputs are written")
     parser.add_argument("--methods", default="task_arithmetic,ties")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ours and mergekit alternate first)")
+    parser.add_argument("--native", action="store_true",
+                        help="run both tools on every ISA this CPU has (default: the AVX2 emulation, for both)")
     args = parser.parse_args(argv)
     if args.mergekit is None:
         from mergebench.merging.mergekit_venv import mergekit_yaml
@@ -133,33 +193,62 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [base_dir, *experts.values()]
     read_seconds = read_all_seconds(inputs)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for key in EMULATION:
+        env.pop(key, None)
+    if not args.native:
+        env.update(EMULATION)
+    isa = check_emulation(env)
+    mergekit_python = Path(args.mergekit).parent / "python"
+    if not args.native:  # mergekit's own torch must dispatch to AVX2 as well
+        out = subprocess.run([str(mergekit_python), "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                             env=env, capture_output=True, text=True, check=True).stdout.strip()
+        if out.lower() != "avx2":
+            raise SystemExit(f"the emulation did not take effect in mergekit's venv: its torch dispatches to {out}")
+    print(f"CPU: {cpu_model()}; torch dispatches to {isa} in both tools"
+          f"{'' if args.native else ' (AVX2 emulation: ' + ' '.join(f'{k}={v}' for k, v in EMULATION.items()) + ')'}; "
+          f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     ours_cli = [sys.executable, "-m", "mergebench.cli", "merge"]
-    rows = []
+    commands = {}
     for method in args.methods.split(","):
         params, mk_method, per_model, shared = METHODS[method]
         ours_out, theirs_out = work / f"ours-{method}", work / f"mergekit-{method}"
-        command = [*ours_cli, "--method", method, "--base", str(base_dir), "--no-exclude", "--force",
-                   "--out", str(ours_out), *[f"--expert={label}={path}" for label, path in experts.items()],
-                   *[f"--param={p}" for p in params]]
-        ours = timed(command, env)
         config = work / f"{method}.yml"
         config.write_text("\n".join([
             f"merge_method: {mk_method}", f"base_model: {base_dir}", "dtype: bfloat16", "models:",
             *[f"  - model: {path}\n    parameters: {per_model}" for path in experts.values()],
             f"parameters: {shared}", "",
         ]))
-        shutil.rmtree(theirs_out, ignore_errors=True)
-        theirs = timed([args.mergekit, str(config), str(theirs_out), "--quiet"], env)
-        largest, differing = max_difference(ours_out, theirs_out)
-        rows.append((method, ours, theirs, largest, differing))
+        commands[method] = {
+            "ours": [*ours_cli, "--method", method, "--base", str(base_dir), "--no-exclude", "--force",
+                     "--out", str(ours_out), *[f"--expert={label}={path}" for label, path in experts.items()],
+                     *[f"--param={p}" for p in params]],
+            "mergekit": [args.mergekit, str(config), str(theirs_out), "--quiet"],
+        }
+    runs: dict[str, dict[str, list[tuple[float, float]]]] = {m: {"ours": [], "mergekit": []} for m in commands}
+    for round_ in range(args.rounds):
+        for method, pair in commands.items():
+            order = ["ours", "mergekit"] if round_ % 2 == 0 else ["mergekit", "ours"]
+            for tool in order:
+                if tool == "mergekit":
+                    shutil.rmtree(work / f"mergekit-{method}", ignore_errors=True)
+                runs[method][tool].append(timed(pair[tool], env))
+            (o_s, o_gb), (m_s, m_gb) = runs[method]["ours"][-1], runs[method]["mergekit"][-1]
+            print(f"  round {round_ + 1} {method:<16} ours {o_s:7.2f} s {o_gb:5.2f} GB | mergekit {m_s:7.2f} s "
+                  f"{m_gb:5.2f} GB | time ratio {o_s / m_s:.3f}, RSS ratio {o_gb / m_gb:.3f} | "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
 
     print(f"\n{EXPERTS} experts of SmolLM2-135M (bf16), {os.cpu_count()} CPU cores; reading all inputs once: "
-          f"{read_seconds:.2f} s")
-    print(f"{'method':<16} {'ours s':>8} {'ours GB':>8} {'mergekit s':>11} {'mergekit GB':>12} "
-          f"{'time ratio':>11} {'RSS ratio':>10} {'ours/read':>10}  output difference")
-    for method, (o_s, o_gb), (m_s, m_gb), largest, differing in rows:
-        print(f"{method:<16} {o_s:8.2f} {o_gb:8.2f} {m_s:11.2f} {m_gb:12.2f} {o_s / m_s:11.3f} {o_gb / m_gb:10.3f} "
-              f"{o_s / read_seconds:10.1f}  max {largest:.2e}, {100 * differing:.2f}% of entries")
+          f"{read_seconds:.2f} s; load average at end {os.getloadavg()[0]:.2f}")
+    for method in commands:
+        ours, theirs = runs[method]["ours"], runs[method]["mergekit"]
+        exact = check_exact(method, base_dir, list(experts.values()), work / f"ours-{method}")
+        largest, differing = max_difference(work / f"ours-{method}", work / f"mergekit-{method}")
+        print(f"{method}: ours {spread([s for s, _ in ours])} s, mergekit {spread([s for s, _ in theirs])} s")
+        print(f"  time ratio ours/mergekit per round: {spread([o[0] / t[0] for o, t in zip(ours, theirs)])}")
+        print(f"  peak RSS ours {spread([g for _, g in ours])} GB, mergekit {spread([g for _, g in theirs])} GB; "
+              f"ratio {spread([o[1] / t[1] for o, t in zip(ours, theirs)])}")
+        print(f"  ours against our formula recomputed here: {exact}; against mergekit: max |difference| "
+              f"{largest:.2e}, {100 * differing:.2f}% of entries differ")
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 
 from mergebench.merging.api import MergeMethod, TensorInputs
 from mergebench.merging.sparsify import keep_above
-from mergebench.merging.tensors import summed, task_vectors
+from mergebench.merging.tensors import disjoint_merge, elected_sign, summed, task_vectors
 from mergebench.merging.topk import MagnitudeSelector, kth_largest_abs, topk_count
 from mergebench_builtins.methods.study_code import with_untied_head
 
@@ -65,9 +65,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
             total = summed(self.sparsified(name, base, experts, memo), owned=True)
             return total / len(experts) if self.normalize else total
         if base.numel() * len(experts) <= HOLD_ELEMENTS:  # small: keep the sparsified task vectors, one pass
-            deltas = list(self.sparsified(name, base, experts, memo))
-            return self.elect_and_merge(base, deltas, lambda elected: (
-                (d, torch.sign(d) == elected) for d in deltas))
+            return self.combine(base, list(self.sparsified(name, base, experts, memo)))
         return self.elect_and_merge(base, self.sparsified(name, base, experts, memo), lambda elected: (
             self.agreeing(name, index, tau, elected, memo) for index, tau in enumerate(task_vectors(experts, base))))
 
@@ -92,8 +90,11 @@ class GeneralizedTaskArithmetic(MergeMethod):
 
     def combine(self, base: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
         """Sum, mean or TIES' election of sparsified task vectors held in memory."""
-        if self.consensus:
-            return self.elect_and_merge(base, deltas, lambda elected: ((d, torch.sign(d) == elected) for d in deltas))
+        if self.consensus:  # TIES' election and disjoint merge, without boolean masks (see disjoint_merge)
+            total = deltas[0] + deltas[1] if len(deltas) > 1 else deltas[0] + 0.0  # = 0 + δ_0 + δ_1 exactly, but
+            for delta in deltas[2:]:  # for the sign of an exact 0, which only all-zero entries have (nothing agrees there)
+                total.add_(delta)
+            return disjoint_merge(deltas, self.elect(total), normalize=self.normalize)
         total = summed(deltas, owned=True)
         return total / len(deltas) if self.normalize else total
 
@@ -120,9 +121,9 @@ class GeneralizedTaskArithmetic(MergeMethod):
         return kept.div_(count.clamp_(min=1)) if count is not None else kept
 
     def elect(self, total: torch.Tensor) -> torch.Tensor:
-        """The elected sign as ±1 from the summed sparsified task vectors: + where the sum is 0
-        (sign(0) = 0 would never equal a kept entry's sign)."""
-        return torch.where(total >= 0, 1.0, -1.0)
+        """The elected sign as ±1 from the summed sparsified task vectors (accumulated from zeros): + where
+        the sum is 0 (sign(0) = 0 would never equal a kept entry's sign). Overrides must return ±1 only."""
+        return elected_sign(total)
 
     def agreeing(self, name: str, index: int, tau: torch.Tensor, elected: torch.Tensor, memo: dict
                  ) -> tuple[torch.Tensor, torch.Tensor]:

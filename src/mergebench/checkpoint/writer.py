@@ -1,7 +1,10 @@
 """Write a Hugging Face checkpoint as sharded safetensors, one tensor at a time.
 
 Memory stays at one tensor: each tensor's bytes go to a spill file as soon as it is added, and
-a shard is assembled (safetensors header, then the spilled bytes) when it is full. Shards are
+a shard is assembled (safetensors header, then the spilled bytes) when it is full. A caller that
+knows every tensor's name, dtype and shape up front (a merge: the base's) passes them as
+``layout``: headers are then known before the first byte, so each tensor goes straight into its
+shard and is hashed on the way, with no spill file to write and copy again. The files are the same. Shards are
 written under temporary names and renamed to ``model-0000k-of-0000n.safetensors`` once ``n`` is
 known; the index is written last. Each shard's SHA-256 is computed as its bytes stream into it
 (:attr:`ShardedWriter.hashes`) and recorded for the artifact cache's manifest, so a cached merge
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from mergebench.cache import integrity as cache_integrity
 from mergebench.checkpoint.reader import INDEX_FILE, SINGLE_FILE
@@ -42,6 +46,7 @@ TOKENIZER_FILES = (
 
 _SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
                       "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 class ShardedWriter:
@@ -51,7 +56,8 @@ class ShardedWriter:
     """
 
     def __init__(self, directory: Path | str, *, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None,
+                 layout: Sequence[tuple[str, str, Sequence[int]]] | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_shard_bytes = max_shard_bytes
@@ -65,6 +71,57 @@ class ShardedWriter:
         """File name → SHA-256 of every file written, filled by :meth:`close`."""
         self._total_bytes = 0
         self._closed = False
+        self._plan: list[list[tuple[str, dict]]] | None = None  # per shard: (name, header entry), in order
+        self._direct = None  # (file, digest, tensors left) of the shard being written straight
+        if layout:
+            self._plan = self._planned_shards(layout)
+
+    def _planned_shards(self, layout) -> list[list[tuple[str, dict]]] | None:
+        """The shards :meth:`add` would close for tensors coming in ``layout``'s order (None: a dtype it cannot plan)."""
+        shards: list[list[tuple[str, dict]]] = [[]]
+        pending = 0
+        for name, dtype, shape in layout:
+            code = _SAFETENSORS_DTYPES.get(str(dtype).removeprefix("torch."), dtype)
+            if code not in _ELEMENT_BYTES:
+                return None
+            size = math.prod(shape) * _ELEMENT_BYTES[code]
+            if shards[-1] and pending + size > self.max_shard_bytes:
+                shards.append([])
+                pending = 0
+            shards[-1].append((name, {"dtype": code, "shape": list(shape), "data_offsets": [pending, pending + size]}))
+            pending += size
+        return shards
+
+    def _write_direct(self, name: str, dtype: str, shape: list[int], data: memoryview) -> None:
+        if self._direct is None:
+            if not self._plan:
+                raise ValueError(f"tensor {name!r} is not in the writer's layout (it has no more tensors)")
+            entries = dict(self._plan[0])
+            header = self._header(entries)
+            out = open(self.directory / f".shard-{len(self._shards):05d}.tmp", "wb")
+            out.write(header)
+            self._direct = (out, hashlib.sha256(header), list(entries))
+            self._entries = entries
+        out, digest, left = self._direct
+        expected = self._entries[left[0]]
+        if name != left[0] or dtype != expected["dtype"] or shape != expected["shape"]:
+            raise ValueError(f"tensor {name!r} ({dtype} {shape}) does not come where the layout expects "
+                             f"{left[0]!r} ({expected['dtype']} {expected['shape']})")
+        digest.update(data)
+        out.write(data)
+        left.pop(0)
+        if not left:
+            out.close()
+            self._shards.append((Path(out.name), list(self._entries), digest.hexdigest()))
+            self._plan.pop(0)
+            self._direct, self._entries = None, {}
+
+    def _header(self, entries: dict) -> bytes:
+        import struct
+
+        header = json.dumps({"__metadata__": self.metadata, **entries}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # the data section starts 8-byte aligned
+        return struct.pack("<Q", len(header)) + header
 
     def add(self, name: str, tensor: "torch.Tensor") -> None:
         import torch
@@ -77,6 +134,12 @@ class ShardedWriter:
         if dtype is None:
             raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors files here do not store")
         size = tensor.numel() * tensor.element_size()
+        if self._plan is not None:
+            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            self._write_direct(name, dtype, list(tensor.shape), memoryview(data.numpy()))
+            self._names.add(name)
+            self._total_bytes += size
+            return
         if self._entries and self._pending_bytes + size > self.max_shard_bytes:
             self._flush()
         if self._spill is None:
@@ -90,14 +153,11 @@ class ShardedWriter:
         self._total_bytes += size
 
     def _flush(self) -> None:
-        import struct
-
-        header = json.dumps({"__metadata__": self.metadata, **self._entries}, separators=(",", ":")).encode()
-        header += b" " * (-len(header) % 8)  # the data section starts 8-byte aligned
+        header = self._header(self._entries)
         path = self.directory / f".shard-{len(self._shards):05d}.tmp"
-        digest = hashlib.sha256(struct.pack("<Q", len(header)) + header)
+        digest = hashlib.sha256(header)
         with open(path, "wb") as out:
-            out.write(struct.pack("<Q", len(header)) + header)
+            out.write(header)
             if self._spill is not None:
                 self._spill.seek(0)
                 while block := self._spill.read(16 * 1024 * 1024):
@@ -115,7 +175,11 @@ class ShardedWriter:
         """Flush, give shards their final names, write the index; return the shard paths."""
         if self._closed:
             raise RuntimeError("writer is closed")
-        if self._entries or not self._shards:
+        if self._plan is not None:
+            missing = [name for shard in self._plan for name, _ in shard if name not in self._names]
+            if missing:
+                raise ValueError(f"{len(missing)} tensors of the layout were never added (first: {missing[0]!r})")
+        elif self._entries or not self._shards:
             self._flush()
         self._closed = True
         count = len(self._shards)

@@ -71,29 +71,32 @@ class LazyExperts(Sequence):
         label, reader = self.items[index]
         base = self.base if rows is None else self.base[rows[0]:rows[1]]
         raw = (reader.get(self.name) if rows is None else reader.get_rows(self.name, *rows)).to(self.device)
-        if base.dim() == 0:
-            tau = raw - base
-        elif raw.shape[0] > base.shape[0]:  # extra vocabulary rows: dropped
-            tau = raw[: base.shape[0]] - base
-        else:
-            tau = raw - base[: raw.shape[0]]
+        if rows is not None or index not in self.checked:  # the stored values: half the bytes of τ in bf16
+            check_finite(raw, label, self.name, reader.directory)
+            self.checked.add(index)
+        if base.dim() and raw.shape[0] > base.shape[0]:  # extra vocabulary rows: dropped
+            raw = raw[: base.shape[0]]
+        part = base if base.dim() == 0 else base[: raw.shape[0]]
+        if raw.dtype == base.dtype:
+            tau = raw - part
+        else:  # cast into τ's own memory, then subtract in place: the same float32 values as raw − base,
+            tau = raw.to(base.dtype)  # in two fast passes instead of one slow mixed-dtype pass
+            tau.sub_(part)
         if base.dim() and tau.shape[0] < base.shape[0]:  # fewer vocabulary rows: the base's rows, a zero task vector
             tau = torch.cat([tau, torch.zeros_like(base[tau.shape[0]:])])
-        if rows is not None or index not in self.checked:
-            check_finite(tau, label, self.name, reader.directory)
-            self.checked.add(index)
         return tau
 
 
-def check_finite(tensor: "torch.Tensor", label: str, name: str, directory: Path) -> None:
-    """Raise naming expert and tensor when ``tensor`` has NaN/Inf (one fast sum; a full scan only to confirm)."""
+def check_finite(tensor: "torch.Tensor", label: str, name: str, directory: Path, *, what: str = "") -> None:
+    """Raise naming expert (or ``what``) and tensor when ``tensor`` has NaN/Inf (one fast sum; a full scan only to confirm)."""
     import torch
 
     if math.isfinite(float(tensor.sum())) or bool(torch.isfinite(tensor).all()):
         return
     raise CheckpointError(
-        f"expert {label!r} has NaN or Inf values in tensor {name!r} ({directory}); "
-        "the expert is broken (diverged training or a bad conversion): retrain or re-download it"
+        f"{what or f'expert {label!r}'} has NaN or Inf values in tensor {name!r} ({directory}); "
+        f"{'the checkpoint' if what else 'the expert'} is broken (diverged training or a bad conversion): "
+        "retrain or re-download it"
     )
 
 
@@ -123,7 +126,9 @@ class StreamedInputs(TensorInputs):
     def tensors(self, name: str) -> tuple["torch.Tensor", Sequence["torch.Tensor"]]:
         import torch
 
-        base = self.base.get(name).to(self.device, torch.float32)
+        stored = self.base.get(name)
+        check_finite(stored, "base", name, self.base.directory, what="the base")
+        base = stored.to(self.device, torch.float32)
         return base, LazyExperts(name, base, self.experts, self.device)
 
 
@@ -200,7 +205,8 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
         "mergebench_params": json.dumps(method.params, sort_keys=True),
         **(metadata or {}),
     }
-    writer_kwargs = {"metadata": stamp}
+    # every output tensor has the base's name, dtype and shape, in its order: the writer can stream to its shards
+    writer_kwargs = {"metadata": stamp, "layout": [(n, base.dtype_name(n), base.shape(n)) for n in names]}
     if max_shard_bytes:
         writer_kwargs["max_shard_bytes"] = max_shard_bytes
     writer = ShardedWriter(out_dir, **writer_kwargs)
@@ -220,7 +226,7 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
             return result.to(original.dtype)
 
     with progress.progress(f"merge {spec.name}", total=len(names), unit="tensors") as bar:
-        for name, tensor in zip(names, ordered_map(pool, produce, names, window)):
+        for name, tensor in zip(names, ordered_map(pool, produce, names, window + _write_ahead(base, names))):
             writer.add(name, tensor)
             bar.advance()
     writer.close()
@@ -235,6 +241,19 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
         kept_tensors=len(names) - len(merged_names),
         total_bytes=sum(p.stat().st_size for p in out_dir.glob("*.safetensors")),
     )
+
+
+WRITE_AHEAD_BYTES = 64 * 1024**2
+
+
+def _write_ahead(base: CheckpointReader, names: list[str]) -> int:
+    """How many merged tensors may wait for the writer beyond one per worker: ~64 MB of typical (median) ones.
+
+    Results are written in order, so with one result per worker in flight a large tensor (the
+    embeddings, first in the file) left the other workers idle until it was done; finished small
+    tensors may queue behind it instead."""
+    sizes = sorted(math.prod(base.shape(n)) * 4 for n in names) or [1]
+    return min(64, WRITE_AHEAD_BYTES // max(1, sizes[len(sizes) // 2]))
 
 
 def _write_side_files(base_dir: Path, experts: list[CheckpointReader], out_dir: Path, spec: MethodSpec,

@@ -27,11 +27,18 @@ def keep_above(tau: "torch.Tensor", threshold: float) -> "torch.Tensor":
     """τ where |τ| ≥ threshold, 0 elsewhere (the magnitude mask of TIES and Dataless L&S), **in place**.
 
     Sparsifiers receive a fresh task vector of their own, so they may reuse its memory; this one
-    does, and builds its mask from two comparisons instead of a float32 ``abs`` copy.
+    does. It is one ``hardshrink`` pass (zero where ``|τ| ≤ λ``) with λ the float just below the
+    threshold, so ``|τ| ≥ threshold`` is kept exactly; a boolean mask costs several passes more.
+    Dropped entries become +0, NaN/Inf stay.
     """
+    import torch
+
     if threshold == 0.0:
         return tau
-    return tau.masked_fill_((tau < threshold) & (tau > -threshold), 0)
+    if tau.dtype != torch.float32:  # λ below is a float32 neighbour: other dtypes take the mask
+        return tau.masked_fill_((tau < threshold) & (tau > -threshold), 0)
+    below = float(torch.nextafter(torch.tensor(threshold, dtype=torch.float32), torch.tensor(0.0)))
+    return torch.ops.aten.hardshrink.out(tau, below, out=tau)
 
 
 def keep_between(tau: "torch.Tensor", low: float, high: float) -> "torch.Tensor":

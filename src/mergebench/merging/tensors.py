@@ -76,3 +76,39 @@ def scaled_sum(base: "torch.Tensor", delta: "torch.Tensor", scaling, *, out: "to
     if _is_one(scaling):
         return torch.add(delta, base, out=out)
     return torch.mul(delta, scaling, out=out).add_(base)
+
+
+def elected_sign(total: "torch.Tensor") -> "torch.Tensor":
+    """TIES' elected sign as ±1 from the summed trimmed task vectors, + where the sum is 0.
+
+    ``copysign`` is one pass where ``where(total >= 0, 1, -1)`` builds a boolean mask first; the two
+    agree because a sum accumulated from zeros (:func:`disjoint_merge`'s callers do) is never −0.
+    """
+    import torch
+
+    return torch.copysign(torch.ones((), dtype=total.dtype, device=total.device), total)
+
+
+def disjoint_merge(deltas: Iterable["torch.Tensor"], elected: "torch.Tensor", *, normalize: bool) -> "torch.Tensor":
+    """TIES' disjoint merge: Σ of the entries whose sign is ``elected`` (±1), divided by how many agree if ``normalize``.
+
+    Consumes ``deltas`` (overwritten in place). Computed without boolean masks: ``relu(s·δ)`` is
+    ``|δ|`` where δ agrees with the sign s and 0 elsewhere, and ``sign`` of it counts the agreeing.
+    Multiplying by ±1 is exact and rounding is symmetric, so s·Σ relu(s·δ_i) equals the masked sum
+    Σ δ_i·[sign δ_i = s] bit for bit, summed in the same order; the final ``+ 0.0`` turns the −0
+    of an entry where nothing agrees into the +0 the masked sum gives. The first δ becomes the sum.
+    """
+    kept = count = None
+    for delta in deltas:
+        agreeing = delta.mul_(elected).relu_()
+        if kept is None:  # 0 + x = x (up to the sign of 0, which the final + 0.0 settles): no zeros to fill
+            kept, count = agreeing, (agreeing.sign() if normalize else None)
+            continue
+        kept.add_(agreeing)
+        if count is not None:
+            count.add_(agreeing.sign_())
+    if kept is None:
+        raise ValueError("nothing to merge")
+    if count is not None:
+        kept.div_(count.clamp_(min=1))
+    return kept.mul_(elected).add_(0.0)

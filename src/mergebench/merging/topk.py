@@ -50,11 +50,11 @@ def _words(x: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
 
 def _locate(histogram: "torch.Tensor", rank: int) -> tuple[int, int]:
     """The bin holding the ``rank``-th largest element (1-based) and its rank inside that bin."""
-    import torch
+    import numpy
 
-    from_top = torch.flip(histogram, dims=(0,)).cumsum(0)
-    position = int(torch.searchsorted(from_top, torch.tensor([rank], dtype=from_top.dtype, device=from_top.device)).item())
-    above = int(from_top[position - 1].item()) if position > 0 else 0
+    from_top = numpy.cumsum(histogram.cpu().numpy()[::-1])  # one small pass; torch's flip copies first
+    position = int(numpy.searchsorted(from_top, rank))
+    above = int(from_top[position - 1]) if position > 0 else 0
     return histogram.numel() - 1 - position, rank - above
 
 
