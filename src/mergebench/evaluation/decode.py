@@ -16,6 +16,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from mergebench.evaluation import llama_step
 from mergebench.evaluation.api import GenerationRequest, RowListener
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[Gen
     logits = model(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
                    use_cache=True, logits_to_keep=1, **{cache_kw: cache}).logits
     mask, positions, column = batch.mask, batch.positions[:, -1:] + 1, batch.width
+    step = None
+    if row_listener is None and llama_step.supports(model):
+        step = llama_step.LlamaStep(model, batch.capacity)
+        step.take_cache(cache, len(requests), batch.width)
+        mask, cache = batch.mask.bool(), None
     while True:
         next_tokens = logits[:, -1].argmax(-1)
         keep = []
@@ -94,11 +100,18 @@ def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[Gen
             return generated
         if len(keep) < len(active):
             index = torch.tensor(keep, device=mask.device)
-            cache.batch_select_indices(index)
+            if step is None:
+                cache.batch_select_indices(index)
+            else:
+                step.select_rows(index)
             mask, positions, next_tokens = mask[index], positions[index], next_tokens[index]
             active = [active[slot] for slot in keep]
         mask[:, column] = 1
         column += 1
+        if step is not None:
+            logits = step(next_tokens, positions[:, 0], column - 1, mask)[:, None]
+            positions = positions + 1
+            continue
         if row_listener is not None:
             row_listener([requests[row] for row in active])
         logits = model(input_ids=next_tokens[:, None], attention_mask=mask[:, :column], position_ids=positions,
