@@ -112,32 +112,41 @@ class LlamaStep:
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
 
-    def __call__(self, tokens: "torch.Tensor", positions: "torch.Tensor", column: int,
-                 allowed: "torch.Tensor") -> "torch.Tensor":
-        """Logits of the next token for each row: ``tokens`` (rows,) at ``positions`` (rows,) written at ``column``.
+    def __call__(self, tokens: "torch.Tensor", positions: "torch.Tensor", lengths: "torch.Tensor",
+                 prompt: "torch.Tensor") -> "torch.Tensor":
+        """Logits after each of ``tokens`` (rows, T) at ``positions`` (rows, T), for every row and position.
 
-        ``allowed``: (rows, capacity) booleans, True where a row's cache holds a real token
-        (``column`` included).
+        Row ``r``'s cache holds its prompt where ``prompt[r]`` (rows, width) is True, then its
+        generated tokens from column ``width`` up to ``lengths[r]``; the ``T`` new tokens are
+        written from ``lengths[r]`` on, each attending to the cache and to the new tokens before it.
         """
+        import torch
         import torch.nn.functional as F
 
-        rows = tokens.shape[0]
+        rows, count = tokens.shape
+        width = prompt.shape[1]
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]
-        mask = allowed[:, None, None, :column + 1]
+        offsets = torch.arange(count, device=tokens.device)
+        columns = lengths[:, None] + offsets  # (rows, T): where each new token's key and value go
+        span = int(columns.max()) + 1
+        keys_at = torch.arange(span, device=tokens.device)
+        mask = (keys_at >= width) & (keys_at <= columns[..., None])  # (rows, T, span)
+        mask[..., :width] |= prompt[:, None]
+        mask = mask[:, None]
+        cos, sin = self.cos[positions], self.sin[positions]  # (rows, T, head_dim)
+        row_index = torch.arange(rows, device=tokens.device)[:, None]
         hidden = F.embedding(tokens, self.embed)
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             x = rms_norm(hidden, layer.norm1, layer.eps1)
             q, k, v = F.linear(x, layer.qkv).split((q_size, kv_size, kv_size), dim=-1)
-            q = q.view(rows, self.heads, 1, self.head_dim)
-            k = k.view(rows, self.kv_heads, 1, self.head_dim)
-            q = (q * cos) + (rotate_half(q) * sin)
-            keys[:, :, column:column + 1] = (k * cos) + (rotate_half(k) * sin)
-            values[:, :, column:column + 1] = v.view(rows, self.kv_heads, 1, self.head_dim)
-            attn = F.scaled_dot_product_attention(q, keys[:, :, :column + 1], values[:, :, :column + 1],
-                                                  attn_mask=mask, scale=self.scaling,
-                                                  enable_gqa=self.heads != self.kv_heads)
-            hidden = hidden + F.linear(attn.reshape(rows, q_size), layer.o)
+            q = q.view(rows, count, self.heads, self.head_dim).transpose(1, 2)
+            q = (q * cos[:, None]) + (rotate_half(q) * sin[:, None])
+            k = k.view(rows, count, self.kv_heads, self.head_dim)
+            keys[row_index, :, columns] = (k * cos[:, :, None]) + (rotate_half(k) * sin[:, :, None])
+            values[row_index, :, columns] = v.view(rows, count, self.kv_heads, self.head_dim)
+            attn = F.scaled_dot_product_attention(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask,
+                                                  scale=self.scaling, enable_gqa=self.heads != self.kv_heads)
+            hidden = hidden + F.linear(attn.transpose(1, 2).reshape(rows, count, q_size), layer.o)
             x = rms_norm(hidden, layer.norm2, layer.eps2)
             gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
