@@ -26,6 +26,13 @@ def test_only_plain_llama_models_without_hooks_take_the_hand_written_step(llama,
     finally:
         handle.remove()
     assert llama_step.supports(llama)
+    norm = llama.model.norm
+    norm.forward = lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], norm.weight)
+    try:
+        assert not llama_step.supports(llama)  # a forward replaced on one module must run too
+    finally:
+        del norm.forward
+    assert llama_step.supports(llama)
 
 
 def test_the_step_gives_the_logits_of_the_models_forward_on_left_padded_rows(llama):

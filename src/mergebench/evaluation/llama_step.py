@@ -33,8 +33,9 @@ def supports(model) -> bool:
         return False
     if getattr(config, "pretraining_tp", 1) not in (None, 1):
         return False
-    # hooks (the search's per-row weight deltas) act on module calls that this step does not make
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    # hooks (the search's per-row weight deltas) and forwards replaced on a module act on module
+    # calls that this step does not make
+    return not any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in model.modules())
 
 
 @dataclass
