@@ -13,7 +13,10 @@ default (``batch_size=1``, what ``lm_eval --model hf`` does unless told otherwis
 separate what batching buys from what the engine itself does. Outputs are compared too.
 
 Generation runs in rounds that interleave the engines (ours, then lm-eval at the same batch size),
-so load from other jobs on a shared machine hits them alike; the fastest round of each counts.
+so load from other jobs on a shared machine hits them alike; the fastest round of each counts,
+in wall time and in the process's CPU time (with ``--threads 1`` the latter is what the engine
+itself spends, the figure least moved by other jobs). ``--forward-path`` adds this engine with
+its hand-written Llama step switched off (decoding through the model's own forward pass).
 The CPU model (``lscpu``) and the ISA torch dispatches to are printed first; for an AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` before Python starts.
 """
@@ -36,6 +39,8 @@ def main() -> None:
     parser.add_argument("--skip-lm-eval-default", action="store_true", help="skip lm-eval at batch_size=1")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every engine (generate mode)")
+    parser.add_argument("--forward-path", action="store_true",
+                        help="also time this engine decoding through the model's own forward (no hand-written Llama step)")
     args = parser.parse_args()
 
     import torch
@@ -88,22 +93,27 @@ def compare_generation(ours, context, args) -> None:
                  for i, p in enumerate(prompts)]
     stock = HFLM(pretrained=ours.model, tokenizer=ours.tokenizer, batch_size=args.batch_size)
     engines = {"mergebench": lambda: ours.generate(requests)}
+    if args.forward_path:
+        engines["mergebench via the model's forward"] = lambda: forward_path(ours, requests)
     engines[f"lm-eval hf, batch {args.batch_size}"] = lambda: stock.generate_until(instances, disable_tqdm=True)
     times: dict[str, list[float]] = {name: [] for name in engines}
+    cpu: dict[str, list[float]] = {name: [] for name in engines}
     outputs: dict[str, list[str]] = {}
     for round_ in range(args.rounds):
         for name, run in engines.items():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             outputs[name] = run()
             times[name].append(time.perf_counter() - started)
-        print(f"round {round_ + 1}: " + ", ".join(f"{n} {t[-1]:.1f}s" for n, t in times.items())
+            cpu[name].append(time.process_time() - cpu_started)
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {t[-1]:.1f}s ({cpu[n][-1]:.1f}s cpu)" for n, t in times.items())
               + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
-    mine, reference = outputs["mergebench"], min(times["mergebench"])
+    mine, reference, reference_cpu = outputs["mergebench"], min(times["mergebench"]), min(cpu["mergebench"])
     for name, seconds in times.items():
         same = sum(a.strip() == b.strip() for a, b in zip(mine, outputs[name]))
-        print(f"{name}: fastest {min(seconds):.1f}s (all {', '.join(f'{s:.1f}' for s in seconds)}); mergebench is "
-              f"{min(seconds) / reference:.2f}x faster; outputs identical to mergebench's {same}/{len(prompts)}",
-              flush=True)
+        print(f"{name}: fastest {min(seconds):.1f}s (all {', '.join(f'{s:.1f}' for s in seconds)}), least cpu "
+              f"{min(cpu[name]):.1f}s; mergebench is {min(seconds) / reference:.2f}x faster in wall time, "
+              f"{min(cpu[name]) / reference_cpu:.2f}x in cpu time; outputs identical to mergebench's "
+              f"{same}/{len(prompts)}", flush=True)
     if not args.skip_lm_eval_default and args.batch_size != 1:
         started = time.perf_counter()
         theirs = HFLM(pretrained=ours.model, tokenizer=ours.tokenizer, batch_size=1).generate_until(
@@ -112,6 +122,18 @@ def compare_generation(ours, context, args) -> None:
         same = sum(a.strip() == b.strip() for a, b in zip(mine, theirs))
         print(f"lm-eval hf backend, batch 1 (once): {seconds:.1f}s; {seconds / reference:.2f}x; "
               f"identical outputs {same}/{len(prompts)}", flush=True)
+
+
+def forward_path(ours, requests) -> list[str]:
+    """This engine with the hand-written Llama step switched off: what that step buys, measured in the same run."""
+    from mergebench.evaluation import llama_step
+
+    supports = llama_step.supports
+    llama_step.supports = lambda model: False
+    try:
+        return ours.generate(requests)
+    finally:
+        llama_step.supports = supports
 
 
 def compare_loglikelihood(ours, context, args) -> None:

@@ -5,9 +5,10 @@ each step costs besides the arithmetic, and by steps spent on rows that are alre
 Here a row leaves the batch as soon as it emits EOS, reaches its budget or contains a stop
 string (its cache rows are dropped, so the remaining rows run cheaper); the attention mask is
 allocated once for the whole budget; and the LM head runs on the last position only.
-A key/value cache written in place instead of transformers' ``DynamicCache`` and linear layers
-on MKL-packed weights were tried and measured no faster (README, "Speed on this kind of machine").
-The tokens are those of greedy decoding with the model's own forward pass.
+A plain Llama-family model (no hooks) decodes through :mod:`mergebench.evaluation.llama_step`
+(keys and values written in place, fewer operations a layer) in
+:mod:`mergebench.evaluation.lookup_decode`; other models through their own forward pass and
+transformers' ``DynamicCache``. The tokens are those of greedy decoding with the model's own forward pass.
 """
 
 from __future__ import annotations
@@ -16,10 +17,20 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from mergebench.evaluation import llama_step
 from mergebench.evaluation.api import GenerationRequest, RowListener
+from mergebench.evaluation.lookup_decode import greedy_lookup
 
 if TYPE_CHECKING:
     import torch
+
+
+GUESSES = 0
+"""Tokens guessed ahead per row and step on the Llama fast path (:mod:`mergebench.evaluation.lookup_decode`).
+
+None by default: on GSM8K answers a prompt-lookup guess holds for about 0.2 tokens a step, and a
+batch-16 step fed five tokens a row costs well over 1.2 steps of one (README, speed table).
+"""
 
 
 @dataclass
@@ -58,7 +69,8 @@ def cache_argument(model) -> str:
 
 def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[GenerationRequest], *, pad: int,
                  eos: set[int], device, stopped: Callable[[list[int], GenerationRequest], bool],
-                 on_done: Callable[[], None], row_listener: RowListener | None = None) -> list[list[int]]:
+                 on_done: Callable[[], None], row_listener: RowListener | None = None,
+                 guesses: int = GUESSES) -> list[list[int]]:
     """Generated token ids of each prompt (EOS excluded), decoding all rows of the batch together.
 
     ``stopped(tokens, request)``: whether a row's tokens now contain one of its stop strings;
@@ -77,6 +89,11 @@ def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[Gen
     logits = model(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
                    use_cache=True, logits_to_keep=1, **{cache_kw: cache}).logits
     mask, positions, column = batch.mask, batch.positions[:, -1:] + 1, batch.width
+    if row_listener is None and llama_step.supports(model):
+        step = llama_step.LlamaStep(model, batch.capacity + guesses)
+        step.take_cache(cache, len(requests), batch.width)
+        return greedy_lookup(step, batch, logits[:, -1].argmax(-1), prompts, requests, guesses=guesses, eos=eos,
+                             stopped=stopped, on_done=on_done)
     while True:
         next_tokens = logits[:, -1].argmax(-1)
         keep = []
