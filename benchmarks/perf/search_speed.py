@@ -41,6 +41,11 @@ def main() -> None:
                         help="reuse the full grid's per-point, per-item scores from FILE when its inputs match "
                              "(else run the grid and write them there): the ranks need them, the timing of "
                              "halving does not")
+    parser.add_argument("--peer-finalists", type=int, default=None, metavar="N",
+                        help="also time halving with N finalists (the peer schedule) in the same run, after ours")
+    parser.add_argument("--skip-grid", action="store_true",
+                        help="never run the grid: use --grid-scores when it holds the grid's scores, else leave the "
+                             "grid's figures and the ranks out")
     args = parser.parse_args()
 
     registries = plugin_manager.registries()
@@ -77,10 +82,15 @@ def main() -> None:
     share = not args.no_shared_decoding
     grid_objective = objective(share)
     stored = stored_grid(args.grid_scores, model, method, points, surrogates, experts, base)
-    grid = stored[0] if stored else GridSearch().run(points, grid_objective)
-    if args.grid_scores and not stored:
+    grid = stored[0] if stored else None if args.skip_grid else GridSearch().run(points, grid_objective)
+    if args.grid_scores and grid is not None and not stored:
         store_grid(args.grid_scores, stored_key(model, method, points, surrogates, experts, base), grid)
     halving = SuccessiveHalving().run(points, objective(share))
+    peer = (SuccessiveHalving(finalists=args.peer_finalists).run(points, objective(share))
+            if args.peer_finalists else None)
+    if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
+        stored = stored_grid(args.grid_scores, model, method, points, surrogates, experts, base)
+        grid = stored[0] if stored else None
 
     print(f"CPU {cpu_model()}; ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(native)')}; "
           f"load average {load_before} at the start, {', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
@@ -90,10 +100,20 @@ def main() -> None:
     print(f"{'':24}{'seconds':>10}{'x one evaluation':>20}{'item-evaluations':>20}")
     print(f"{'one evaluation':24}{one:10.1f}{1.0:20.2f}{UNITS:20d}")
     for result in (grid, halving):
+        if result is None:
+            continue
         label = result.strategy + " search" + (" (stored)" if result is grid and stored else "")
         print(f"{label:24}{result.seconds:10.1f}{result.seconds / one:20.2f}{result.item_evaluations:20d}")
     if stored:
         print(f"(grid: per-item scores and seconds from {args.grid_scores}, {stored[1]}, not timed in this run)")
+    if peer is not None:
+        print(f"{f'halving, {args.peer_finalists} finalists':24}{peer.seconds:10.1f}{peer.seconds / one:20.2f}"
+              f"{peer.item_evaluations:20d}  (picks {peer.best}; ours / peer {halving.seconds / peer.seconds:.2f})")
+    print(f"halving's schedule: {SuccessiveHalving().schedule(len(points), UNITS)} (points, units); "
+          f"finalists' trials {[(t.params, round(t.objective, 4)) for t in halving.trials if t.items == max(x.items for x in halving.trials)]}")
+    if grid is None:
+        print(f"halving picks {halving.best}; no stored grid scores, so no ranks (run once with --grid-scores FILE)")
+        return
     same = grid.best == halving.best
     print(f"grid picks {grid.best}; halving picks {halving.best}: {'the same point' if same else 'DIFFERENT points'}")
     full = {params_key(t.params): t.objective for t in grid.trials}
