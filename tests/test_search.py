@@ -56,9 +56,9 @@ def test_both_strategies_find_the_optimum_and_halving_scores_far_fewer_items():
     assert grid.best["scaling"] == halving.best["scaling"] == 0.6
     assert grid.best["density"] == halving.best["density"] == 0.2
     assert grid.item_evaluations == 30 * 54
-    # rounds: 30 points on 2 items, 10 on 6, the 2 finalists on 18; the one left would get 54 but is the pick
-    assert SuccessiveHalving(eta=3, min_items=2).schedule(30, 54) == [(30, 2), (10, 6), (2, 18)]
-    assert halving.item_evaluations == 20 * 2 + 8 * 6 + 2 * 18  # 124 items: 2.3 full evaluations, vs 30
+    # rounds: 30 points on 2 items, 10 on 6, 3 on 18; the one left would get 54 but is already the pick
+    assert SuccessiveHalving(eta=3, min_items=2).schedule(30, 54) == [(30, 2), (10, 6), (3, 18)]
+    assert halving.item_evaluations == 20 * 2 + 7 * 6 + 3 * 18  # 136 items: 2.5 full evaluations, vs 30
 
 
 def test_survivors_are_only_scored_on_new_items():
@@ -117,8 +117,8 @@ def test_item_ranges_count_search_units_even_when_tasks_have_more_or_fewer_items
         assert start == seen.get(key, 0), f"units [{seen.get(key, 0)}, {start}) were skipped or repeated"
         seen[key] = stop
     finalists = [t for t in result.trials if t.items == 9]
-    assert len(finalists) == 2 and all(len(t.scores["long"]) == 16 and len(t.scores["short"]) == 3 for t in finalists)
-    assert result.item_evaluations == 20 * 1 + 8 * 3 + 2 * 9
+    assert len(finalists) == 3 and all(len(t.scores["long"]) == 16 and len(t.scores["short"]) == 3 for t in finalists)
+    assert result.item_evaluations == 20 * 1 + 7 * 3 + 3 * 9
 
 
 def test_units_below_a_tasks_first_unit_cover_none_of_its_items_and_the_range_reaching_it_all_owed():
@@ -142,10 +142,10 @@ def test_generated_items_are_scored_for_the_finalists_only_each_item_once():
     rounds = {}
     for trial in result.trials:
         rounds.setdefault(trial.items, []).append(trial)
-    assert sorted((items, len(trials)) for items, trials in rounds.items()) == [(1, 20), (3, 8), (9, 2)]
+    assert sorted((items, len(trials)) for items, trials in rounds.items()) == [(1, 20), (3, 7), (9, 3)]
     assert all(t.scores["short"] == [] for t in rounds[1] + rounds[3])
-    assert [len(t.scores["short"]) for t in rounds[9]] == [3, 3]  # items [0, 3): round(9 · 8 / 27)
-    assert [len(t.scores["long"]) for t in rounds[9]] == [16, 16]
+    assert [len(t.scores["short"]) for t in rounds[9]] == [3, 3, 3]  # items [0, 3): round(9 · 8 / 27)
+    assert [len(t.scores["long"]) for t in rounds[9]] == [16, 16, 16]
     assert (result.best["scaling"], result.best["density"]) == (0.6, 0.2)
 
 
@@ -168,26 +168,23 @@ def test_the_objective_brings_in_surrogates_that_generate_at_generation_from():
 
 def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():
     halving = SuccessiveHalving(eta=3)
-    assert halving.schedule(30, 3) == [(30, 1), (2, 3)]  # only two prefix lengths: the last round decides
-    assert SuccessiveHalving(finalists=None).schedule(30, 3) == [(30, 1), (10, 3)]
+    assert halving.schedule(30, 3) == [(30, 1), (10, 3)]  # only two prefix lengths: the last round decides
     assert halving.schedule(3, 27) == [(3, 9)]  # then one left, which would get 27
     assert halving.schedule(1, 27) == [(1, 27)]
-    assert halving.schedule(9, 27) == [(9, 3), (2, 9)]
+    assert halving.schedule(9, 27) == [(9, 3), (3, 9)]
     assert SuccessiveHalving(eta=2).schedule(8, 8) == [(8, 1), (4, 2), (2, 4)]
 
 
-def test_the_last_round_keeps_at_most_the_finalists_and_the_schedule_is_part_of_the_key():
-    assert SuccessiveHalving().schedule(30, 27) == [(30, 1), (10, 3), (2, 9)]
-    assert SuccessiveHalving(finalists=3).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]
-    assert SuccessiveHalving(finalists=None).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]
+def test_finalists_cap_the_last_round_and_the_schedule_is_part_of_the_key():
+    assert SuccessiveHalving().schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # eta's own: no cap by default
+    assert SuccessiveHalving(finalists=2).schedule(30, 27) == [(30, 1), (10, 3), (2, 9)]
     assert SuccessiveHalving(finalists=5).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # a cap, not a floor
-    assert SuccessiveHalving().schedule(3, 27) == [(3, 9)]  # one round: every point is scored, none was ranked
-    objective = Quadratic(n_items=27)
-    result = SuccessiveHalving().run(grid_points(SPEC), objective)
+    assert SuccessiveHalving(finalists=2).schedule(3, 27) == [(3, 9)]  # one round: every point scored, none ranked
+    result = SuccessiveHalving(finalists=2).run(grid_points(SPEC), Quadratic(n_items=27))
     finalists = [t for t in result.trials if t.items == 9]
     assert len(finalists) == 2 and result.best in [t.params for t in finalists]
     assert result.item_evaluations == 20 * 1 + 8 * 3 + 2 * 9
-    assert SuccessiveHalving().key() != SuccessiveHalving(finalists=3).key()
+    assert SuccessiveHalving().key() != SuccessiveHalving(finalists=2).key()
     assert GridSearch().key() == {}  # the grid's cache key is what it was
 
 
@@ -217,6 +214,6 @@ def test_a_round_whose_items_are_empty_drops_no_point():
     objective = Sparse(n_items=27)
     points = [{"scaling": round(0.1 * i, 1), "density": 0.2} for i in range(1, 11)]
     result = SuccessiveHalving().run(points, objective)
-    assert SuccessiveHalving().schedule(10, 27) == [(10, 3), (2, 9)]
+    assert SuccessiveHalving().schedule(10, 27) == [(10, 3), (3, 9)]
     assert result.best["scaling"] == 0.9
     assert sorted(stop for _, _, stop in objective.calls) == [3] * 10 + [9] * 10

@@ -24,13 +24,12 @@ from typing import Any, Mapping, Protocol, Sequence
 from mergebench.errors import UsageError
 from mergebench.specs import MethodSpec
 
-FINALISTS = 2
-"""Points kept for successive halving's last round (the finalists), at most.
+FINALISTS: int | None = None
+"""Points kept for successive halving's last round, at most; ``None``: eta's own count (3 of 30 points).
 
-Why: the last round is the only one scoring generated items (:data:`objective.GENERATION_FROM`),
-and a point's generated items cost it every decode step alone (a decode step reads the whole
-model whether it holds one row or sixteen), so each finalist costs nearly one evaluation's worth
-of generation. The README's search section has the measurements and the rank agreement.
+Why not fewer: the last round alone scores generated items, so each finalist costs nearly one
+evaluation's generation, but with two finalists halving replayed on the full grid's per-item
+scores picked a worse point (the README's search section has the measurements).
 """
 
 
