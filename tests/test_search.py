@@ -184,8 +184,8 @@ def test_finalists_cap_the_last_round_and_the_schedule_is_part_of_the_key():
     finalists = [t for t in result.trials if t.items == 9]
     assert len(finalists) == 2 and result.best in [t.params for t in finalists]
     assert result.item_evaluations == 20 * 1 + 8 * 3 + 2 * 9
-    assert SuccessiveHalving().key() != SuccessiveHalving(finalists=2).key()
-    assert GridSearch().key() == {}  # the grid's cache key is what it was
+    assert SuccessiveHalving(finalists=2).key() == {"finalists": 2}  # another schedule, another search
+    assert SuccessiveHalving().key() == GridSearch().key() == {}  # the default's cache key is what it was
 
 
 def test_fewer_than_two_finalists_is_refused_with_the_reason():

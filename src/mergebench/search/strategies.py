@@ -174,8 +174,11 @@ class SuccessiveHalving(Strategy):
         self.finalists = finalists
 
     def key(self) -> dict[str, Any]:
-        """What decides the schedule: part of a search's cache key (another schedule is another search)."""
-        return {"eta": self.eta, "min_items": self.min_items, "finalists": self.finalists}
+        """What decides the schedule, where it differs from the default: part of a search's cache key (another
+        schedule is another search; the default's key is what it was before schedules could differ)."""
+        chosen = {"eta": self.eta, "min_items": self.min_items, "finalists": self.finalists}
+        default = {"eta": 3, "min_items": 1, "finalists": FINALISTS}
+        return {name: value for name, value in chosen.items() if value != default[name]}
 
     def schedule(self, n_points: int, n_items: int) -> list[tuple[int, int]]:
         """``[(points, items), ...]`` per round: the prefix lengths grow by ``eta`` up to ``n_items``."""
