@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
+from mergebench.errors import UsageError
 from mergebench.merging.api import MergeContext
 from mergebench.search.objective import GENERATION_FROM, MergeObjective, Surrogate, item_span
 from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points
@@ -170,6 +173,24 @@ def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():
     assert halving.schedule(1, 27) == [(1, 27)]
     assert halving.schedule(9, 27) == [(9, 3), (3, 9)]
     assert SuccessiveHalving(eta=2).schedule(8, 8) == [(8, 1), (4, 2), (2, 4)]
+
+
+def test_finalists_cap_the_last_round_and_the_schedule_is_part_of_the_key():
+    assert SuccessiveHalving().schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # eta's own: no cap by default
+    assert SuccessiveHalving(finalists=2).schedule(30, 27) == [(30, 1), (10, 3), (2, 9)]
+    assert SuccessiveHalving(finalists=5).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # a cap, not a floor
+    assert SuccessiveHalving(finalists=2).schedule(3, 27) == [(3, 9)]  # one round: every point scored, none ranked
+    result = SuccessiveHalving(finalists=2).run(grid_points(SPEC), Quadratic(n_items=27))
+    finalists = [t for t in result.trials if t.items == 9]
+    assert len(finalists) == 2 and result.best in [t.params for t in finalists]
+    assert result.item_evaluations == 20 * 1 + 8 * 3 + 2 * 9
+    assert SuccessiveHalving(finalists=2).key() == {"finalists": 2}  # another schedule, another search
+    assert SuccessiveHalving().key() == GridSearch().key() == {}  # the default's cache key is what it was
+
+
+def test_fewer_than_two_finalists_is_refused_with_the_reason():
+    with pytest.raises(UsageError, match="at least 2 finalists"):
+        SuccessiveHalving(finalists=1)
 
 
 class Sparse(Quadratic):

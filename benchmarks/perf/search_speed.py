@@ -16,7 +16,11 @@ missing, which takes a while on a CPU).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 
 from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
@@ -33,6 +37,15 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--no-shared-decoding", action="store_true",
                         help="score grid points one at a time (the search before shared decoding)")
+    parser.add_argument("--grid-scores", type=Path, default=None, metavar="FILE",
+                        help="reuse the full grid's per-point, per-item scores from FILE when its inputs match "
+                             "(else run the grid and write them there): the ranks need them, the timing of "
+                             "halving does not")
+    parser.add_argument("--peer-finalists", type=int, default=None, metavar="N",
+                        help="also time halving with N finalists (the peer schedule) in the same run, after ours")
+    parser.add_argument("--skip-grid", action="store_true",
+                        help="never run the grid: use --grid-scores when it holds the grid's scores, else leave the "
+                             "grid's figures and the ranks out")
     args = parser.parse_args()
 
     registries = plugin_manager.registries()
@@ -62,27 +75,51 @@ def main() -> None:
                 while handle.read(1 << 24):
                     pass
 
+    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.perf_counter()
     objective(False).scores([method.resolve_params({})], 0, UNITS)
     one = time.perf_counter() - started
     share = not args.no_shared_decoding
     grid_objective = objective(share)
-    grid = GridSearch().run(points, grid_objective)
+    stored = stored_grid(args.grid_scores, model, method, points, surrogates, experts, base)
+    grid = stored[0] if stored else None if args.skip_grid else GridSearch().run(points, grid_objective)
+    if args.grid_scores and grid is not None and not stored:
+        store_grid(args.grid_scores, stored_key(model, method, points, surrogates, experts, base), grid)
     halving = SuccessiveHalving().run(points, objective(share))
+    peer = (SuccessiveHalving(finalists=args.peer_finalists).run(points, objective(share))
+            if args.peer_finalists else None)
+    if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
+        stored = stored_grid(args.grid_scores, model, method, points, surrogates, experts, base)
+        grid = stored[0] if stored else None
 
+    print(f"CPU {cpu_model()}; ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(native)')}; "
+          f"load average {load_before} at the start, {', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     print(f"{model.name}, {method.name}: {len(points)} grid points, {len(experts)} experts, "
           f"{'shared' if share else 'one-at-a-time'} decoding, "
           f"surrogates {', '.join(f'{s.spec.name} ({s.items})' for s in surrogates)}")
     print(f"{'':24}{'seconds':>10}{'x one evaluation':>20}{'item-evaluations':>20}")
     print(f"{'one evaluation':24}{one:10.1f}{1.0:20.2f}{UNITS:20d}")
     for result in (grid, halving):
-        print(f"{result.strategy + ' search':24}{result.seconds:10.1f}{result.seconds / one:20.2f}{result.item_evaluations:20d}")
+        if result is None:
+            continue
+        label = result.strategy + " search" + (" (stored)" if result is grid and stored else "")
+        print(f"{label:24}{result.seconds:10.1f}{result.seconds / one:20.2f}{result.item_evaluations:20d}")
+    if stored:
+        print(f"(grid: per-item scores and seconds from {args.grid_scores}, {stored[1]}, not timed in this run)")
+    if peer is not None:
+        print(f"{f'halving, {args.peer_finalists} finalists':24}{peer.seconds:10.1f}{peer.seconds / one:20.2f}"
+              f"{peer.item_evaluations:20d}  (picks {peer.best}; ours / peer {halving.seconds / peer.seconds:.2f})")
+    print(f"halving's schedule: {SuccessiveHalving().schedule(len(points), UNITS)} (points, units); "
+          f"finalists' trials {[(t.params, round(t.objective, 4)) for t in halving.trials if t.items == max(x.items for x in halving.trials)]}")
+    if grid is None:
+        print(f"halving picks {halving.best}; no stored grid scores, so no ranks (run once with --grid-scores FILE)")
+        return
     same = grid.best == halving.best
     print(f"grid picks {grid.best}; halving picks {halving.best}: {'the same point' if same else 'DIFFERENT points'}")
     full = {params_key(t.params): t.objective for t in grid.trials}
     picked = full[params_key(halving.best)]
     print(f"on all validation items: grid's pick {max(full.values()):.4f}, halving's pick {picked:.4f} "
-          f"(rank {rank_of(halving.best, full)} of {len(full)})")
+          f"(grid rank {rank_of(halving.best, full)} of {len(full)})")
     # how finely halving's prefixes can rank: distinct objective values of all points on each prefix
     replay = Replay(grid.trials, grid_objective)
     distinct = []
@@ -91,9 +128,57 @@ def main() -> None:
         distinct.append(f"{len(values)} on {units}/{UNITS}")
     print(f"distinct objective values of the {len(points)} points on halving's prefixes: {', '.join(distinct)} "
           f"(tied points keep grid order)")
+    print("rank agreement with the grid (halving's ranking on each round's prefix against all items): "
+          + "; ".join(round_agreement(halving, replay, full)))
     ranks = replay_ranks(replay, points, full)
     print(f"halving replayed on the grid's per-item scores in {len(ranks)} random point orders (random tie "
           f"breaks) picks rank {min(ranks)} to {max(ranks)} of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
+
+
+def cpu_model() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "unknown (no lscpu)"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
+
+
+def stored_key(model, method, points, surrogates, experts, base) -> str:
+    """What the grid's per-item scores depend on: the inputs (their cache folders name their keys),
+    the points and the surrogates with their item counts and references, and the item order."""
+    from mergebench.search.objective import GENERATION_FROM
+
+    blob = json.dumps({"model": model.name, "method": method.name, "points": points, "base": str(base.path),
+                       "experts": {d: str(r.path) for d, r in experts.items()},
+                       "surrogates": [[s.spec.name, s.spec.version, s.items, s.reference] for s in surrogates],
+                       "units": UNITS, "generation_from": GENERATION_FROM}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def stored_grid(path: Path | None, *key_parts):
+    """The stored grid result and its timestamp when ``path`` holds one for these inputs, else None."""
+    from mergebench.search.strategies import SearchResult, Trial
+
+    if path is None or not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != stored_key(*key_parts):
+        print(f"{path}: stored grid scores are for other inputs; running the grid again")
+        return None
+    trials = [Trial(t["params"], t["scores"], t["objective"], t["seconds"], t["items"]) for t in data["trials"]]
+    return SearchResult("grid", data["best"], trials, data["seconds"], data["item_evaluations"]), data["when"]
+
+
+def store_grid(path: Path, key: str, grid) -> None:
+    data = {"key": key, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "best": grid.best,
+            "seconds": grid.seconds, "item_evaluations": grid.item_evaluations,
+            "trials": [{"params": t.params, "scores": t.scores, "objective": t.objective, "seconds": t.seconds,
+                        "items": t.items} for t in grid.trials]}
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, default=str))
+    os.replace(temporary, path)
 
 
 def params_key(params) -> str:
@@ -125,7 +210,8 @@ class Replay:
         return self.objective.combine(scores)
 
 
-def replay_ranks(replay: Replay, points, full: dict[str, float], orders: int = 200, seed: int = 0) -> list[int]:
+def replay_ranks(replay: Replay, points, full: dict[str, float], orders: int = 200, seed: int = 0,
+                 halving: SuccessiveHalving | None = None) -> list[int]:
     """Rank on all items (``full``: objective by params key) of halving's pick, in shuffled point orders."""
     import random
 
@@ -133,8 +219,44 @@ def replay_ranks(replay: Replay, points, full: dict[str, float], orders: int = 2
     for _ in range(orders):
         order = [dict(p) for p in points]
         rng.shuffle(order)
-        ranks.append(rank_of(SuccessiveHalving().run(order, replay).best, full))
+        ranks.append(rank_of((halving or SuccessiveHalving()).run(order, replay).best, full))
     return ranks
+
+
+def kendall_tau_b(xs: list[float], ys: list[float]) -> float:
+    """Kendall's τ_b (ties in either ranking counted as such): 1 = the same order, 0 = unrelated."""
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(xs)):
+        for j in range(i + 1, len(xs)):
+            dx, dy = xs[i] - xs[j], ys[i] - ys[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
+    return (concordant - discordant) / denominator if denominator else float("nan")
+
+
+def round_agreement(halving, replay: Replay, full: dict[str, float]) -> list[str]:
+    """Per round of ``halving``'s schedule: Kendall's τ_b between the round's points ranked on the round's
+    prefix (what halving decided on) and the same points ranked on all items (the grid)."""
+    lines = []
+    by_items: dict[int, list[dict]] = {}
+    for trial in halving.trials:
+        by_items.setdefault(trial.items, []).append(dict(trial.params))
+    reached = sorted(by_items)  # the prefixes; a point scored on prefix k also took part in every round before it
+    for k, units in enumerate(reached):
+        members = [p for stop in reached[k:] for p in by_items[stop]]
+        prefix = [replay.combine(s) for s in replay.scores(members, 0, units)]
+        tau = kendall_tau_b(prefix, [full[params_key(p)] for p in members])
+        lines.append(f"{len(members)} points on {units}/{UNITS}: tau_b {tau:+.2f}")
+    return lines
 
 
 if __name__ == "__main__":

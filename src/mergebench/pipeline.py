@@ -278,7 +278,7 @@ class Pipeline:
         from mergebench.search import run_search
         from mergebench.search.objective import GENERATION_FROM, UNITS, Surrogate
         from mergebench.search.plans import plan_applies
-        from mergebench.search.strategies import grid_points
+        from mergebench.search.strategies import grid_points, strategy
 
         fixed = {k: method.param(k).validate(v) for k, v in (fixed or {}).items()}
         points = grid_points(method, fixed)
@@ -294,6 +294,7 @@ class Pipeline:
             **inputs.key,
             "points": points,
             "strategy": self.context.search,
+            **({"schedule": schedule} if (schedule := strategy(self.context.search).key()) else {}),
             **({"plan": "per_task", "fixed": fixed} if plan else {}),
             "item_order": {"units": UNITS, "generation_from": GENERATION_FROM},
             "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},

@@ -24,6 +24,14 @@ from typing import Any, Mapping, Protocol, Sequence
 from mergebench.errors import UsageError
 from mergebench.specs import MethodSpec
 
+FINALISTS: int | None = None
+"""Points kept for successive halving's last round, at most; ``None``: eta's own count (3 of 30 points).
+
+Why not fewer: the last round alone scores generated items, so each finalist costs nearly one
+evaluation's generation, but with two finalists halving replayed on the full grid's per-item
+scores picked a worse point (the README's search section has the measurements).
+"""
+
 
 class Objective(Protocol):
     """Scores grid points on validation items; higher objective is better."""
@@ -115,6 +123,10 @@ class SearchResult:
 class Strategy(ABC):
     name = "strategy"
 
+    def key(self) -> dict[str, Any]:
+        """What else than the points and items decides the result (a cache key's part); nothing for the grid."""
+        return {}
+
     def run(self, points: Sequence[Mapping[str, Any]], objective: Objective) -> SearchResult:
         if not points:
             raise UsageError("nothing to search: the method declares no hyperparameter grid")
@@ -152,11 +164,21 @@ class SuccessiveHalving(Strategy):
 
     name = "halving"
 
-    def __init__(self, eta: int = 3, min_items: int = 1) -> None:
+    def __init__(self, eta: int = 3, min_items: int = 1, finalists: int | None = FINALISTS) -> None:
         if eta < 2:
             raise UsageError("successive halving needs eta >= 2")
+        if finalists is not None and finalists < 2:
+            raise UsageError("successive halving needs at least 2 finalists (one left is the pick)")
         self.eta = eta
         self.min_items = min_items
+        self.finalists = finalists
+
+    def key(self) -> dict[str, Any]:
+        """What decides the schedule, where it differs from the default: part of a search's cache key (another
+        schedule is another search; the default's key is what it was before schedules could differ)."""
+        chosen = {"eta": self.eta, "min_items": self.min_items, "finalists": self.finalists}
+        default = {"eta": 3, "min_items": 1, "finalists": FINALISTS}
+        return {name: value for name, value in chosen.items() if value != default[name]}
 
     def schedule(self, n_points: int, n_items: int) -> list[tuple[int, int]]:
         """``[(points, items), ...]`` per round: the prefix lengths grow by ``eta`` up to ``n_items``."""
@@ -174,6 +196,8 @@ class SuccessiveHalving(Strategy):
             points = max(1, points // self.eta)
         if len(plan) > 1 and plan[-1][0] == 1:
             plan.pop()  # one point left: it is the pick; scoring it on more items decides nothing
+        if self.finalists is not None and len(plan) > 1:
+            plan[-1] = (min(plan[-1][0], self.finalists), plan[-1][1])
         return plan
 
     def _search(self, trials: list[Trial], objective: Objective) -> None:
