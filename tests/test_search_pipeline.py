@@ -12,6 +12,7 @@ from mergebench.cache import ArtifactCache
 from mergebench.case import Case
 from mergebench.errors import UsageError
 from mergebench.pipeline import Pipeline, RunContext
+from mergebench.search.stage import surrogates as validation_surrogates
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_the_searched_objective_equals_evaluating_the_written_checkpoint(pipelin
     base = pipeline.base(model)
     experts = pipeline.experts(model, base)
     ratios = []
-    for task in pipeline.surrogates(model):
+    for task in validation_surrogates(pipeline.registries, model):
         merged_score = pipeline.evaluate(merged, task).score
         expert_score = pipeline.evaluate(experts[task.domain], task).score
         ratios.append(expert_score / merged_score)  # bits per byte: lower is better
@@ -61,11 +62,11 @@ def test_a_model_without_surrogates_cannot_be_searched(pipeline):
     import dataclasses
 
     gemma = pipeline.registries.models.get("gemma-2-2b")
-    assert [t.name for t in pipeline.surrogates(gemma)] == [
+    assert [t.name for t in validation_surrogates(pipeline.registries, gemma)] == [
         "val_ifeval_like", "val_mmlu_stem", "val_conala_like", "val_lambada", "val_wildjailbreak"]
     leaderboard_only = dataclasses.replace(gemma, suites=frozenset({"leaderboard"}))
     with pytest.raises(UsageError, match="no validation task .* covers 'gemma-2-2b'"):
-        pipeline.surrogates(leaderboard_only)
+        validation_surrogates(pipeline.registries, leaderboard_only)
 
 
 def test_every_registered_validation_surrogate_can_serve_the_search(pipeline):
@@ -102,7 +103,7 @@ def test_a_model_that_cannot_tell_its_rows_apart_scores_points_one_at_a_time_ali
     model, method = registries.models.get("tiny-llama"), registries.methods.get("task_arithmetic")
     base = pipeline.base(model)
     experts = pipeline.experts(model, base)
-    tasks = pipeline.surrogates(model)
+    tasks = validation_surrogates(pipeline.registries, model)
     surrogates = [Surrogate(t, pipeline.evaluate(experts[t.domain], t).n, 1.0) for t in tasks]
 
     def objective(wrap):

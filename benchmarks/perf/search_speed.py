@@ -27,6 +27,7 @@ from mergebench.cache import ArtifactCache
 from mergebench.merging.api import MergeContext
 from mergebench.pipeline import Pipeline, RunContext
 from mergebench.search.objective import UNITS, MergeObjective, Surrogate
+from mergebench.search.stage import surrogates as validation_surrogates
 from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     model, method = registries.models.get(args.model), registries.methods.get(args.method)
     base = pipeline.base(model)
     experts = pipeline.experts(model, base)
-    tasks = pipeline.surrogates(model)
+    tasks = validation_surrogates(pipeline.registries, model)
     references = {t.name: pipeline.evaluate(experts[t.domain], t) for t in tasks}
     surrogates = [Surrogate(t, references[t.name].n, references[t.name].score) for t in tasks]
     context = MergeContext(device="cpu", exclude=pipeline.context.exclude, domains=tuple(experts))

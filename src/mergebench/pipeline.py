@@ -259,60 +259,12 @@ class Pipeline:
         return MergeInputs(base, experts, statistics, context, key)
 
     # -- hyperparameter search ---------------------------------------------------------------
-    def surrogates(self, model: ModelSpec) -> list[TaskSpec]:
-        """The validation surrogates of ``model``'s suites for the domains it has experts in."""
-        found = [t for t in self.registries.tasks.specs()
-                 if t.role == "validation" and t.suites & model.suites and t.domain in model.domains]
-        if not found:
-            raise UsageError(f"no validation task (role='validation') covers {model.name!r}; "
-                             "the search needs surrogates of its suite, or run with --mb-search none")
-        return found
-
     def search(self, model: ModelSpec, method: MethodSpec, fixed: Mapping[str, Any] | None = None
                ) -> tuple[dict[str, Any], float]:
-        """Best hyperparameters on the validation surrogates, and the seconds the search took.
+        """Best hyperparameters on the validation surrogates, and the seconds the search took (:mod:`mergebench.search.stage`)."""
+        from mergebench.search.stage import search_stage
 
-        Cached like every stage: the key holds the inputs' keys, the method, the grid, the
-        strategy and the surrogates with their item lists.
-        """
-        from mergebench.search import run_search
-        from mergebench.search.objective import GENERATION_FROM, UNITS, Surrogate
-        from mergebench.search.plans import plan_applies
-        from mergebench.search.strategies import grid_points, strategy
-
-        fixed = {k: method.param(k).validate(v) for k, v in (fixed or {}).items()}
-        points = grid_points(method, fixed)
-        if len(points) <= 1:
-            return method.resolve_params(points[0] if points else fixed), 0.0
-        plan = plan_applies(method, method.resolve_params(fixed), fixed)
-        inputs = self._merge_inputs(model, method, method.resolve_params(fixed))
-        tasks = self.surrogates(model)
-        references = {t.name: self.evaluate(inputs.experts[t.domain], t) for t in tasks}
-        surrogates = [Surrogate(t, references[t.name].n, references[t.name].score) for t in tasks]
-        label = f"search {model.name}/{method.name} ({self.context.search}, {len(points)} points)"
-        key = ArtifactKey.of("search", {
-            **inputs.key,
-            "points": points,
-            "strategy": self.context.search,
-            **({"schedule": schedule} if (schedule := strategy(self.context.search).key()) else {}),
-            **({"plan": "per_task", "fixed": fixed} if plan else {}),
-            "item_order": {"units": UNITS, "generation_from": GENERATION_FROM},
-            "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
-        })
-
-        def build(out: Path) -> None:
-            inputs.verify()
-            result = run_search(self.context.search, method, points, base_dir=inputs.base.path,
-                                expert_dirs=inputs.expert_dirs, context=inputs.context, surrogates=surrogates,
-                                make_task=lambda spec, limit: spec.load()(spec, self.context, limit=limit),
-                                model_name=f"{model.name}/{method.name} (search)", batch_size=self.context.batch_size,
-                                plan=plan, fixed=fixed)
-            (out / "search.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
-
-        artifact = self.cache.get_or_build(key, build, label=label, on_wait=self._announce(label))
-        self._report(label, artifact.hit, artifact.seconds)
-        found = json.loads((artifact.path / "search.json").read_text())
-        return method.resolve_params(found["best"]), _build_seconds(artifact.path)
+        return search_stage(self, model, method, fixed)
 
     # -- evaluate --------------------------------------------------------------------------
     def language_model(self, ref: ModelRef) -> LanguageModel:
