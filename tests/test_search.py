@@ -185,6 +185,7 @@ def test_finalists_cap_the_last_round_and_the_schedule_is_part_of_the_key():
     assert len(finalists) == 2 and result.best in [t.params for t in finalists]
     assert result.item_evaluations == 20 * 1 + 8 * 3 + 2 * 9
     assert SuccessiveHalving(finalists=2).key() == {"finalists": 2}  # another schedule, another search
+    assert SuccessiveHalving(eta=4, min_items=2).key() == {"eta": 4, "min_items": 2}
     assert SuccessiveHalving().key() == GridSearch().key() == {}  # the default's cache key is what it was
 
 

@@ -14,6 +14,7 @@ items, so their cost accounting is exact and testable without a model.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import time
@@ -176,9 +177,9 @@ class SuccessiveHalving(Strategy):
     def key(self) -> dict[str, Any]:
         """What decides the schedule, where it differs from the default: part of a search's cache key (another
         schedule is another search; the default's key is what it was before schedules could differ)."""
-        chosen = {"eta": self.eta, "min_items": self.min_items, "finalists": self.finalists}
-        default = {"eta": 3, "min_items": 1, "finalists": FINALISTS}
-        return {name: value for name, value in chosen.items() if value != default[name]}
+        defaults = inspect.signature(SuccessiveHalving.__init__).parameters
+        return {name: getattr(self, name) for name in ("eta", "min_items", "finalists")
+                if getattr(self, name) != defaults[name].default}
 
     def schedule(self, n_points: int, n_items: int) -> list[tuple[int, int]]:
         """``[(points, items), ...]`` per round: the prefix lengths grow by ``eta`` up to ``n_items``."""
