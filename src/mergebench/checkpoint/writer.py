@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from mergebench.cache import integrity as cache_integrity
-from mergebench.checkpoint.reader import INDEX_FILE, SINGLE_FILE
+from mergebench.checkpoint.reader import DTYPE_NAMES, INDEX_FILE, SINGLE_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +44,7 @@ TOKENIZER_FILES = (
 )
 
 
-_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_SAFETENSORS_DTYPES = {name: code for code, name in DTYPE_NAMES.items()}
 _ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
