@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from mergebench.evaluation import llama_step
 from mergebench.evaluation.api import GenerationRequest, RowListener
-from mergebench.evaluation.lookup_decode import greedy_lookup
+from mergebench.evaluation.lookup_decode import greedy_lookup, take_tokens
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 GUESSES = 0
 """Tokens guessed ahead per row and step on the Llama fast path (:mod:`mergebench.evaluation.lookup_decode`).
 
-None by default: on GSM8K answers a prompt-lookup guess holds for about 0.2 tokens a step, and a
+Off (0) by default: on GSM8K answers a prompt-lookup guess holds for about 0.2 tokens a step, and a
 batch-16 step fed five tokens a row costs well over 1.2 steps of one (README, speed table).
 """
 
@@ -98,12 +98,7 @@ def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[Gen
         next_tokens = logits[:, -1].argmax(-1)
         keep = []
         for slot, (row, token) in enumerate(zip(active, next_tokens.tolist())):
-            request = requests[row]
-            done = token in eos
-            if not done:
-                generated[row].append(token)
-                done = len(generated[row]) >= request.max_new_tokens or stopped(generated[row], request)
-            if done:
+            if take_tokens([token], generated[row], requests[row], eos, stopped):
                 on_done()
             else:
                 keep.append(slot)

@@ -70,7 +70,7 @@ def greedy_lookup(step, batch: "Batch", first: "torch.Tensor", prompts: Sequence
     while True:
         keep = []
         for slot, row in enumerate(active):
-            if _take(emitted[slot], generated[row], requests[row], eos, stopped):
+            if take_tokens(emitted[slot], generated[row], requests[row], eos, stopped):
                 on_done()
             else:
                 keep.append(slot)
@@ -102,9 +102,10 @@ def greedy_lookup(step, batch: "Batch", first: "torch.Tensor", prompts: Sequence
         positions, lengths = positions + moved, lengths + moved
 
 
-def _take(tokens: list[int], generated: list[int], request: GenerationRequest, eos: set[int],
+def take_tokens(tokens: list[int], generated: list[int], request: GenerationRequest, eos: set[int],
           stopped: Callable[[list[int], GenerationRequest], bool]) -> bool:
-    """Append a step's tokens to a row one at a time, as one-token decoding would; whether the row is done."""
+    """Append a step's tokens to a row one at a time, as one-token decoding would; whether the row is done
+    (EOS, left out of the row; its token budget; one of its stop strings). Both decoding loops decide with it."""
     for token in tokens:
         if token in eos:
             return True
