@@ -90,11 +90,10 @@ class GeneralizedTaskArithmetic(MergeMethod):
 
     def combine(self, base: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
         """Sum, mean or TIES' election of sparsified task vectors held in memory."""
-        if self.consensus:  # TIES' election and disjoint merge, without boolean masks (see disjoint_merge)
-            total = deltas[0] + deltas[1] if len(deltas) > 1 else deltas[0] + 0.0  # = 0 + δ_0 + δ_1 exactly, but
-            for delta in deltas[2:]:  # for the sign of an exact 0, which only all-zero entries have (nothing agrees there)
-                total.add_(delta)
-            return disjoint_merge(deltas, self.elect(total), normalize=self.normalize)
+        if self.consensus:  # TIES' election and disjoint merge, without boolean masks (see disjoint_merge);
+            # the sum is elect_and_merge's but for the sign of an exact 0, which only entries where every δ
+            # is ±0 can have, and there nothing agrees whichever sign is elected
+            return disjoint_merge(deltas, self.elect(summed(deltas)), normalize=self.normalize)
         total = summed(deltas, owned=True)
         return total / len(deltas) if self.normalize else total
 
