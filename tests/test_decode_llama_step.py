@@ -43,7 +43,7 @@ def test_the_step_gives_the_logits_of_the_models_forward_on_left_padded_rows(lla
         for c in (reference_cache, cache):
             llama(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
                   use_cache=True, **{cache_argument(llama): c})
-        step = llama_step.LlamaStep(llama, batch.capacity)
+        step = llama_step.LlamaStep(llama, batch.capacity, rows=len(prompts))  # packed for these rows
         step.take_cache(cache, len(prompts), batch.width)
         mask, prompt = batch.mask.clone(), batch.mask[:, :batch.width].bool()
         positions = batch.positions[:, -1] + 1
@@ -66,7 +66,7 @@ def test_several_tokens_in_one_step_give_the_logits_of_feeding_them_one_at_a_tim
     with torch.inference_mode():
         llama(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
               use_cache=True, **{cache_argument(llama): cache})
-        step = llama_step.LlamaStep(llama, batch.capacity)
+        step = llama_step.LlamaStep(llama, batch.capacity, rows=4)  # 2 rows x 3 tokens: past the packed rows
         step.take_cache(cache, 2, batch.width)
         prompt = batch.mask[:, :batch.width].bool()
         lengths = torch.tensor([batch.width, batch.width])
@@ -80,6 +80,57 @@ def test_several_tokens_in_one_step_give_the_logits_of_feeding_them_one_at_a_tim
             ids = torch.tensor([history + fed[row].tolist()])
             expected = llama(input_ids=ids).logits[0, -3:]
             torch.testing.assert_close(ours[row], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prompts", [
+    [[1, 2, 3, 5, 9, 13], [1, 2, 3, 4], [1, 2, 3, 8, 8, 8, 30]],  # a shared start of three tokens
+    [[7, 2, 3], [7, 2, 3, 4, 5]],  # the first prompt is all shared start but its last token
+    [[5, 9, 13, 2, 7, 1], [3, 4], [8, 8, 8, 30]],  # nothing shared
+])
+def test_the_prefill_gives_the_logits_and_cache_of_the_models_forward_on_left_padded_rows(llama, prompts):
+    batch = Batch.of(prompts, 4, pad=0, device="cpu")
+    cache = DynamicCache(config=llama.config)
+    with torch.inference_mode():
+        expected = llama(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
+                         use_cache=True, **{cache_argument(llama): cache}).logits[:, -1]
+        step = llama_step.LlamaStep(llama, batch.capacity, rows=len(prompts))
+        ours = step.prefill(prompts, batch.width)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    prompt = batch.mask[:, :batch.width].bool()
+    for layer, keys, values in zip(cache.layers, step.keys, step.values):
+        for row in range(len(prompts)):  # the prompt's columns; pad columns are never attended to
+            torch.testing.assert_close(keys[row, :, :batch.width][:, prompt[row]], layer.keys[row][:, prompt[row]],
+                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(values[row, :, :batch.width][:, prompt[row]], layer.values[row][:, prompt[row]],
+                                       rtol=1e-5, atol=1e-5)
+        assert not keys[:, :, batch.width:].any()  # the budget's columns wait empty
+
+
+def test_the_shared_start_leaves_every_prompt_a_token_of_its_own():
+    assert llama_step.shared_start([[1, 2, 3, 5], [1, 2, 3, 4], [1, 2, 9]]) == 2
+    assert llama_step.shared_start([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert llama_step.shared_start([[1, 2, 3]]) == 2
+    assert llama_step.shared_start([[4, 2], [1, 2]]) == 0
+
+
+def test_the_arranged_weights_are_kept_until_a_parameter_changes(tiny_llama):
+    from mergebench.evaluation.api import GenerationRequest
+    from mergebench.evaluation.hf import HFLanguageModel
+    from tests.test_decode import PROMPTS, transformers_greedy
+
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=5)
+    lm._eos_ids = lambda: set()
+    first = llama_step.arranged_weights(lm.model, 5)
+    assert llama_step.arranged_weights(lm.model, 3) is first  # fewer rows: the packing for 5 serves them
+    assert llama_step.arranged_weights(lm.model, 6) is not first  # more rows: packed again
+    kept = llama_step.arranged_weights(lm.model, 5)
+    with torch.no_grad():
+        lm.model.model.layers[1].mlp.up_proj.weight.mul_(-2.0)  # in place, as the search edits weights
+    edited = llama_step.arranged_weights(lm.model, 5)
+    assert edited is not kept
+    up = lm.model.model.layers[1].mlp.up_proj.weight
+    torch.testing.assert_close(edited.layers[1].gate_up.weight[up.shape[0]:], up, rtol=0, atol=0)
+    assert lm.generate([GenerationRequest(p, 12) for p in PROMPTS]) == [transformers_greedy(lm, p, 12) for p in PROMPTS]
 
 
 def test_a_drafter_guesses_what_followed_the_last_earlier_occurrence_of_its_final_ngram():

@@ -84,16 +84,16 @@ def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[Gen
     cache_kw = cache_argument(model)
     generated: list[list[int]] = [[] for _ in requests]
     active = list(range(len(requests)))  # rows still generating, in cache order
+    if row_listener is None and all(prompts) and llama_step.supports(model):
+        step = llama_step.LlamaStep(model, batch.capacity + guesses, rows=len(requests))
+        first = step.prefill(prompts, batch.width).argmax(-1)
+        return greedy_lookup(step, batch, first, prompts, requests, guesses=guesses, eos=eos,
+                             stopped=stopped, on_done=on_done)
     if row_listener is not None:
         row_listener(list(requests))
     logits = model(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
                    use_cache=True, logits_to_keep=1, **{cache_kw: cache}).logits
     mask, positions, column = batch.mask, batch.positions[:, -1:] + 1, batch.width
-    if row_listener is None and llama_step.supports(model):
-        step = llama_step.LlamaStep(model, batch.capacity + guesses)
-        step.take_cache(cache, len(requests), batch.width)
-        return greedy_lookup(step, batch, logits[:, -1].argmax(-1), prompts, requests, guesses=guesses, eos=eos,
-                             stopped=stopped, on_done=on_done)
     while True:
         next_tokens = logits[:, -1].argmax(-1)
         keep = []

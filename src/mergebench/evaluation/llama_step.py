@@ -10,15 +10,26 @@ product each, from weights concatenated once per ``generate`` call (so weights e
 calls, as the search does, are always the current ones); the rotary cosines and sines come
 from a table the model's own rotary module computed for every position once.
 
-The prompt itself still goes through the model's own forward pass (one call, no per-step
-cost), and each operation of the step is the one transformers' Llama layers run, in the same
+The products go through weights prepacked for the batch's row count
+(:mod:`mergebench.evaluation.packed_linear`); the arranged and packed weights are kept with the
+model until one of its parameters changes (in place or replaced), so the batches of one
+evaluation arrange them once.
+
+The prompts go through :meth:`LlamaStep.prefill`: every prompt's own tokens and, once, the
+tokens all prompts start with (a chat template's system turn), as one sequence without padding
+for the products, each prompt attending to the shared start and to itself. Left padding would
+have the products run on every pad column (a third of a GSM8K batch's columns) and the shared
+start once per row. Each operation is the one transformers' Llama layers run, in the same
 order, so the greedy tokens are those of ``generate`` (the tests compare them).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
+
+from mergebench.evaluation.packed_linear import PACK_LIMIT_BYTES, PackedMatrix
 
 if TYPE_CHECKING:
     import torch
@@ -42,12 +53,74 @@ def supports(model) -> bool:
 class _Layer:
     norm1: "torch.Tensor"
     eps1: float
-    qkv: "torch.Tensor"
-    o: "torch.Tensor"
+    qkv: PackedMatrix
+    o: PackedMatrix
     norm2: "torch.Tensor"
     eps2: float
-    gate_up: "torch.Tensor"
-    down: "torch.Tensor"
+    gate_up: PackedMatrix
+    down: PackedMatrix
+
+
+@dataclass
+class _Weights:
+    """A model's weights as the step multiplies them, valid while ``key`` is the model's."""
+
+    key: tuple | None
+    rows: int
+    embed: "torch.Tensor"
+    layers: list[_Layer]
+    norm: "torch.Tensor"
+    norm_eps: float
+    lm_head: PackedMatrix
+
+
+_ARRANGED: "weakref.WeakKeyDictionary[object, _Weights]" = weakref.WeakKeyDictionary()
+
+
+def weights_key(model) -> tuple | None:
+    """Where each parameter lives and how often it was written in place; None when that cannot be told."""
+    try:
+        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    except RuntimeError:  # inference tensors keep no version counter
+        return None
+
+
+def arranged_weights(model, rows: int) -> _Weights:
+    """The model's weights concatenated and packed for ``rows`` rows, reused while the model is unchanged."""
+    import torch
+
+    key = weights_key(model)
+    cached = _ARRANGED.get(model)
+    if key is not None and cached is not None and cached.key == key and cached.rows >= rows:
+        return cached
+    decoder = model.get_decoder()
+    lm_head = model.get_output_embeddings().weight
+    pack = 3 * 4 * sum(p.numel() for p in decoder.layers.parameters()) + 3 * 4 * lm_head.numel() <= PACK_LIMIT_BYTES
+    layers = []
+    for layer in decoder.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        layers.append(_Layer(
+            layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+            PackedMatrix(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), rows, pack=pack),
+            PackedMatrix(attn.o_proj.weight, rows, pack=pack),
+            layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
+            PackedMatrix(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), rows, pack=pack),
+            PackedMatrix(mlp.down_proj.weight, rows, pack=pack)))
+    weights = _Weights(key, rows, decoder.embed_tokens.weight, layers, decoder.norm.weight,
+                       decoder.norm.variance_epsilon, PackedMatrix(lm_head, rows, pack=pack))
+    _ARRANGED.pop(model, None)  # the old arrangement's memory goes before the next is kept
+    if key is not None:
+        _ARRANGED[model] = weights
+    return weights
+
+
+def shared_start(prompts: Sequence[Sequence[int]]) -> int:
+    """How many tokens every prompt starts with, leaving each prompt at least one token of its own."""
+    shortest = min(len(p) for p in prompts)
+    count = 0
+    while count < shortest - 1 and all(p[count] == prompts[0][count] for p in prompts):
+        count += 1
+    return count
 
 
 def rms_norm(hidden: "torch.Tensor", weight: "torch.Tensor", eps: float) -> "torch.Tensor":
@@ -69,9 +142,9 @@ def rotate_half(x: "torch.Tensor") -> "torch.Tensor":
 
 
 class LlamaStep:
-    """A model's weights arranged for decoding, and the key/value buffers of one batch."""
+    """A model's weights arranged for decoding, and the key/value buffers of one batch of ``rows`` rows."""
 
-    def __init__(self, model, capacity: int) -> None:
+    def __init__(self, model, capacity: int, rows: int = 1) -> None:
         import torch
 
         config = model.config
@@ -80,20 +153,11 @@ class LlamaStep:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling = self.head_dim ** -0.5
         self.capacity = capacity
-        decoder = model.get_decoder()
-        self.embed = decoder.embed_tokens.weight
-        self.layers = []
-        for layer in decoder.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append(_Layer(
-                layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), attn.o_proj.weight,
-                layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight))
-        self.norm, self.norm_eps = decoder.norm.weight, decoder.norm.variance_epsilon
-        self.lm_head = model.get_output_embeddings().weight
+        weights = arranged_weights(model, rows)
+        self.embed, self.layers, self.lm_head = weights.embed, weights.layers, weights.lm_head
+        self.norm, self.norm_eps = weights.norm, weights.norm_eps
         positions = torch.arange(capacity, device=self.embed.device)[None]
-        cos, sin = decoder.rotary_emb(self.embed[:1][None], positions)  # the model's own table, every position
+        cos, sin = model.get_decoder().rotary_emb(self.embed[:1][None], positions)  # the model's own table
         self.cos, self.sin = cos[0], sin[0]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -112,6 +176,61 @@ class LlamaStep:
     def select_rows(self, index: "torch.Tensor") -> None:
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
+
+    def prefill(self, prompts: Sequence[Sequence[int]], width: int) -> "torch.Tensor":
+        """Logits after each prompt's last token (rows, vocab); its keys and values go into the buffers
+        left-padded, prompt ``r`` in columns ``width - len(prompts[r])`` to ``width``, as :class:`Batch` lays them.
+
+        The products run on one sequence: the tokens every prompt starts with, once, then each
+        prompt's own tokens; attention runs per prompt (the shared start with itself, causally; each
+        prompt's own tokens with the shared start's keys and their own, causally).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        device = self.embed.device
+        shared = shared_start(prompts)
+        own = [list(p[shared:]) for p in prompts]
+        tokens = torch.tensor(list(prompts[0][:shared]) + [t for part in own for t in part], device=device)
+        positions = torch.cat([torch.arange(shared)] + [torch.arange(shared, len(p)) for p in prompts]).to(device)
+        ends = torch.tensor([len(part) for part in own]).cumsum(0) + shared  # one past each prompt's last token
+        starts = [width - len(p) for p in prompts]  # each prompt's first column in the buffers
+        shape = (len(prompts), self.kv_heads, self.capacity, self.head_dim)
+        self.keys = [torch.zeros(shape, dtype=self.embed.dtype, device=device) for _ in self.layers]
+        self.values = [torch.zeros(shape, dtype=self.embed.dtype, device=device) for _ in self.layers]
+        count = tokens.shape[0]
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (count, 1, head_dim)
+        masks = [torch.arange(len(part), device=device)[:, None] + shared >= torch.arange(width - start, device=device)
+                 for part, start in zip(own, starts)]
+        gqa = self.heads != self.kv_heads
+        hidden = F.embedding(tokens, self.embed)
+        for layer, keys, values in zip(self.layers, self.keys, self.values):
+            x = rms_norm(hidden, layer.norm1, layer.eps1)
+            q, k, v = layer.qkv(x).split((q_size, kv_size, kv_size), dim=-1)
+            q = q.view(count, self.heads, self.head_dim)
+            q = ((q * cos) + (rotate_half(q) * sin)).transpose(0, 1)  # (heads, count, head_dim)
+            k = k.view(count, self.kv_heads, self.head_dim)
+            k = ((k * cos) + (rotate_half(k) * sin)).transpose(0, 1)
+            v = v.view(count, self.kv_heads, self.head_dim).transpose(0, 1)
+            attn = torch.empty_like(q)
+            if shared:
+                attn[:, :shared] = F.scaled_dot_product_attention(
+                    q[None, :, :shared], k[None, :, :shared], v[None, :, :shared], is_causal=True,
+                    scale=self.scaling, enable_gqa=gqa)[0]
+            begin = shared
+            for row, (start, end, mask) in enumerate(zip(starts, ends.tolist(), masks)):
+                keys[row, :, start:start + shared], values[row, :, start:start + shared] = k[:, :shared], v[:, :shared]
+                keys[row, :, start + shared:width], values[row, :, start + shared:width] = k[:, begin:end], v[:, begin:end]
+                attn[:, begin:end] = F.scaled_dot_product_attention(
+                    q[None, :, begin:end], keys[row:row + 1, :, start:width], values[row:row + 1, :, start:width],
+                    attn_mask=mask, scale=self.scaling, enable_gqa=gqa)[0]
+                begin = end
+            hidden = hidden + layer.o(attn.transpose(0, 1).reshape(count, q_size))
+            x = rms_norm(hidden, layer.norm2, layer.eps2)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            hidden = hidden + layer.down(F.silu(gate) * up)
+        return self.lm_head(rms_norm(hidden[ends - 1], self.norm, self.norm_eps))
 
     def __call__(self, tokens: "torch.Tensor", positions: "torch.Tensor", lengths: "torch.Tensor",
                  prompt: "torch.Tensor") -> "torch.Tensor":
@@ -139,7 +258,7 @@ class LlamaStep:
         hidden = F.embedding(tokens, self.embed)
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             x = rms_norm(hidden, layer.norm1, layer.eps1)
-            q, k, v = F.linear(x, layer.qkv).split((q_size, kv_size, kv_size), dim=-1)
+            q, k, v = layer.qkv(x).split((q_size, kv_size, kv_size), dim=-1)
             q = q.view(rows, count, self.heads, self.head_dim).transpose(1, 2)
             q = (q * cos[:, None]) + (rotate_half(q) * sin[:, None])
             k = k.view(rows, count, self.kv_heads, self.head_dim)
@@ -147,8 +266,8 @@ class LlamaStep:
             values[row_index, :, columns] = v.view(rows, count, self.kv_heads, self.head_dim)
             attn = F.scaled_dot_product_attention(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask,
                                                   scale=self.scaling, enable_gqa=self.heads != self.kv_heads)
-            hidden = hidden + F.linear(attn.transpose(1, 2).reshape(rows, count, q_size), layer.o)
+            hidden = hidden + layer.o(attn.transpose(1, 2).reshape(rows, count, q_size))
             x = rms_norm(hidden, layer.norm2, layer.eps2)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
-        return F.linear(rms_norm(hidden, self.norm, self.norm_eps), self.lm_head)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            hidden = hidden + layer.down(F.silu(gate) * up)
+        return self.lm_head(rms_norm(hidden, self.norm, self.norm_eps))

@@ -1,0 +1,38 @@
+"""MKL-packed weight products against ``F.linear``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mergebench.evaluation.packed_linear import PackedMatrix, can_pack
+
+
+@pytest.fixture
+def weight():
+    return torch.randn(48, 20, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.skipif(not can_pack(torch.zeros(2, 2)), reason="this torch has no MKL packed sgemm")
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+def test_a_packed_product_is_linear_for_fewer_as_many_and_more_rows_than_packed(weight, rows):
+    matrix = PackedMatrix(weight, 4)
+    assert matrix.packed is not None and matrix.packed_bytes > 0
+    x = torch.randn(rows, 2, 20, generator=torch.Generator().manual_seed(rows))  # leading dims are kept
+    out = matrix(x)
+    assert out.shape == (rows, 2, 48)
+    torch.testing.assert_close(out, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_mkl_cannot_pack_are_multiplied_by_linear_itself(weight):
+    bf16 = weight.to(torch.bfloat16)
+    assert not can_pack(bf16)
+    matrix = PackedMatrix(bf16, 4)
+    assert matrix.packed is None and matrix.packed_bytes == 0
+    x = torch.randn(3, 20).to(torch.bfloat16)
+    assert torch.equal(matrix(x), F.linear(x, bf16))
+    unpacked = PackedMatrix(weight, 4, pack=False)
+    assert unpacked.packed is None
+    x = torch.randn(3, 20)
+    assert torch.equal(unpacked(x), F.linear(x, weight))
