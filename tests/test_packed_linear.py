@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mergebench.evaluation.packed_linear import PackedMatrix, can_pack
+from mergebench.evaluation.packed_linear import PackedMatrix, can_pack, packed_allocation
 
 
 @pytest.fixture
@@ -36,3 +36,25 @@ def test_weights_mkl_cannot_pack_are_multiplied_by_linear_itself(weight):
     assert unpacked.packed is None
     x = torch.randn(3, 20)
     assert torch.equal(unpacked(x), F.linear(x, weight))
+
+
+@pytest.mark.skipif(not can_pack(torch.zeros(2, 2)), reason="this torch has no MKL packed sgemm")
+def test_the_allocation_bound_covers_what_packing_allocates():
+    for shape in [(48, 20), (960, 576), (576, 1536)]:
+        weight = torch.zeros(shape)
+        assert PackedMatrix(weight, 16).packed_bytes <= packed_allocation([weight])
+
+
+def test_a_model_over_the_packing_limit_decodes_unpacked_with_the_same_tokens(tiny_llama, monkeypatch):
+    from mergebench.evaluation import llama_step, packed_linear
+    from mergebench.evaluation.api import GenerationRequest
+    from mergebench.evaluation.hf import HFLanguageModel
+    from tests.test_decode import PROMPTS, transformers_greedy
+
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=5)
+    lm._eos_ids = lambda: set()
+    monkeypatch.setattr(packed_linear, "PACK_LIMIT_BYTES", 0)
+    weights = llama_step.arranged_weights(lm.model, 5)
+    assert all(m.packed is None for layer in weights.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down))
+    assert weights.lm_head.packed is None
+    assert lm.generate([GenerationRequest(p, 12) for p in PROMPTS]) == [transformers_greedy(lm, p, 12) for p in PROMPTS]

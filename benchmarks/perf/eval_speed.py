@@ -16,7 +16,8 @@ Generation runs in rounds that interleave the engines (ours, then lm-eval at the
 so load from other jobs on a shared machine hits them alike; the fastest round of each counts,
 in wall time and in the process's CPU time (with ``--threads 1`` the latter is what the engine
 itself spends, the figure least moved by other jobs). ``--forward-path`` adds this engine with
-its hand-written Llama step switched off (decoding through the model's own forward pass).
+its hand-written Llama step switched off (decoding through the model's own forward pass), ``--unpacked``
+this engine with its weights not packed for MKL's sgemm.
 The CPU model (``lscpu``) and the ISA torch dispatches to are printed first; for an AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` before Python starts.
 """
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every engine (generate mode)")
     parser.add_argument("--forward-path", action="store_true",
                         help="also time this engine decoding through the model's own forward (no hand-written Llama step)")
+    parser.add_argument("--unpacked", action="store_true",
+                        help="also time this engine with its weights not packed for MKL (F.linear in every step)")
     args = parser.parse_args()
 
     import torch
@@ -95,6 +98,8 @@ def compare_generation(ours, context, args) -> None:
     engines = {"mergebench": lambda: ours.generate(requests)}
     if args.forward_path:
         engines["mergebench via the model's forward"] = lambda: forward_path(ours, requests)
+    if args.unpacked:
+        engines["mergebench, weights not packed"] = lambda: unpacked(ours, requests)
     engines[f"lm-eval hf, batch {args.batch_size}"] = lambda: stock.generate_until(instances, disable_tqdm=True)
     times: dict[str, list[float]] = {name: [] for name in engines}
     cpu: dict[str, list[float]] = {name: [] for name in engines}
@@ -134,6 +139,20 @@ def forward_path(ours, requests) -> list[str]:
         return ours.generate(requests)
     finally:
         llama_step.supports = supports
+
+
+def unpacked(ours, requests) -> list[str]:
+    """This engine with no MKL-packed weights: what packing buys, measured in the same run."""
+    from mergebench.evaluation import llama_step, packed_linear
+
+    limit = packed_linear.PACK_LIMIT_BYTES
+    packed_linear.PACK_LIMIT_BYTES = 0
+    llama_step._ARRANGED.clear()
+    try:
+        return ours.generate(requests)
+    finally:
+        packed_linear.PACK_LIMIT_BYTES = limit
+        llama_step._ARRANGED.clear()
 
 
 def compare_loglikelihood(ours, context, args) -> None:

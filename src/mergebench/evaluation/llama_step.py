@@ -29,7 +29,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from mergebench.evaluation.packed_linear import PACK_LIMIT_BYTES, PackedMatrix
+from mergebench.evaluation import packed_linear
+from mergebench.evaluation.packed_linear import PackedMatrix
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +96,8 @@ def arranged_weights(model, rows: int) -> _Weights:
         return cached
     decoder = model.get_decoder()
     lm_head = model.get_output_embeddings().weight
-    pack = 3 * 4 * sum(p.numel() for p in decoder.layers.parameters()) + 3 * 4 * lm_head.numel() <= PACK_LIMIT_BYTES
+    matrices = [p for p in decoder.layers.parameters() if p.dim() == 2] + [lm_head]
+    pack = packed_linear.packed_allocation(matrices) <= packed_linear.PACK_LIMIT_BYTES
     layers = []
     for layer in decoder.layers:
         attn, mlp = layer.self_attn, layer.mlp
