@@ -40,7 +40,7 @@ def test_weights_mkl_cannot_pack_are_multiplied_by_linear_itself(weight):
 
 @pytest.mark.skipif(not can_pack(torch.zeros(2, 2)), reason="this torch has no MKL packed sgemm")
 def test_the_allocation_bound_covers_what_packing_allocates():
-    for shape in [(48, 20), (960, 576), (576, 1536)]:
+    for shape in [(48, 20), (192, 576), (960, 576), (576, 1536), (3072, 576), (49152, 576)]:
         weight = torch.zeros(shape)
         assert PackedMatrix(weight, 16).packed_bytes <= packed_allocation([weight])
 

@@ -9,10 +9,10 @@ product serves exactly the row count it was packed for; rows that left the batch
 with zeros (each output row depends on its own input row only), and anything larger falls back
 to ``F.linear``. Where MKL or float32 weights on the CPU are missing, every product is ``F.linear``.
 
-Packed copies cost memory: torch allocates three to four times the matrix's bytes for one (more
-than MKL fills; a 135M-parameter model's resident memory grows by 1.3 GB with the concatenated
-copies included), so a model whose packed copies would be allocated beyond ``PACK_LIMIT_BYTES``
-is not packed.
+Packed copies cost memory: torch allocates about 8 MB plus two to three times the matrix's
+bytes for one (more than MKL fills: a 135M-parameter model's resident memory grows by 1.3 GB,
+the concatenated copies included), so a model whose packed copies could be allocated beyond
+``PACK_LIMIT_BYTES`` is not packed.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     import torch
 
 PACK_LIMIT_BYTES = 4 << 30
-"""Largest allocation for one model's packed weights (a 135M-parameter model's is 2.0 GB)."""
+"""Largest allocation for one model's packed weights (a 135M-parameter model's is 2.0 GB, bounded by 2.6)."""
 
 
 def packed_allocation(weights) -> int:
-    """An upper bound of what torch allocates for packed copies of these float32 matrices (four times theirs)."""
-    return sum(4 * w.numel() * w.element_size() for w in weights)
+    """An upper bound of what torch allocates for packed copies of these float32 matrices."""
+    return sum((8 << 20) + 3 * w.numel() * w.element_size() for w in weights)
 
 
 def can_pack(weight: "torch.Tensor") -> bool:
