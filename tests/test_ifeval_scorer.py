@@ -79,3 +79,26 @@ def test_the_mini_task_keeps_prompts_a_short_answer_can_satisfy():
     assert fits_budget(doc([("length_constraints:number_words", {"num_words": 300, "relation": "at least"})])) is False
     assert fits_budget(doc([("length_constraints:number_words", {"num_words": 300, "relation": "less than"})])) is True
     assert fits_budget(doc([("change_case:english_lowercase", {})])) is True
+
+
+def test_punkt_data_nltk_refuses_stops_the_run_instead_of_failing_every_sentence_count(tmp_path):
+    """NLTK 3.10 refuses hard-linked data files: a cache copied with ``cp -al`` must not score IFEval quietly lower."""
+    import os
+
+    import nltk
+
+    from mergebench_builtins.data import punkt
+
+    copy = ArtifactCache(tmp_path / "cache")
+    folder = punkt.nltk_data(copy)
+    english = folder / "tokenizers" / "punkt_tab" / "english"
+    os.link(english / "abbrev_types.txt", tmp_path / "second-link")
+    saved = list(nltk.data.path)
+    try:
+        with pytest.raises(punkt.PunktUnreadable, match=r"copied with hard links \(cp -al\).*delete"):
+            punkt.install(copy)
+    finally:
+        nltk.data.path[:] = saved
+    os.unlink(tmp_path / "second-link")  # one link again: readable
+    assert punkt.install(copy) == folder
+    nltk.data.path[:] = saved

@@ -62,11 +62,35 @@ def nltk_data(cache: ArtifactCache) -> Path:
     return cache.get_or_build(key, build, label="punkt_tab (english)").path
 
 
+_READ: set[str] = set()  # folders NLTK read once in this process
+
+
+class PunktUnreadable(RuntimeError):
+    """NLTK cannot read the installed punkt_tab: every sentence count would fail alike."""
+
+
 def install(cache: ArtifactCache) -> Path:
-    """Put the English punkt_tab first on NLTK's search path (before anything asks NLTK for it)."""
+    """Put the English punkt_tab first on NLTK's search path (before anything asks NLTK for it).
+
+    NLTK reads the parameters once per folder and process here (a fresh tokenizer, not NLTK's memoized one): a checker
+    that raises on one response counts that instruction as not followed, so a punkt_tab NLTK
+    refuses to read (NLTK 3.10 refuses hard-linked data files, as a copy of the cache made with
+    ``cp -al`` has) would otherwise lower every IFEval score quietly instead of stopping the run.
+    """
     import nltk
+    from nltk.tokenize.punkt import PunktTokenizer
 
     folder = str(nltk_data(cache))
     if folder not in nltk.data.path:
         nltk.data.path.insert(0, folder)
+    if folder in _READ:
+        return Path(folder)
+    try:
+        PunktTokenizer("english")
+    except (OSError, LookupError) as exc:
+        raise PunktUnreadable(
+            f"NLTK cannot read the sentence splitter's data in {folder}: {exc}. IFEval's sentence counts need "
+            f"it. If the cache was copied with hard links (cp -al), copy it without them, or delete {folder} "
+            "and run again to rebuild it.") from exc
+    _READ.add(folder)
     return Path(folder)
