@@ -151,6 +151,34 @@ class ShardedWriter:
         self._pending_bytes += size
         self._total_bytes += size
 
+    def add_bytes(self, name: str, dtype: str, shape: Sequence[int], data: memoryview) -> None:
+        """Add a tensor given as its stored bytes (``dtype`` a safetensors code such as ``BF16``), without torch.
+
+        Only for a writer given a ``layout`` (the torch-free merge, :mod:`mergebench.merging.plain`)."""
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        if self._plan is None:
+            raise ValueError("add_bytes needs a writer given a layout")
+        if name in self._names:
+            raise ValueError(f"tensor {name!r} written twice")
+        if len(data) != math.prod(shape) * _ELEMENT_BYTES.get(dtype, -1):
+            raise ValueError(f"tensor {name!r}: {len(data)} bytes do not make a {dtype} tensor of shape {list(shape)}")
+        self._write_direct(name, dtype, list(shape), data)
+        self._names.add(name)
+        self._total_bytes += len(data)
+
+    def discard(self) -> None:
+        """Close without a checkpoint: the temporary files written so far are removed."""
+        self._closed = True
+        if self._direct is not None:
+            self._direct[0].close()
+        for handle in (self._spill,):
+            if handle is not None:
+                handle.close()
+        for path in self.directory.glob(".shard-*.tmp"):
+            path.unlink(missing_ok=True)
+        self._direct = self._spill = None
+
     def _flush(self) -> None:
         header = self._header(self._entries)
         path = self.directory / f".shard-{len(self._shards):05d}.tmp"
