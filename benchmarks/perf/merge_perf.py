@@ -162,6 +162,12 @@ def check_emulation(env: dict[str, str]) -> str:
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     if env.get("ATEN_CPU_CAPABILITY") and out.lower() != env["ATEN_CPU_CAPABILITY"].lower():
         raise SystemExit(f"ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']} did not take effect: torch dispatches to {out}")
+    numpy_avx512 = subprocess.run([sys.executable, "-c", "from numpy._core._multiarray_umath import __cpu_features__ as f; "
+                                   "print(any(f[k] for k in ('X86_V4', 'AVX512_SKX', 'AVX512_ICL', 'AVX512_SPR')))"],
+                                  env=env, capture_output=True, text=True, check=True).stdout.strip()
+    if env.get("NPY_DISABLE_CPU_FEATURES") and numpy_avx512 != "False":
+        raise SystemExit(f"NPY_DISABLE_CPU_FEATURES={env['NPY_DISABLE_CPU_FEATURES']} did not keep numpy's dispatch "
+                         "off its AVX-512 targets")
     return out
 
 

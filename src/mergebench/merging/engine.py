@@ -191,13 +191,13 @@ def merge_checkpoints(
     base, experts = open_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
     run = partial(_merge, spec, method, context, base, experts, out_dir=Path(out_dir), started=started,
                   metadata=metadata, max_shard_bytes=max_shard_bytes)
+    keep_freed_memory()
     form = plain_form(method, context, base, experts) if allow_plain else None
     if form is not None:
         try:
             return run(None, plain=form)
         except NeedsTorch:  # NaN/Inf in an input, or an overflow: the torch engine raises its error or writes its bits
             pass
-    keep_freed_memory()
     with merge_threads(context) as pool:
         return run(pool)
 

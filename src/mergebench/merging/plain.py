@@ -118,11 +118,14 @@ class _Tensor:
         import numpy
 
         run: Callable = _quiet(pool.map if self.numel >= 2 * CHUNK else map)
-        if self.form.consensus and self.form.density is not None and self.form.density < 1:
-            self.thresholds = list(run(self.threshold, range(len(self.experts))))
-        out = numpy.empty(self.numel, numpy.uint16 if self.codes[0] == "BF16" else numpy.float32)
         step = max(CHUNK, -(-self.numel // (2 * workers * CHUNK)) * CHUNK)
-        list(run(lambda start: self.merge_range(start, min(start + step, self.numel), out), range(0, self.numel, step)))
+        ranges = [(start, min(start + step, self.numel)) for start in range(0, self.numel, step)]
+        if self.form.consensus and self.form.density is not None and self.form.density < 1:
+            from mergebench.merging.plain_topk import thresholds
+
+            self.thresholds = thresholds(self, topk_count(self.numel, self.form.density), run, ranges)
+        out = numpy.empty(self.numel, numpy.uint16 if self.codes[0] == "BF16" else numpy.float32)
+        list(run(lambda bounds: self.merge_range(*bounds, out), ranges))
         return out.view(numpy.uint8)
 
     # -- reading ---------------------------------------------------------------------------
@@ -149,21 +152,15 @@ class _Tensor:
         return numpy.subtract(tau, base, out=tau)
 
     # -- TIES' threshold ----------------------------------------------------------------
-    def threshold(self, index: int) -> float:
-        """The ``topk_count``-th largest |τ_index| of this tensor (exact: a partition of every |τ|)."""
+    def magnitudes(self, start: int, length: int, scratch: "_Scratch") -> Iterator["numpy.ndarray"]:
+        """|τ_i| of every expert i at entries ``start:start+length`` (each yielded array is reused for the next)."""
         import numpy
 
-        magnitudes = numpy.empty(self.numel, numpy.float32)
-        scratch = _Scratch(len(self.experts) + 1)
-        for start in range(0, self.numel, CHUNK):
-            scratch.length = min(CHUNK, self.numel - start)
-            base = self.read(0, start, scratch)
-            numpy.abs(self.task_vector(index, start, scratch, base), out=magnitudes[start:start + scratch.length])
-        if not math.isfinite(float(numpy.sum(magnitudes, dtype=numpy.float32))):
-            raise NeedsTorch(self.name)
-        rank = self.numel - topk_count(self.numel, self.form.density)  # from the smallest, 0-based
-        magnitudes.partition(rank)
-        return float(magnitudes[rank])
+        scratch.length = length
+        base = self.read(0, start, scratch)
+        for index in range(len(self.experts)):
+            tau = self.task_vector(index, start, scratch, base)
+            yield numpy.abs(tau, out=tau)
 
     # -- the merge -------------------------------------------------------------------------
     def merge_range(self, start: int, stop: int, out: "numpy.ndarray") -> None:
