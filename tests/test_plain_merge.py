@@ -81,6 +81,28 @@ def test_the_torch_free_merge_writes_the_torch_engines_bytes(tiny_llama, tmp_pat
     assert files(tmp_path / "plain") == files(tmp_path / "torch")
 
 
+@pytest.mark.parametrize("bracket", ["missed", "everything", "high-only"])
+def test_ties_merges_the_same_bytes_whatever_the_sample_brackets(tiny_llama, tmp_path, monkeypatch, bracket):
+    """A bracket that misses the threshold (found by partition, merged again), one that holds every entry (all merged
+    again) and one at a single value (nothing merged again when the threshold is that value)."""
+    from mergebench.merging import plain_topk
+
+    def fake(sample, share):
+        sample.sort()
+        if bracket == "missed":
+            return sample[-1], sample[-1]
+        if bracket == "everything":
+            return sample[0], sample[-1]
+        return (sample[int(len(sample) * (1 - share))],) * 2
+
+    base, experts = quantized_experts(tiny_llama, tmp_path, torch.bfloat16)
+    params = {"density": 0.3, "scope": "tensor", "scaling": 0.9}
+    merge_checkpoints(method("ties"), params, base, experts, tmp_path / "torch", allow_plain=False)
+    monkeypatch.setattr(plain_topk, "_bracket", fake)
+    merge_checkpoints(method("ties"), params, base, experts, tmp_path / "plain")
+    assert files(tmp_path / "plain") == files(tmp_path / "torch")
+
+
 def test_an_input_with_nan_takes_the_torch_engine_and_its_error(tiny_llama, tmp_path):
     base, experts = quantized_experts(tiny_llama, tmp_path, torch.bfloat16, count=2)
     tensors = load_tensors(experts["e1"])
