@@ -167,3 +167,27 @@ def test_the_command_line_merges_without_importing_torch(tiny_llama, tmp_path):
     merged = CheckpointReader(tmp_path / "out")
     assert all(torch.equal(merged.get(n).view(torch.int16), t.view(torch.int16))
                for n, t in load_tensors(tmp_path / "torch").items())
+
+
+def test_the_writer_takes_stored_bytes_and_hashes_only_when_asked(tmp_path):
+    import hashlib
+
+    import numpy
+
+    from mergebench.checkpoint import ShardedWriter
+
+    layout = [("a", "BF16", (3, 4)), ("b", "F32", (5,))]
+    data = {"a": numpy.arange(12, dtype=numpy.uint16), "b": numpy.linspace(0, 1, 5, dtype=numpy.float32)}
+    writers = {}
+    for hashed in (True, False):
+        writer = writers[hashed] = ShardedWriter(tmp_path / str(hashed), layout=layout, max_shard_bytes=24, hashed=hashed)
+        for name, dtype, shape in layout:
+            writer.add_bytes(name, dtype, shape, memoryview(data[name]).cast("B"))
+        writer.close()
+    assert files(tmp_path / "True") == files(tmp_path / "False")
+    shards = sorted(p.name for p in (tmp_path / "True").glob("*.safetensors"))
+    assert len(shards) == 2 and all(writers[False].hashes.get(s) is None for s in shards)
+    assert all(writers[True].hashes[s] == hashlib.sha256((tmp_path / "True" / s).read_bytes()).hexdigest() for s in shards)
+    assert torch.equal(CheckpointReader(tmp_path / "False").get("b"), torch.from_numpy(data["b"]))
+    with pytest.raises(ValueError, match="do not make a BF16 tensor"):
+        ShardedWriter(tmp_path / "bad", layout=layout).add_bytes("a", "BF16", (3, 4), memoryview(b"12"))

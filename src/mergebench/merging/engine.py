@@ -177,12 +177,14 @@ def merge_checkpoints(
     allow_pickle: bool = False,
     max_shard_bytes: int | None = None,
     allow_plain: bool = True,
+    hashed: bool = True,
 ) -> MergeReport:
     """Merge ``expert_dirs`` (label → checkpoint) into ``base_dir``'s architecture, writing ``out_dir``.
 
     A method with a torch-free form merges through :mod:`mergebench.merging.plain` when the
     checkpoints allow it (the same bytes, without importing torch); ``allow_plain=False`` always
-    takes the torch engine (the tests compare the two)."""
+    takes the torch engine (the tests compare the two). ``hashed=False``: no SHA-256 of the shards, for an output
+    that is not a cache artifact (see :class:`ShardedWriter`)."""
     started = time.perf_counter()
     context = context or MergeContext()
     if tuple(context.domains) != tuple(expert_dirs):  # statistics and per-expert state follow this order
@@ -190,7 +192,7 @@ def merge_checkpoints(
     method = build_method(spec, params, context, len(expert_dirs))
     base, experts = open_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
     run = partial(_merge, spec, method, context, base, experts, out_dir=Path(out_dir), started=started,
-                  metadata=metadata, max_shard_bytes=max_shard_bytes)
+                  metadata=metadata, max_shard_bytes=max_shard_bytes, hashed=hashed)
     keep_freed_memory()
     form = plain_form(method, context, base, experts) if allow_plain else None
     if form is not None:
@@ -204,7 +206,7 @@ def merge_checkpoints(
 
 def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: CheckpointReader,
            experts: Mapping[str, CheckpointReader], pool: ThreadPoolExecutor | None, *, out_dir: Path,
-           started: float, metadata: Mapping[str, str] | None, max_shard_bytes: int | None,
+           started: float, metadata: Mapping[str, str] | None, max_shard_bytes: int | None, hashed: bool,
            plain: PlainForm | None = None) -> MergeReport:
     names = base.names()
     merged_names = [n for n in names if method.merges(n)]
@@ -220,7 +222,8 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
         **(metadata or {}),
     }
     # every output tensor has the base's name, dtype and shape, in its order: the writer can stream to its shards
-    writer_kwargs = {"metadata": stamp, "layout": [(n, base.dtype_name(n), base.shape(n)) for n in names]}
+    writer_kwargs = {"metadata": stamp, "layout": [(n, base.dtype_name(n), base.shape(n)) for n in names],
+                     "hashed": hashed}
     if max_shard_bytes:
         writer_kwargs["max_shard_bytes"] = max_shard_bytes
     writer = ShardedWriter(out_dir, **writer_kwargs)
