@@ -18,6 +18,7 @@ its k-th largest is found with ``numpy.partition``) instead of float32 copies of
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
@@ -89,7 +90,7 @@ def merged_bytes(form: PlainForm, method: "MergeMethod", base: "CheckpointReader
         def one(name: str):
             if not method.merges(name):
                 return _stored(base, name)
-            return _Tensor(form, name, base, readers).merge(pool, workers)
+            return _Tensor(form, name, base, readers).merge(pool)
 
         names = base.names()
         yield from zip(names, ordered_map(order, one, names, 3))
@@ -115,12 +116,11 @@ class _Tensor:
         self.codes = [base.dtype_name(name), *(r.dtype_name(name) for r in experts)]
         self.thresholds: list[float | None] = [None] * len(experts)
 
-    def merge(self, pool: ThreadPoolExecutor, workers: int) -> "numpy.ndarray":
+    def merge(self, pool: ThreadPoolExecutor) -> "numpy.ndarray":
         import numpy
 
         run: Callable = _quiet(pool.map if self.numel >= 2 * CHUNK else map)
-        step = max(CHUNK, -(-self.numel // (2 * workers * CHUNK)) * CHUNK)
-        ranges = [(start, min(start + step, self.numel)) for start in range(0, self.numel, step)]
+        ranges = [(start, min(start + CHUNK, self.numel)) for start in range(0, self.numel, CHUNK)]  # one piece a task
         out = numpy.empty(self.numel, numpy.uint16 if self.codes[0] == "BF16" else numpy.float32)
         if self.form.consensus and self.form.density is not None and self.form.density < 1:
             from mergebench.merging import plain_topk
@@ -176,7 +176,7 @@ class _Tensor:
         thresholds, |τ| > high is kept and |τ| < low dropped, and what lies between is recorded and returned."""
         from mergebench.merging.plain_topk import Record
 
-        scratch = _Scratch(len(self.experts) + 1)
+        scratch = _scratch(len(self.experts) + 1)
         record = Record(len(self.experts)) if brackets is not None else None
         for begin in range(start, stop, CHUNK):
             scratch.length = min(CHUNK, stop - begin)
@@ -204,6 +204,18 @@ def _quiet(run: Callable) -> Callable:
         return run(call, items)
 
     return quietly
+
+
+_local = threading.local()
+
+
+def _scratch(inputs: int) -> "_Scratch":
+    """This worker thread's buffers for ``inputs`` inputs of a piece (made once, reused for every piece)."""
+    found = getattr(_local, "scratch", None)
+    if found is None or len(found.raw) != inputs or len(found.extra[0]) != CHUNK:
+        found = _local.scratch = _Scratch(inputs)
+    found.length = CHUNK
+    return found
 
 
 class _Scratch:
@@ -257,10 +269,15 @@ def _elect_and_merge(taus: list["numpy.ndarray"], scratch: _Scratch) -> "numpy.n
 
     m = scratch.length
     magnitude, elected, count = (buffer[:m] for buffer in scratch.extra)
-    numpy.copyto(elected, taus[0])
-    for tau in taus[1:]:
+    if len(taus) == 1:
+        numpy.copyto(elected, taus[0])
+    else:
+        numpy.add(taus[0], taus[1], out=elected)
+    for tau in taus[2:]:
         elected += tau
-    numpy.copysign(numpy.float32(1), elected, out=elected)
+    bits = elected.view(numpy.uint32)  # copysign(1, Σ) on the bits: Σ's sign bit over the bits of 1.0
+    bits &= numpy.uint32(0x80000000)
+    bits |= numpy.uint32(0x3F800000)
     kept = None
     for tau in taus:  # relu(s·δ) is |δ| where δ agrees with s; [relu(s·δ) > 0] counts the agreeing (torch: its sign)
         agreeing = numpy.maximum(numpy.multiply(tau, elected, out=tau), 0, out=tau)

@@ -30,14 +30,14 @@ def brackets(tensor: "_Tensor", k: int, run: Callable) -> list[tuple["numpy.floa
     """Per expert, (low, high) around its k-th largest |τ| from a sample; None for a tensor too small to sample."""
     import numpy
 
-    from mergebench.merging.plain import CHUNK, _Scratch
+    from mergebench.merging.plain import CHUNK, _scratch
 
     n, experts = tensor.numel, len(tensor.experts)
-    if n < 4 * CHUNK:
+    if n < CHUNK:
         return None
 
     def sample(start: int) -> list["numpy.ndarray"]:
-        scratch = _Scratch(experts + 1)
+        scratch = _scratch(experts + 1)
         return [m.copy() for m in tensor.magnitudes(start, min(CHUNK // SAMPLE_SHARE, n - start), scratch)]
 
     samples = list(run(sample, range(0, n, CHUNK)))
@@ -144,11 +144,11 @@ def thresholds(tensor: "_Tensor", k: int, run: Callable) -> list[float]:
 def _partitioned(tensor: "_Tensor", index: int, k: int) -> float:
     import numpy
 
-    from mergebench.merging.plain import CHUNK, NeedsTorch, _Scratch
+    from mergebench.merging.plain import CHUNK, NeedsTorch, _scratch
 
     n = tensor.numel
     magnitudes = numpy.empty(n, numpy.float32)
-    scratch = _Scratch(len(tensor.experts) + 1)
+    scratch = _scratch(len(tensor.experts) + 1)
     for start in range(0, n, CHUNK):
         scratch.length = min(CHUNK, n - start)
         tau = tensor.task_vector(index, start, scratch, tensor.read(0, start, scratch))
