@@ -80,20 +80,21 @@ def merged_bytes(form: PlainForm, method: "MergeMethod", base: "CheckpointReader
                  experts: Mapping[str, "CheckpointReader"], workers: int) -> Iterator[tuple[str, "numpy.ndarray"]]:
     """(name, stored bytes as a numpy array) of every output tensor, in the base's order.
 
-    Tensors are computed one after another, each on every worker (pieces of it), a few ahead of
-    the caller, which writes them meanwhile."""
+    Each tensor is cut into pieces that every worker takes from; two tensors are in progress at a
+    time (one's serial steps — small tensors, TIES' thresholds — overlap the other's pieces), a few
+    ahead of the caller, which writes them meanwhile."""
     from mergebench.merging.threads import ordered_map
 
     readers = list(experts.values())
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="mergebench-plain") as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="mergebench-plain-order") as order:
+            ThreadPoolExecutor(2, thread_name_prefix="mergebench-plain-tensor") as order:
         def one(name: str):
             if not method.merges(name):
                 return _stored(base, name)
             return _Tensor(form, name, base, readers).merge(pool)
 
         names = base.names()
-        yield from zip(names, ordered_map(order, one, names, 3))
+        yield from zip(names, ordered_map(order, one, names, 4))
 
 
 def _stored(reader: "CheckpointReader", name: str) -> "numpy.ndarray":
