@@ -1,8 +1,8 @@
 """TIES per tensor in the torch-free merge: its thresholds (the k-th largest |τ_i|), exact, without a pass of their own.
 
 Partitioning every |τ| (``numpy.partition``) and then merging costs two passes over every task
-vector and several times a pass in the partition. Instead a sample (the first 1/:data:`SAMPLE_SHARE`
-of every piece) brackets each expert's threshold between ``low`` and ``high``, and the tensor is
+vector and several times a pass in the partition. Instead a sample (:data:`SAMPLE_BLOCKS` blocks spread over the
+tensor) brackets each expert's threshold between ``low`` and ``high``, and the tensor is
 merged at once as if |τ| > high were kept and |τ| < low dropped — which the threshold, once known,
 confirms for every entry outside the bracket. That same pass counts the entries above each bracket
 and keeps those inside it (a few percent), from which a partition gives the exact threshold; the
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from mergebench.merging.plain import _Scratch, _Tensor
 
-SAMPLE_SHARE = 16
+SAMPLE_BLOCKS, SAMPLE_BLOCK, SAMPLE_SHARE = 32, 1024, 16
+"""The sample: 32 blocks spread over the tensor, each of 512 entries or 1/(16·32) of the tensor if that is fewer."""
 
 
 def brackets(tensor: "_Tensor", k: int, run: Callable) -> list[tuple["numpy.float32", "numpy.float32"]] | None:
@@ -36,11 +37,13 @@ def brackets(tensor: "_Tensor", k: int, run: Callable) -> list[tuple["numpy.floa
     if n < CHUNK:
         return None
 
-    def sample(start: int) -> list["numpy.ndarray"]:
-        scratch = _scratch(experts + 1)
-        return [m.copy() for m in tensor.magnitudes(start, min(CHUNK // SAMPLE_SHARE, n - start), scratch)]
+    length = min(SAMPLE_BLOCK, n // (SAMPLE_SHARE * SAMPLE_BLOCKS) or 1)
+    starts = [i * n // SAMPLE_BLOCKS for i in range(SAMPLE_BLOCKS)]  # spread over the tensor's rows
 
-    samples = list(run(sample, range(0, n, CHUNK)))
+    def sample(start: int) -> list["numpy.ndarray"]:
+        return [m.copy() for m in tensor.magnitudes(start, length, _scratch(experts + 1))]
+
+    samples = list(map(sample, starts))  # small: the workers would spend more on handing it out
     return [_bracket(numpy.concatenate([s[i] for s in samples]), k / n) for i in range(experts)]
 
 
