@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
     from mergebench.merging.plain import _Scratch, _Tensor
 
-SAMPLE_BLOCKS, SAMPLE_BLOCK, SAMPLE_SHARE = 32, 1024, 16
-"""The sample: 32 blocks spread over the tensor, each of 512 entries or 1/(16·32) of the tensor if that is fewer."""
+SAMPLE_BLOCKS, SAMPLE_BLOCK, SAMPLE_SHARE = 8, 4096, 16
+"""The sample: 8 blocks spread over the tensor, each of 4096 entries or 1/(16·8) of the tensor if that is fewer
+(few blocks: each costs a read of every input and a dozen numpy calls)."""
 
 
 def brackets(tensor: "_Tensor", k: int, run: Callable) -> list[tuple["numpy.float32", "numpy.float32"]] | None:
