@@ -7,12 +7,12 @@ so widening is a shift and narrowing is torch's own round-to-nearest-even on the
 The merged bytes are identical to the torch engine's (``tests/test_plain_merge.py`` checks them
 against it); whatever this module cannot do exactly it refuses up front (:func:`plain_form`), and
 a value it cannot judge — NaN or Inf in an input, or an overflow, whose error or bits the torch
-path defines — raises :class:`NeedsTorch` before anything is written, so the caller merges with torch.
+path defines — raises :class:`NeedsTorch`; the caller then discards what was written and merges with torch.
 
-Each tensor is cut into pieces of :data:`CHUNK` entries that stay in the CPU's cache: every input's
+Each tensor is cut into pieces of :data:`CHUNK` entries that stay in the CPU's caches: every input's
 piece is read with ``pread`` straight into a buffer of its own, widened, combined, rounded and copied
-into the output, so memory holds the outputs in flight (and, for TIES, one |τ| per worker while
-its k-th largest is found with ``numpy.partition``) instead of float32 copies of every input.
+into the output, so memory holds the outputs in flight (and, for TIES, the entries near each
+threshold: :mod:`mergebench.merging.plain_topk`) instead of float32 copies of every input.
 """
 
 from __future__ import annotations

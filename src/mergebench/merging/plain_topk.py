@@ -3,7 +3,7 @@
 Partitioning every |τ| (``numpy.partition``) and then merging costs two passes over every task
 vector and several times a pass in the partition. Instead a sample (:data:`SAMPLE_BLOCKS` blocks spread over the
 tensor) brackets each expert's threshold between ``low`` and ``high``, and the tensor is
-merged at once as if |τ| > high were kept and |τ| < low dropped — which the threshold, once known,
+merged at once as if |τ| ≥ high were kept and |τ| < low dropped — which the threshold, once known,
 confirms for every entry outside the bracket. That same pass counts the entries above each bracket
 and keeps those inside it (a few percent), from which a partition gives the exact threshold; the
 entries where any expert's |τ| fell inside its bracket are then merged again with it. The bracket
