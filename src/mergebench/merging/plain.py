@@ -69,7 +69,7 @@ def plain_form(method: "MergeMethod", context: "MergeContext", base: "Checkpoint
         if not method.merges(name):
             continue
         shape = base.shape(name)
-        if base.dtype_name(name) not in WIDENED or len(shape) == 0:
+        if base.dtype_name(name) not in WIDENED or len(shape) == 0 or 0 in shape:  # scalars, empty tensors: torch
             return None
         for reader in experts.values():  # other vocabularies need vocab_aligned: the torch engine's
             if name not in reader or reader.shape(name) != shape or reader.dtype_name(name) not in WIDENED:
