@@ -90,16 +90,27 @@ def read_all_seconds(directories: list[Path]) -> float:
     return min(once() for _ in range(2))
 
 
+LAUNCHER = """import os, subprocess, sys, time
+started = time.perf_counter()
+process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(process.pid, 0)
+print(time.perf_counter() - started, os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of a child process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+    """(wall seconds, peak RSS in GB) of a child process.
+
+    The child is started by a small launcher process: Linux carries the RSS of the process that forks into the
+    child's ``ru_maxrss`` (its high-water mark survives ``exec``), and this script holds torch and tensors by now."""
+    process = subprocess.run([sys.executable, "-c", LAUNCHER, *command], env=env, capture_output=True, text=True)
+    try:
+        seconds, code, max_rss = process.stdout.split()
+    except ValueError:
+        raise SystemExit(f"the launcher of {' '.join(command[:4])} ... failed:\n{process.stderr[-3000:]}") from None
+    if int(code) != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{process.stderr[-3000:]}")
+    return float(seconds), int(max_rss) / 1024**2  # ru_maxrss is in KiB on Linux
 
 
 def max_difference(ours: Path, theirs: Path) -> tuple[float, float]:
@@ -162,6 +173,12 @@ def check_emulation(env: dict[str, str]) -> str:
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     if env.get("ATEN_CPU_CAPABILITY") and out.lower() != env["ATEN_CPU_CAPABILITY"].lower():
         raise SystemExit(f"ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']} did not take effect: torch dispatches to {out}")
+    numpy_avx512 = subprocess.run([sys.executable, "-c", "from numpy._core._multiarray_umath import __cpu_features__ as f; "
+                                   "print(any(f[k] for k in ('X86_V4', 'AVX512_SKX', 'AVX512_ICL', 'AVX512_SPR')))"],
+                                  env=env, capture_output=True, text=True, check=True).stdout.strip()
+    if env.get("NPY_DISABLE_CPU_FEATURES") and numpy_avx512 != "False":
+        raise SystemExit(f"NPY_DISABLE_CPU_FEATURES={env['NPY_DISABLE_CPU_FEATURES']} did not keep numpy's dispatch "
+                         "off its AVX-512 targets")
     return out
 
 

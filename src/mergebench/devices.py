@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 from mergebench.errors import UsageError
+
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+"""What a visible NVIDIA, ROCm or WSL GPU exposes: without any of them ``auto`` is the CPU without importing torch."""
 
 
 def resolve_device(requested: str | None) -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; an explicit ``cuda`` without a GPU is an error."""
     requested = (requested or "auto").strip().lower()
-    if requested == "cpu":
+    if requested == "cpu" or (requested == "auto" and not any(map(os.path.exists, GPU_DEVICE_NODES))):
         return "cpu"
     import torch
 

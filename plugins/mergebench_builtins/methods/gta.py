@@ -13,15 +13,16 @@ mergekit's choice.
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Iterable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Sequence
 
 from mergebench.merging.api import MergeMethod, TensorInputs
 from mergebench.merging.sparsify import keep_above
 from mergebench.merging.tensors import disjoint_merge, elected_sign, summed, task_vectors
 from mergebench.merging.topk import MagnitudeSelector, kth_largest_abs, topk_count
 from mergebench_builtins.methods.study_code import with_untied_head
+
+if TYPE_CHECKING:  # torch is imported where tensors are computed: a torch-free merge (merging.plain) never needs it
+    import torch
 
 HOLD_ELEMENTS = 8 * 1024 * 1024
 """Up to this many entries (all experts together) a tensor's sparsified task vectors stay in memory."""
@@ -73,6 +74,8 @@ class GeneralizedTaskArithmetic(MergeMethod):
         """A tensor too large to hold every expert's task vector (a large vocabulary's embeddings),
         merged block of rows by block: per-tensor statistics first (:meth:`prepare_tensor`, reading
         the experts block by block), then each block like a small tensor. Same result, bounded memory."""
+        import torch
+
         row = base[0].numel()
         step = max(1, HOLD_ELEMENTS // (len(experts) * max(row, 1)))
         blocks = [(start, min(start + step, base.shape[0])) for start in range(0, base.shape[0], step)]
@@ -106,6 +109,8 @@ class GeneralizedTaskArithmetic(MergeMethod):
         are summed, and averaged over how many experts agree if ``normalize``. A zero entry has no
         sign and never agrees.
         """
+        import torch
+
         total = torch.zeros_like(base)
         for delta in deltas:
             total.add_(delta)
@@ -129,6 +134,8 @@ class GeneralizedTaskArithmetic(MergeMethod):
         """(a tensor equal to the sparsified τ where the mask is on, the mask of kept entries agreeing with the sign).
 
         Only the streamed path (tensors too large to hold every expert's sparsified τ) calls this."""
+        import torch
+
         delta = self.sparsify(name, index, tau, memo)
         return delta, torch.sign(delta) == elected  # a zero entry has no sign: never agrees
 
@@ -230,6 +237,8 @@ class TopKSparsified(MagnitudeSparsified):
 
     def agreeing(self, name, index, tau, elected, memo):
         """Kept and agreeing without materializing the trimmed τ: τ ≥ t where the sign is +, τ ≤ −t where −."""
+        import torch
+
         if self.is_identity():
             return super().agreeing(name, index, tau, elected, memo)
         # the smallest elected float32 stands for 0 so that zero entries never agree

@@ -19,12 +19,16 @@ global threshold and the majority without merging it (``lm_head_in_threshold``).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergebench.merging.api import TensorInputs
+from mergebench.merging.plain import PlainForm
 from mergebench.merging.tensors import task_vectors
 from mergebench_builtins.methods.gta import MagnitudeSparsified, TopKSparsified
 from mergebench_builtins.methods.study_code import with_untied_head
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Ties(TopKSparsified):
@@ -39,6 +43,17 @@ class Ties(TopKSparsified):
             return [min(numel, int(self.params["density"] * numel) + 1)]
         return super().ranks(numel)
 
+    def plain_form(self) -> PlainForm | None:
+        """TIES as the paper defines it with a threshold per tensor: merged without torch (mergebench.merging.plain).
+
+        The global scope's thresholds and the study code's variants stay with the torch engine."""
+        p = self.params
+        if type(self) is not Ties or p.get("scope") != "tensor" or p.get("lm_head_in_threshold") or not self.normalize \
+                or p.get("topk", "floor") != "floor" or p.get("zero_sign", "positive") != "positive" \
+                or not 0 < p["density"]:
+            return None
+        return PlainForm(scaling=p.get("scaling", 1.0), density=None if self.is_identity() else p["density"], consensus=True)
+
     def prepare(self, inputs: TensorInputs) -> None:
         Ties.prepare_all([self], inputs)
 
@@ -50,6 +65,8 @@ class Ties(TopKSparsified):
             method._majority = count
 
     def elect(self, total: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.params.get("zero_sign", "positive") != "majority":
             return super().elect(total)
         elected = torch.sign(total)
@@ -66,6 +83,8 @@ def _sign_counts(methods, inputs: TensorInputs) -> list[int]:
         source = with_untied_head(inputs) if method.params.get("lm_head_in_threshold") else inputs
 
         def count(name, base, experts, method=method):
+            import torch
+
             total = torch.zeros_like(base)
             for index, tau in enumerate(task_vectors(experts, base)):
                 total.add_(method.sparsify(name, index, tau, {}))

@@ -128,7 +128,7 @@ class CheckpointReader:
             from safetensors import safe_open
 
             try:
-                handle = safe_open(str(shard), framework="pt")
+                handle = safe_open(str(shard), framework="numpy")  # headers only: "pt" would import torch
             except Exception as exc:  # SafetensorError: header too small, bad JSON, truncated data
                 raise CheckpointError(
                     f"{shard} is not a readable safetensors file ({exc}); it is probably truncated or "
@@ -203,7 +203,9 @@ class CheckpointReader:
         entry = header[name]
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:  # an exotic dtype: let the library decode it
-            return self._open(shard).get_tensor(name)
+            from safetensors import safe_open
+
+            return safe_open(str(shard), framework="pt").get_tensor(name)
         begin, end = entry["data_offsets"]
         shape = list(entry["shape"])
         if rows is not None:
@@ -211,17 +213,38 @@ class CheckpointReader:
             first, last = max(0, rows[0]), min(shape[0], rows[1])
             begin, end = begin + first * row_bytes, begin + max(first, last) * row_bytes
             shape[0] = max(0, last - first)
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        self._pread(shard, memoryview(buffer.numpy()), start + begin)
+        return buffer.view(dtype).reshape(shape)
+
+    def read_elements(self, name: str, start: int, out) -> None:
+        """Fill ``out`` (a numpy array of the stored dtype's width) with the flat entries of ``name`` from ``start`` on.
+
+        For the torch-free merge (:mod:`mergebench.merging.plain`), which reads a tensor in pieces small
+        enough to stay in the CPU's cache; safetensors files only."""
+        shard = self.weight_map[name]
+        offset, header = self._layout(shard)
+        begin, end = header[name]["data_offsets"]
+        view = memoryview(out).cast("B")
+        first = begin + start * out.itemsize
+        if first + len(view) > end:
+            raise CheckpointError(f"entries {start}..{start + len(out)} are past the end of tensor {name!r}")
+        self._pread(shard, view, offset + first)
+
+    def _pread(self, shard: Path, view: memoryview, position: int) -> None:
         fd = self._files.get(shard)
         if fd is None:
             fd = self._files.setdefault(shard, os.open(shard, os.O_RDONLY))
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
-        view, done = memoryview(buffer.numpy()), 0
+        done = 0
         while done < len(view):
-            got = os.preadv(fd, [view[done:]], start + begin + done)
+            got = os.preadv(fd, [view[done:]], position + done)
             if got <= 0:
                 raise OSError(f"unexpected end of file after {done} of {len(view)} bytes")
             done += got
-        return buffer.view(dtype).reshape(shape)
+
+    @property
+    def pickled(self) -> bool:
+        return self._pickled is not None
 
     def close(self) -> None:
         for fd in self._files.values():

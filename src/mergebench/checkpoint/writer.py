@@ -51,12 +51,14 @@ _ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "
 class ShardedWriter:
     """Spills tensors to disk as they come and closes a shard whenever ``max_shard_bytes`` would be exceeded.
 
-    ``metadata`` goes into every shard's header (string values only, a safetensors rule).
+    ``metadata`` goes into every shard's header (string values only, a safetensors rule). ``hashed=False``
+    skips the SHA-256 of the shards, for a checkpoint that will not become a cache artifact (nothing builds
+    its manifest, so nothing would read the digests).
     """
 
     def __init__(self, directory: Path | str, *, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                  metadata: dict[str, str] | None = None,
-                 layout: Sequence[tuple[str, str, Sequence[int]]] | None = None) -> None:
+                 layout: Sequence[tuple[str, str, Sequence[int]]] | None = None, hashed: bool = True) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_shard_bytes = max_shard_bytes
@@ -72,6 +74,7 @@ class ShardedWriter:
         self._closed = False
         self._plan: list[list[tuple[str, dict]]] | None = None  # per shard: (name, header entry), in order
         self._direct = None  # (file, digest, tensors left) of the shard being written straight
+        self._digest = hashlib.sha256 if hashed else _NoDigest
         if layout:
             self._plan = self._planned_shards(layout)
 
@@ -99,7 +102,7 @@ class ShardedWriter:
             header = self._header(entries)
             out = open(self.directory / f".shard-{len(self._shards):05d}.tmp", "wb")
             out.write(header)
-            self._direct = (out, hashlib.sha256(header), list(entries))
+            self._direct = (out, self._digest(header), list(entries))
             self._entries = entries
         out, digest, left = self._direct
         expected = self._entries[left[0]]
@@ -151,10 +154,38 @@ class ShardedWriter:
         self._pending_bytes += size
         self._total_bytes += size
 
+    def add_bytes(self, name: str, dtype: str, shape: Sequence[int], data: memoryview) -> None:
+        """Add a tensor given as its stored bytes (``dtype`` a safetensors code such as ``BF16``), without torch.
+
+        Only for a writer given a ``layout`` (the torch-free merge, :mod:`mergebench.merging.plain`)."""
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        if self._plan is None:
+            raise ValueError("add_bytes needs a writer given a layout")
+        if name in self._names:
+            raise ValueError(f"tensor {name!r} written twice")
+        if len(data) != math.prod(shape) * _ELEMENT_BYTES.get(dtype, -1):
+            raise ValueError(f"tensor {name!r}: {len(data)} bytes do not make a {dtype} tensor of shape {list(shape)}")
+        self._write_direct(name, dtype, list(shape), data)
+        self._names.add(name)
+        self._total_bytes += len(data)
+
+    def discard(self) -> None:
+        """Close without a checkpoint: the temporary files written so far are removed."""
+        self._closed = True
+        if self._direct is not None:
+            self._direct[0].close()
+        for handle in (self._spill,):
+            if handle is not None:
+                handle.close()
+        for path in self.directory.glob(".shard-*.tmp"):
+            path.unlink(missing_ok=True)
+        self._direct = self._spill = None
+
     def _flush(self) -> None:
         header = self._header(self._entries)
         path = self.directory / f".shard-{len(self._shards):05d}.tmp"
-        digest = hashlib.sha256(header)
+        digest = self._digest(header)
         with open(path, "wb") as out:
             out.write(header)
             if self._spill is not None:
@@ -200,9 +231,24 @@ class ShardedWriter:
         self.hashes[INDEX_FILE] = cache_integrity.write_bytes(path, json.dumps(index, indent=2, sort_keys=True).encode())
         return finals
 
-    def _record(self, path: Path, digest: str) -> None:
+    def _record(self, path: Path, digest: str | None) -> None:
+        if digest is None:  # hashed=False
+            return
         self.hashes[path.name] = digest
         cache_integrity.record(path, digest)
+
+
+class _NoDigest:
+    """What ``hashlib.sha256`` offers the writer, computing nothing (``hashed=False``)."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        pass
+
+    def update(self, data) -> None:
+        pass
+
+    def hexdigest(self) -> None:
+        return None
 
 
 def copy_tokenizer_files(source: Path, destination: Path) -> list[str]:

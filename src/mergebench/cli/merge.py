@@ -59,7 +59,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     tmp = out_tmp_path(out)  # named by host and pid; dead merges' leftovers next to it are swept
     try:
         with progress.use_sink(progress.default_sink()):
-            report = merge_checkpoints(spec, params, base, experts, tmp, context=context,
+            report = merge_checkpoints(spec, params, base, experts, tmp, context=context, hashed=False,  # not cached
                                        allow_pickle=args.allow_pickle, metadata={"mergebench_semantics": args.semantics})
         install(tmp, out, aside=out_tmp_path(out))
     except BaseException:  # a bug, a full disk, Ctrl-C: no half-written merge, no folders made for it

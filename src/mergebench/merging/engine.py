@@ -19,13 +19,15 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from mergebench import progress
 from mergebench.checkpoint import CheckpointReader, ShardedWriter, check_compatible, copy_tokenizer_files, vocab_aligned
 from mergebench.errors import CheckpointError, UsageError
 from mergebench.merging.api import MergeContext, MergeMethod, TensorInputs
+from mergebench.merging.plain import NeedsTorch, PlainForm, merged_bytes, plain_form
 from mergebench.merging.threads import keep_freed_memory, merge_threads, ordered_map, worker_count
 from mergebench.specs import MethodSpec
 
@@ -174,30 +176,44 @@ def merge_checkpoints(
     metadata: Mapping[str, str] | None = None,
     allow_pickle: bool = False,
     max_shard_bytes: int | None = None,
+    allow_plain: bool = True,
+    hashed: bool = True,
 ) -> MergeReport:
-    """Merge ``expert_dirs`` (label → checkpoint) into ``base_dir``'s architecture, writing ``out_dir``."""
+    """Merge ``expert_dirs`` (label → checkpoint) into ``base_dir``'s architecture, writing ``out_dir``.
+
+    A method with a torch-free form merges through :mod:`mergebench.merging.plain` when the
+    checkpoints allow it (the same bytes, without importing torch); ``allow_plain=False`` always
+    takes the torch engine (the tests compare the two). ``hashed=False``: no SHA-256 of the shards, for an output
+    that is not a cache artifact (see :class:`ShardedWriter`)."""
     started = time.perf_counter()
     context = context or MergeContext()
     if tuple(context.domains) != tuple(expert_dirs):  # statistics and per-expert state follow this order
         context = replace(context, domains=tuple(expert_dirs))
     method = build_method(spec, params, context, len(expert_dirs))
     base, experts = open_inputs(base_dir, expert_dirs, allow_pickle=allow_pickle)
+    run = partial(_merge, spec, method, context, base, experts, out_dir=Path(out_dir), started=started,
+                  metadata=metadata, max_shard_bytes=max_shard_bytes, hashed=hashed)
     keep_freed_memory()
+    form = plain_form(method, context, base, experts) if allow_plain else None
+    if form is not None:
+        try:
+            return run(None, plain=form)
+        except NeedsTorch:  # NaN/Inf in an input, or an overflow: the torch engine raises its error or writes its bits
+            pass
     with merge_threads(context) as pool:
-        return _merge(spec, method, context, base, experts, pool, Path(out_dir), started,
-                      metadata=metadata, max_shard_bytes=max_shard_bytes)
+        return run(pool)
 
 
 def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: CheckpointReader,
-           experts: Mapping[str, CheckpointReader], pool: ThreadPoolExecutor | None, out_dir: Path,
-           started: float, *, metadata: Mapping[str, str] | None, max_shard_bytes: int | None) -> MergeReport:
-    import torch
-
+           experts: Mapping[str, CheckpointReader], pool: ThreadPoolExecutor | None, *, out_dir: Path,
+           started: float, metadata: Mapping[str, str] | None, max_shard_bytes: int | None, hashed: bool,
+           plain: PlainForm | None = None) -> MergeReport:
     names = base.names()
     merged_names = [n for n in names if method.merges(n)]
-    window = worker_count(context) + 1
-    inputs = StreamedInputs(base, experts, merged_names, context.device, pool=pool, window=window)
-    method.prepare(inputs)
+    if plain is None:
+        window = worker_count(context) + 1
+        inputs = StreamedInputs(base, experts, merged_names, context.device, pool=pool, window=window)
+        method.prepare(inputs)
 
     stamp = {
         "mergebench_method": spec.name,
@@ -206,11 +222,42 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
         **(metadata or {}),
     }
     # every output tensor has the base's name, dtype and shape, in its order: the writer can stream to its shards
-    writer_kwargs = {"metadata": stamp, "layout": [(n, base.dtype_name(n), base.shape(n)) for n in names]}
+    writer_kwargs = {"metadata": stamp, "layout": [(n, base.dtype_name(n), base.shape(n)) for n in names],
+                     "hashed": hashed}
     if max_shard_bytes:
         writer_kwargs["max_shard_bytes"] = max_shard_bytes
     writer = ShardedWriter(out_dir, **writer_kwargs)
-    merged_set = set(merged_names)
+    with progress.progress(f"merge {spec.name}", total=len(names), unit="tensors") as bar:
+        if plain is not None:
+            try:
+                for name, data in merged_bytes(plain, method, base, experts, worker_count(context)):
+                    writer.add_bytes(name, base.dtype_name(name), base.shape(name), memoryview(data))
+                    bar.advance()
+            except NeedsTorch:
+                writer.discard()
+                raise
+        else:
+            produce = _torch_producer(spec, method, base, inputs, set(merged_names))
+            for name, tensor in zip(names, ordered_map(pool, produce, names, window + _write_ahead(base, names))):
+                writer.add(name, tensor)
+                bar.advance()
+    writer.close()
+    _write_side_files(base.directory, list(experts.values()), out_dir, spec, method.params, stamp,
+                      inputs=(base, experts, method))
+    return MergeReport(
+        out_dir=out_dir,
+        method=spec.name,
+        params=dict(method.params),
+        seconds=time.perf_counter() - started,
+        merged_tensors=len(merged_names),
+        kept_tensors=len(names) - len(merged_names),
+        total_bytes=sum(p.stat().st_size for p in out_dir.glob("*.safetensors")),
+    )
+
+
+def _torch_producer(spec: MethodSpec, method: MergeMethod, base: CheckpointReader, inputs: StreamedInputs,
+                    merged_set: set[str]) -> Callable[[str], "torch.Tensor"]:
+    import torch
 
     def produce(name: str) -> "torch.Tensor":
         with torch.inference_mode():
@@ -225,22 +272,7 @@ def _merge(spec: MethodSpec, method: MergeMethod, context: MergeContext, base: C
                 )
             return result.to(original.dtype)
 
-    with progress.progress(f"merge {spec.name}", total=len(names), unit="tensors") as bar:
-        for name, tensor in zip(names, ordered_map(pool, produce, names, window + _write_ahead(base, names))):
-            writer.add(name, tensor)
-            bar.advance()
-    writer.close()
-    _write_side_files(base.directory, list(experts.values()), out_dir, spec, method.params, stamp,
-                      inputs=(base, experts, method))
-    return MergeReport(
-        out_dir=out_dir,
-        method=spec.name,
-        params=dict(method.params),
-        seconds=time.perf_counter() - started,
-        merged_tensors=len(merged_names),
-        kept_tensors=len(names) - len(merged_names),
-        total_bytes=sum(p.stat().st_size for p in out_dir.glob("*.safetensors")),
-    )
+    return produce
 
 
 WRITE_AHEAD_BYTES = 64 * 1024**2
