@@ -38,13 +38,12 @@ def test_only_plain_llama_models_without_hooks_take_the_hand_written_step(llama,
 def test_the_step_gives_the_logits_of_the_models_forward_on_left_padded_rows(llama):
     prompts = [[5, 9, 13, 2, 7, 1], [3, 4], [8, 8, 8, 30]]
     batch = Batch.of(prompts, 4, pad=0, device="cpu")
-    reference_cache, cache = DynamicCache(config=llama.config), DynamicCache(config=llama.config)
+    reference_cache = DynamicCache(config=llama.config)
     with torch.inference_mode():
-        for c in (reference_cache, cache):
-            llama(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
-                  use_cache=True, **{cache_argument(llama): c})
+        llama(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
+              use_cache=True, **{cache_argument(llama): reference_cache})
         step = llama_step.LlamaStep(llama, batch.capacity, rows=len(prompts))  # packed for these rows
-        step.take_cache(cache, len(prompts), batch.width)
+        step.prefill(prompts, batch.width)  # the step's own cache (checked against the model's in the prefill test)
         mask, prompt = batch.mask.clone(), batch.mask[:, :batch.width].bool()
         positions = batch.positions[:, -1] + 1
         tokens = torch.tensor([11, 12, 40])
@@ -62,12 +61,9 @@ def test_several_tokens_in_one_step_give_the_logits_of_feeding_them_one_at_a_tim
     """Rows at different lengths, each fed three tokens at once, against the model's forward on each row alone."""
     prompts = [[5, 9, 13, 2, 7, 1], [3, 4]]
     batch = Batch.of(prompts, 8, pad=0, device="cpu")
-    cache = DynamicCache(config=llama.config)
     with torch.inference_mode():
-        llama(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,
-              use_cache=True, **{cache_argument(llama): cache})
         step = llama_step.LlamaStep(llama, batch.capacity, rows=4)  # 2 rows x 3 tokens: past the packed rows
-        step.take_cache(cache, 2, batch.width)
+        step.prefill(prompts, batch.width)
         prompt = batch.mask[:, :batch.width].bool()
         lengths = torch.tensor([batch.width, batch.width])
         # row 0 feeds one token first, so the next step finds the rows at different lengths

@@ -80,15 +80,15 @@ def greedy_batch(model, prompts: Sequence[Sequence[int]], requests: Sequence[Gen
     from transformers import DynamicCache
 
     batch = Batch.of(prompts, max(r.max_new_tokens for r in requests), pad, device)
-    cache = DynamicCache(config=model.config)
-    cache_kw = cache_argument(model)
-    generated: list[list[int]] = [[] for _ in requests]
-    active = list(range(len(requests)))  # rows still generating, in cache order
     if row_listener is None and all(prompts) and llama_step.supports(model):
         step = llama_step.LlamaStep(model, batch.capacity + guesses, rows=len(requests))
         first = step.prefill(prompts, batch.width).argmax(-1)
         return greedy_lookup(step, batch, first, prompts, requests, guesses=guesses, eos=eos,
                              stopped=stopped, on_done=on_done)
+    cache = DynamicCache(config=model.config)
+    cache_kw = cache_argument(model)
+    generated: list[list[int]] = [[] for _ in requests]
+    active = list(range(len(requests)))  # rows still generating, in cache order
     if row_listener is not None:
         row_listener(list(requests))
     logits = model(input_ids=batch.ids, attention_mask=batch.mask[:, :batch.width], position_ids=batch.positions,

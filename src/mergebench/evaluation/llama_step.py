@@ -6,14 +6,14 @@ in ``torch.cat`` (``DynamicCache`` appends every layer's key and value by copyin
 cache) and much of the rest in per-layer bookkeeping (mask building, rotary tables, one call
 per projection). Here the keys and values live in one buffer per layer sized to the batch's
 prompt width plus its token budget and are written in place; q/k/v and gate/up are one matrix
-product each, from weights concatenated once per ``generate`` call (so weights edited between
-calls, as the search does, are always the current ones); the rotary cosines and sines come
-from a table the model's own rotary module computed for every position once.
+product each; the rotary cosines and sines come from a table the model's own rotary module
+computed for every position once.
 
 The products go through weights prepacked for the batch's row count
-(:mod:`mergebench.evaluation.packed_linear`); the arranged and packed weights are kept with the
-model until one of its parameters changes (in place or replaced), so the batches of one
-evaluation arrange them once.
+(:mod:`mergebench.evaluation.packed_linear`); the arranged (concatenated and packed) weights are
+kept with the model until one of its parameters changes, in place or replaced, so the batches of
+one evaluation arrange them once and weights edited between calls (as the search does) are
+always the current ones.
 
 The prompts go through :meth:`LlamaStep.prefill`: every prompt's own tokens and, once, the
 tokens all prompts start with (a chat template's system turn), as one sequence without padding
@@ -146,7 +146,7 @@ def rotate_half(x: "torch.Tensor") -> "torch.Tensor":
 class LlamaStep:
     """A model's weights arranged for decoding, and the key/value buffers of one batch of ``rows`` rows."""
 
-    def __init__(self, model, capacity: int, rows: int = 1) -> None:
+    def __init__(self, model, capacity: int, rows: int) -> None:
         import torch
 
         config = model.config
@@ -163,17 +163,6 @@ class LlamaStep:
         self.cos, self.sin = cos[0], sin[0]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-
-    def take_cache(self, cache, rows: int, width: int) -> None:
-        """Copy the prompt's keys and values from transformers' cache into buffers with room for the budget."""
-        shape = (rows, self.kv_heads, self.capacity, self.head_dim)
-        self.keys, self.values = [], []
-        for layer in cache.layers:
-            keys, values = layer.keys.new_zeros(shape), layer.values.new_zeros(shape)
-            keys[:, :, :width] = layer.keys
-            values[:, :, :width] = layer.values
-            self.keys.append(keys)
-            self.values.append(values)
 
     def select_rows(self, index: "torch.Tensor") -> None:
         self.keys = [k.index_select(0, index) for k in self.keys]
