@@ -45,7 +45,7 @@ TOKENIZER_FILES = (
 
 
 _SAFETENSORS_DTYPES = {name: code for code, name in DTYPE_NAMES.items()}
-_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 class ShardedWriter:
@@ -84,9 +84,9 @@ class ShardedWriter:
         pending = 0
         for name, dtype, shape in layout:
             code = _SAFETENSORS_DTYPES.get(str(dtype).removeprefix("torch."), dtype)
-            if code not in _ELEMENT_BYTES:
+            if code not in ELEMENT_BYTES:
                 return None
-            size = math.prod(shape) * _ELEMENT_BYTES[code]
+            size = math.prod(shape) * ELEMENT_BYTES[code]
             if shards[-1] and pending + size > self.max_shard_bytes:
                 shards.append([])
                 pending = 0
@@ -164,7 +164,7 @@ class ShardedWriter:
             raise ValueError("add_bytes needs a writer given a layout")
         if name in self._names:
             raise ValueError(f"tensor {name!r} written twice")
-        if len(data) != math.prod(shape) * _ELEMENT_BYTES.get(dtype, -1):
+        if len(data) != math.prod(shape) * ELEMENT_BYTES.get(dtype, -1):
             raise ValueError(f"tensor {name!r}: {len(data)} bytes do not make a {dtype} tensor of shape {list(shape)}")
         self._write_direct(name, dtype, list(shape), data)
         self._names.add(name)

@@ -61,10 +61,10 @@ def plain_form(method: "MergeMethod", context: "MergeContext", base: "Checkpoint
     form = getattr(method, "plain_form", lambda: None)()
     if form is None or context.device != "cpu" or base.pickled or any(r.pickled for r in experts.values()):
         return None
-    from mergebench.checkpoint.writer import _ELEMENT_BYTES
+    from mergebench.checkpoint.writer import ELEMENT_BYTES
 
     for name in base.names():
-        if base.dtype_name(name) not in _ELEMENT_BYTES:
+        if base.dtype_name(name) not in ELEMENT_BYTES:
             return None
         if not method.merges(name):
             continue
@@ -101,9 +101,9 @@ def merged_bytes(form: PlainForm, method: "MergeMethod", base: "CheckpointReader
 def _stored(reader: "CheckpointReader", name: str) -> "numpy.ndarray":
     import numpy
 
-    from mergebench.checkpoint.writer import _ELEMENT_BYTES
+    from mergebench.checkpoint.writer import ELEMENT_BYTES
 
-    out = numpy.empty(math.prod(reader.shape(name)) * _ELEMENT_BYTES[reader.dtype_name(name)], numpy.uint8)
+    out = numpy.empty(math.prod(reader.shape(name)) * ELEMENT_BYTES[reader.dtype_name(name)], numpy.uint8)
     if len(out):
         reader.read_elements(name, 0, out)
     return out
