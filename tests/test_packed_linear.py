@@ -1,4 +1,4 @@
-"""MKL-packed weight products against ``F.linear``."""
+"""The decode step's weight products (MKL-packed or numpy's BLAS) against ``F.linear``."""
 
 from __future__ import annotations
 
@@ -58,3 +58,55 @@ def test_a_model_over_the_packing_limit_decodes_unpacked_with_the_same_tokens(ti
     assert all(m.packed is None for layer in weights.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down))
     assert weights.lm_head.packed is None
     assert lm.generate([GenerationRequest(p, 12) for p in PROMPTS]) == [transformers_greedy(lm, p, 12) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("rows", [1, 4, 9])
+def test_a_numpy_product_is_linear_at_any_row_count(weight, rows):
+    matrix = PackedMatrix(weight, 4, library="numpy")
+    assert matrix.packed is None and matrix.transposed.shape == (20, 48)
+    assert matrix.packed_bytes == 48 * 20 * 4
+    x = torch.randn(rows, 2, 20, generator=torch.Generator().manual_seed(rows))
+    out = matrix(x)
+    assert out.shape == (rows, 2, 48) and out.dtype == torch.float32
+    reference = (x.double() @ weight.double().T).float()
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_numpy_is_used_for_float32_on_the_cpu_only(weight):
+    matrix = PackedMatrix(weight.to(torch.bfloat16), 4, library="numpy")
+    assert matrix.transposed is None and matrix.packed is None
+    x = torch.randn(3, 20).to(torch.bfloat16)
+    assert torch.equal(matrix(x), F.linear(x, weight.to(torch.bfloat16)))
+    assert PackedMatrix(weight, 4, pack=False, library="numpy").transposed is None
+
+
+def test_the_blas_follows_the_vendor_unless_the_variable_names_one(monkeypatch):
+    from mergebench.errors import UsageError
+    from mergebench.evaluation import packed_linear
+
+    monkeypatch.delenv(packed_linear.BLAS_VARIABLE, raising=False)
+    monkeypatch.setattr(packed_linear, "cpu_vendor", lambda: "GenuineIntel")
+    assert packed_linear.blas() == "mkl"
+    monkeypatch.setattr(packed_linear, "cpu_vendor", lambda: "AuthenticAMD")
+    assert packed_linear.blas() == "numpy"
+    monkeypatch.setenv(packed_linear.BLAS_VARIABLE, "MKL")
+    assert packed_linear.blas() == "mkl"
+    monkeypatch.setenv(packed_linear.BLAS_VARIABLE, "openblas")
+    with pytest.raises(UsageError, match=r"MERGEBENCH_DECODE_BLAS='openblas' is not a choice; set it to one of auto, mkl, numpy"):
+        packed_linear.blas()
+
+
+@pytest.mark.parametrize("library", ["mkl", "numpy"])
+def test_both_libraries_decode_the_tokens_of_generate(tiny_llama, monkeypatch, library):
+    from mergebench.evaluation import llama_step, packed_linear
+    from mergebench.evaluation.api import GenerationRequest
+    from mergebench.evaluation.hf import HFLanguageModel
+    from tests.test_decode import PROMPTS, transformers_greedy
+
+    monkeypatch.setenv(packed_linear.BLAS_VARIABLE, library)
+    lm = HFLanguageModel.from_pretrained(tiny_llama, batch_size=5)
+    lm._eos_ids = lambda: set()
+    assert lm.generate([GenerationRequest(p, 12) for p in PROMPTS]) == [transformers_greedy(lm, p, 12) for p in PROMPTS]
+    weights = llama_step.arranged_weights(lm.model, 5)
+    assert weights.library == library
+    assert (weights.lm_head.transposed is not None) == (library == "numpy")

@@ -60,7 +60,10 @@ def main() -> None:
     path = args.model or Pipeline(context, registries).base(registries.models.get("smollm2-135m-instruct")).path
     ours = HFLanguageModel.from_pretrained(path, batch_size=args.batch_size)
     print(f"CPU {cpu_model()}, torch dispatches to {torch.backends.cpu.get_cpu_capability()}", flush=True)
+    from mergebench.evaluation import packed_linear
+
     print(f"mode {args.mode}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+          f"decode products through {packed_linear.blas()} ({packed_linear.BLAS_VARIABLE} to choose), "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     (compare_generation if args.mode == "generate" else compare_loglikelihood)(ours, context, args)
 

@@ -73,6 +73,7 @@ class _Weights:
     norm: "torch.Tensor"
     norm_eps: float
     lm_head: PackedMatrix
+    library: str = "mkl"  # which BLAS multiplies (packed_linear.blas())
 
 
 _ARRANGED: "weakref.WeakKeyDictionary[object, _Weights]" = weakref.WeakKeyDictionary()
@@ -91,8 +92,12 @@ def arranged_weights(model, rows: int) -> _Weights:
     import torch
 
     key = weights_key(model)
+    library = packed_linear.blas()
+    if library == "numpy":
+        packed_linear.blas_threads(torch.get_num_threads())
     cached = _ARRANGED.get(model)
-    if key is not None and cached is not None and cached.key == key and cached.rows >= rows:
+    if (key is not None and cached is not None and cached.key == key and cached.rows >= rows
+            and cached.library == library):
         return cached
     decoder = model.get_decoder()
     lm_head = model.get_output_embeddings().weight
@@ -103,13 +108,14 @@ def arranged_weights(model, rows: int) -> _Weights:
         attn, mlp = layer.self_attn, layer.mlp
         layers.append(_Layer(
             layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-            PackedMatrix(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), rows, pack=pack),
-            PackedMatrix(attn.o_proj.weight, rows, pack=pack),
+            PackedMatrix(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), rows, pack=pack,
+                         library=library),
+            PackedMatrix(attn.o_proj.weight, rows, pack=pack, library=library),
             layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-            PackedMatrix(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), rows, pack=pack),
-            PackedMatrix(mlp.down_proj.weight, rows, pack=pack)))
+            PackedMatrix(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), rows, pack=pack, library=library),
+            PackedMatrix(mlp.down_proj.weight, rows, pack=pack, library=library)))
     weights = _Weights(key, rows, decoder.embed_tokens.weight, layers, decoder.norm.weight,
-                       decoder.norm.variance_epsilon, PackedMatrix(lm_head, rows, pack=pack))
+                       decoder.norm.variance_epsilon, PackedMatrix(lm_head, rows, pack=pack, library=library), library)
     _ARRANGED.pop(model, None)  # the old arrangement's memory goes before the next is kept
     if key is not None:
         _ARRANGED[model] = weights
