@@ -56,6 +56,7 @@ def can_pack(weight: "torch.Tensor") -> bool:
             and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
 
 
+@lru_cache(maxsize=1)
 def cpu_vendor() -> str:
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or ``""`` where Linux does not say."""
     try:
