@@ -17,7 +17,8 @@ so load from other jobs on a shared machine hits them alike; the fastest round o
 in wall time and in the process's CPU time (with ``--threads 1`` the latter is what the engine
 itself spends, the figure least moved by other jobs). ``--forward-path`` adds this engine with
 its hand-written Llama step switched off (decoding through the model's own forward pass), ``--unpacked``
-this engine with its weights not packed for MKL's sgemm.
+this engine with its weights not packed for MKL's sgemm, ``--other-blas`` this engine with its
+decode products in the BLAS it does not choose on this CPU (MKL or numpy's).
 The CPU model (``lscpu``) and the ISA torch dispatches to are printed first; for an AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` before Python starts.
 """
@@ -44,6 +45,9 @@ def main() -> None:
                         help="also time this engine decoding through the model's own forward (no hand-written Llama step)")
     parser.add_argument("--unpacked", action="store_true",
                         help="also time this engine with its weights not packed for MKL (F.linear in every step)")
+    parser.add_argument("--other-blas", action="store_true",
+                        help="also time this engine with its decode products in the other BLAS (MKL where numpy's "
+                             "is the default, numpy's where MKL is)")
     args = parser.parse_args()
 
     import torch
@@ -103,6 +107,11 @@ def compare_generation(ours, context, args) -> None:
         engines["mergebench via the model's forward"] = lambda: forward_path(ours, requests)
     if args.unpacked:
         engines["mergebench, weights not packed"] = lambda: unpacked(ours, requests)
+    if args.other_blas:
+        from mergebench.evaluation import packed_linear
+
+        other = "mkl" if packed_linear.blas() == "numpy" else "numpy"
+        engines[f"mergebench, products through {other}"] = lambda: through(other, ours, requests)
     engines[f"lm-eval hf, batch {args.batch_size}"] = lambda: stock.generate_until(instances, disable_tqdm=True)
     times: dict[str, list[float]] = {name: [] for name in engines}
     cpu: dict[str, list[float]] = {name: [] for name in engines}
@@ -156,6 +165,24 @@ def unpacked(ours, requests) -> list[str]:
     finally:
         packed_linear.PACK_LIMIT_BYTES = limit
         llama_step._ARRANGED.clear()
+
+
+def through(library: str, ours, requests) -> list[str]:
+    """This engine with its decode products in ``library``'s BLAS: what the default choice buys, in the same run.
+
+    Switching re-arranges the weights at the next call, so with this engine in the rounds every
+    engine of ours pays its arrangement once a round (about a second), as a first call does."""
+    from mergebench.evaluation import packed_linear
+
+    before = os.environ.get(packed_linear.BLAS_VARIABLE)
+    os.environ[packed_linear.BLAS_VARIABLE] = library
+    try:
+        return ours.generate(requests)
+    finally:
+        if before is None:
+            os.environ.pop(packed_linear.BLAS_VARIABLE)
+        else:
+            os.environ[packed_linear.BLAS_VARIABLE] = before
 
 
 def compare_loglikelihood(ours, context, args) -> None:
