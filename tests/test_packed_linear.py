@@ -110,3 +110,22 @@ def test_both_libraries_decode_the_tokens_of_generate(tiny_llama, monkeypatch, l
     weights = llama_step.arranged_weights(lm.model, 5)
     assert weights.library == library
     assert (weights.lm_head.transposed is not None) == (library == "numpy")
+
+
+def test_numpy_blas_follows_every_change_of_the_thread_count(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from mergebench.evaluation import packed_linear
+
+    def blas_counts() -> set[int]:
+        return {pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"}
+
+    if not blas_counts():
+        pytest.skip("numpy loaded no BLAS threadpoolctl can see")
+    restore = threadpoolctl.threadpool_limits(limits=None, user_api="blas")  # the counts to put back
+    monkeypatch.setattr(packed_linear, "_blas_threads_set", None)
+    try:
+        for threads in (1, 2, 1):  # back to a count asked for before: applied again
+            packed_linear.blas_threads(threads)
+            assert blas_counts() == {threads}
+    finally:
+        restore.restore_original_limits()

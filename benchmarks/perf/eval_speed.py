@@ -172,17 +172,12 @@ def through(library: str, ours, requests) -> list[str]:
 
     Switching re-arranges the weights at the next call, so with this engine in the rounds every
     engine of ours pays its arrangement once a round (about a second), as a first call does."""
+    from unittest import mock
+
     from mergebench.evaluation import packed_linear
 
-    before = os.environ.get(packed_linear.BLAS_VARIABLE)
-    os.environ[packed_linear.BLAS_VARIABLE] = library
-    try:
+    with mock.patch.dict(os.environ, {packed_linear.BLAS_VARIABLE: library}):
         return ours.generate(requests)
-    finally:
-        if before is None:
-            os.environ.pop(packed_linear.BLAS_VARIABLE)
-        else:
-            os.environ[packed_linear.BLAS_VARIABLE] = before
 
 
 def compare_loglikelihood(ours, context, args) -> None:

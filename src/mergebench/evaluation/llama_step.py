@@ -9,8 +9,8 @@ prompt width plus its token budget and are written in place; q/k/v and gate/up a
 product each; the rotary cosines and sines come from a table the model's own rotary module
 computed for every position once.
 
-The products go through weights prepacked for the batch's row count
-(:mod:`mergebench.evaluation.packed_linear`); the arranged (concatenated and packed) weights are
+The products go through weights prepacked for the batch's row count, or through numpy's BLAS on
+CPUs other than Intel's (:mod:`mergebench.evaluation.packed_linear`); the arranged (concatenated and packed) weights are
 kept with the model until one of its parameters changes, in place or replaced, so the batches of
 one evaluation arrange them once and weights edited between calls (as the search does) are
 always the current ones.
@@ -73,7 +73,7 @@ class _Weights:
     norm: "torch.Tensor"
     norm_eps: float
     lm_head: PackedMatrix
-    library: str = "mkl"  # which BLAS multiplies (packed_linear.blas())
+    library: str  # which BLAS multiplies (packed_linear.blas())
 
 
 _ARRANGED: "weakref.WeakKeyDictionary[object, _Weights]" = weakref.WeakKeyDictionary()

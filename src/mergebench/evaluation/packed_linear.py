@@ -48,12 +48,19 @@ def packed_allocation(weights) -> int:
     return sum((8 << 20) + 3 * w.numel() * w.element_size() for w in weights)
 
 
+def numpy_ready(weight: "torch.Tensor") -> bool:
+    """Whether numpy's BLAS can serve this weight (float32 on the CPU)."""
+    import torch
+
+    return weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2
+
+
 def can_pack(weight: "torch.Tensor") -> bool:
     """Whether MKL's packed sgemm can serve this weight (float32 on the CPU, in a torch built with MKL)."""
     import torch
 
-    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2
-            and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
+    return (numpy_ready(weight) and torch.backends.mkl.is_available()
+            and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
 
 
 @lru_cache(maxsize=1)
@@ -79,25 +86,21 @@ def blas() -> str:
     return choice
 
 
+_blas_threads_set: int | None = None
+"""The count :func:`blas_threads` last gave numpy's BLAS (each generate call asks; only a change is applied)."""
+
+
 def blas_threads(threads: int) -> None:
     """Run numpy's BLAS on ``threads`` threads (torch's count), where threadpoolctl can set it."""
-    _set_blas_threads(threads)
-
-
-@lru_cache(maxsize=8)
-def _set_blas_threads(threads: int) -> None:
+    global _blas_threads_set
+    if threads == _blas_threads_set:
+        return
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # numpy's BLAS keeps its own count (every core)
         return
     threadpool_limits(limits=threads, user_api="blas")
-
-
-def numpy_ready(weight: "torch.Tensor") -> bool:
-    """Whether numpy's BLAS can serve this weight (float32 on the CPU)."""
-    import torch
-
-    return weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2
+    _blas_threads_set = threads
 
 
 class PackedMatrix:
