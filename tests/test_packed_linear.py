@@ -129,3 +129,23 @@ def test_numpy_blas_follows_every_change_of_the_thread_count(monkeypatch):
             assert blas_counts() == {threads}
     finally:
         restore.restore_original_limits()
+
+
+@pytest.mark.parametrize("library", ["mkl", "numpy"])
+def test_log_likelihood_products_go_through_the_chosen_blas_and_the_modules_come_back(monkeypatch, library):
+    from mergebench.evaluation import packed_linear
+
+    monkeypatch.setenv(packed_linear.BLAS_VARIABLE, library)
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 48), torch.nn.ReLU(), torch.nn.Linear(48, 7, bias=False))
+    x = torch.randn(3, 5, 20, generator=generator)
+    expected = model[2](torch.relu(F.linear(x, model[0].weight, model[0].bias)))
+    with torch.inference_mode(), packed_linear.numpy_linears(model) as patched:
+        out = model(x)
+    assert len(patched.patched) == 0  # emptied on the way out
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert all("forward" not in vars(m) for m in model.modules())  # torch's own forward again
+    with packed_linear.numpy_linears(model):
+        assert ("forward" in vars(model[0])) == (library == "numpy")
+        y = model(x)  # autograd on (training): torch's product, bit for bit
+        assert y.requires_grad and torch.equal(y, model[2](torch.relu(F.linear(x, model[0].weight, model[0].bias))))

@@ -192,6 +192,9 @@ def main() -> None:
     parser.add_argument("--priority", type=int, default=None, metavar="NICE",
                         help="run at this nice value, for this process's scheduler autogroup too (e.g. -15 on a "
                              "machine other jobs share; below 0 needs root)")
+    parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
+                        help="an argument added to both pytest runs (repeatable), e.g. --pytest-arg=--mb-executor "
+                             "--pytest-arg=processes")
     parser.add_argument("--split-of", metavar="CACHE", default=None,
                         help="run nothing: print the split and the experts-vs-base check of a cache a run filled")
     args = parser.parse_args()
@@ -222,7 +225,7 @@ def main() -> None:
     install = run(["python3", "-m", "venv", ".venv"], repo, env, log)
     install += run([".venv/bin/pip", "install", "torch==2.13.0", "-e", "."], repo, env, log)
     print(f"installed in {install / 60:.1f} min", flush=True)
-    cold = run([".venv/bin/pytest", "benchmarks"], repo, env, log)
+    cold = run([".venv/bin/pytest", "benchmarks", *args.pytest_arg], repo, env, log)
     load = sampler.stop()
     print(f"cold pytest benchmarks: {cold / 60:.1f} min ({load})", flush=True)
 
@@ -247,7 +250,7 @@ def main() -> None:
 
     if not args.no_warm:
         sampler = LoadSampler()
-        warm = run([".venv/bin/pytest", "benchmarks"], repo, env, warm_log)
+        warm = run([".venv/bin/pytest", "benchmarks", *args.pytest_arg], repo, env, warm_log)
         load = sampler.stop()
         built = [line for line in warm_log.read_text().splitlines() if line.startswith("artifacts:")]
         verdict = "within" if warm <= TARGET_WARM_SECONDS else "OVER"

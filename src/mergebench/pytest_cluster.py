@@ -1,4 +1,5 @@
-"""``--mb-executor ray|slurm``: the selected cases' stages run on a cluster; pytest stays the front end.
+"""``--mb-executor processes|ray|slurm``: the selected cases' stages run on a pool of worker processes on this
+machine or on a cluster; pytest stays the front end.
 
 Collection, selection, reporting, ``--mb-json``, ``--mb-save``/``--mb-compare`` and the exit
 status are pytest's and :mod:`~mergebench.pytest_results`' as in a local run. What changes is
@@ -8,7 +9,7 @@ item waits for its own case's stage and records its result, or fails with the re
 an item waits, the cluster's progress is shown by the local run's rules: Rich bars on an
 interactive terminal, throttled plain lines otherwise.
 
-Neither ``ray`` nor ``submitit`` is imported unless this executor is chosen and the run loop starts.
+Neither ``ray`` nor ``submitit`` is imported unless its executor is chosen and the run loop starts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from mergebench.pytest_plugin import is_worker
 
 session_key = pytest.StashKey["ClusterSession"]()
-EXECUTORS = ("local", "ray", "slurm")
+EXECUTORS = ("local", "processes", "ray", "slurm")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,7 +33,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     group = parser.getgroup("mergebench-cluster", "mergebench: running the grid on a cluster")
     group.addoption("--mb-executor", default="local", choices=EXECUTORS,
-                    help="where stages run: local (this process, the default), ray (a Ray cluster), slurm (submitit)")
+                    help="where stages run: local (this process, the default), processes (a pool of worker processes here, "
+                         "stages in dependency order), ray (a Ray cluster), slurm (submitit)")
+    group.addoption("--mb-workers", type=int, default=None, metavar="N",
+                    help="worker processes of --mb-executor processes (default: one per CPU this process may use)")
+    group.addoption("--mb-worker-threads", type=int, default=None, metavar="N",
+                    help="torch threads of every stage under --mb-executor processes (default: CPUs / workers, or "
+                         "every CPU for a stage that runs alone); a fixed count reproduces a serial run at that count")
     group.addoption("--mb-ray-address", default="auto", metavar="ADDR",
                     help="Ray cluster to use: HOST:PORT of the head, ray://HOST:PORT, auto (RAY_ADDRESS or the cluster "
                          "started on this machine; the default) or local (a private Ray on this machine)")
@@ -43,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     executor = config.getoption("mb_executor", "local")
+    for option in ("workers", "worker_threads"):
+        count, flag = config.getoption(f"mb_{option}", None), "--mb-" + option.replace("_", "-")
+        if count is not None and (count < 1 or executor != "processes"):
+            raise pytest.UsageError(f"{flag} takes a count of 1 or more" if count < 1 else
+                                    f"{flag} is an option of --mb-executor processes; add that option "
+                                    f"(the executor now is {executor})")
     if executor == "local" or is_worker(config):
         return
     if getattr(config.option, "numprocesses", None):
@@ -61,6 +74,11 @@ def remote_runner(item: pytest.Item) -> "RemoteCaseRunner | None":
 
 
 def _executor(config: pytest.Config, executor: str):
+    if executor == "processes":
+        from mergebench.cluster.process_executor import ProcessExecutor
+
+        return ProcessExecutor(config.getoption("mb_workers"), retries=config.getoption("mb_retries"),
+                               threads=config.getoption("mb_worker_threads"))
     if executor == "ray":
         from mergebench.cluster.ray_executor import RayExecutor
 
@@ -159,10 +177,11 @@ class ClusterSession:
         nodes = self.run.nodes_used()
         placed = ", ".join(f"{node} {n}" for node, n in sorted(nodes.items()))
         failed = sum(1 for ok in self.run.board.finished.values() if not ok)
+        where = "worker process" if self.executor == "processes" else "node"
         terminalreporter.write_line(
             f"mergebench cluster ({self.run.executor.name}): {len(self.run.board.finished)} of {len(self.run.graph.stages)} "
             f"stages finished, {failed} failed, in {time.monotonic() - self.started:.1f}s (the stages' own work: "
-            f"{self.run.busy_seconds():.1f}s); ran on {len(nodes)} node{'s' if len(nodes) != 1 else ''}: {placed or 'none'}")
+            f"{self.run.busy_seconds():.1f}s); ran on {len(nodes)} {where}{'s' if len(nodes) != 1 else ''}: {placed or 'none'}")
 
 
 class RemoteCaseRunner:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from mergebench import progress
-from mergebench.evaluation import packing
+from mergebench.evaluation import packed_linear, packing
 from mergebench.evaluation.api import GenerationRequest, Loglikelihood, LoglikelihoodRequest, RowListener, RowTrackingModel
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class HFLanguageModel(RowTrackingModel):
         pairs = [self._encode_pair(r) for r in requests]
         packed = packing.bins(packing.plan(pairs), self.sequence_tokens)
         results: list[Loglikelihood | None] = [None] * len(requests)
-        with torch.inference_mode(), progress.progress(f"score ({self.name})", total=len(requests)) as bar:
+        with torch.inference_mode(), packed_linear.numpy_linears(self.model), progress.progress(f"score ({self.name})", total=len(requests)) as bar:
             start = 0
             while start < len(packed):  # bins are longest first: the first of a batch sets its width
                 width = sum(r.length for r in packed[start])

@@ -1,4 +1,5 @@
-"""The decode step's weight products: prepacked for MKL's sgemm, or through numpy's BLAS on CPUs MKL serves poorly.
+"""The inference products' BLAS: the decode step's weights prepacked for MKL's sgemm, or numpy's BLAS on CPUs MKL
+serves poorly (there also for the log-likelihood forward, :class:`numpy_linears`).
 
 Why: a decoding step multiplies a few rows (one per prompt of the batch) by every weight
 matrix, and at that shape an ordinary ``F.linear`` spends much of its time rearranging the
@@ -146,3 +147,53 @@ class PackedMatrix:
             flat = torch.cat([flat, flat.new_zeros(self.rows - used, flat.shape[1])])
         out = torch.ops.mkl._mkl_linear(flat, self.packed, self.weight, None, self.rows)
         return out[:used].view(*x.shape[:-1], self.weight.shape[0])
+
+
+def _numpy_linear(x: "torch.Tensor", weight_t, bias: "torch.Tensor | None", fallback) -> "torch.Tensor":
+    import numpy as np
+    import torch
+
+    if x.dtype != torch.float32 or torch.is_grad_enabled():
+        return fallback(x)
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty(flat.shape[0], weight_t.shape[1])
+    np.matmul(flat.numpy(), weight_t, out=out.numpy())
+    if bias is not None:
+        out += bias
+    return out.view(*x.shape[:-1], weight_t.shape[1])
+
+
+class numpy_linears:
+    """Within ``with numpy_linears(model):`` every float32 CPU ``nn.Linear`` of ``model`` multiplies
+    through numpy's BLAS when :func:`blas` says ``numpy``; elsewhere it changes nothing.
+
+    Why: the log-likelihood tasks run the model's own forward on packed sequences of up to 4,096
+    tokens, products MKL runs at ~80–100 GFLOPS on an AVX2-only AMD EPYC's two cores where numpy's
+    OpenBLAS reaches ~110–130 (``benchmarks/perf/mini_suite_time.py``). numpy reads the weight
+    through a transposed view, so no copy is made; with autograd on (training) a module keeps
+    torch's product. The sums run in another order, so a log-probability may differ in its last bits.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.patched: list = []
+
+    def __enter__(self) -> "numpy_linears":
+        import functools
+
+        import torch
+
+        if blas() != "numpy":
+            return self
+        blas_threads(torch.get_num_threads())
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Linear) and numpy_ready(module.weight) and "forward" not in vars(module):
+                module.forward = functools.partial(_numpy_linear, weight_t=module.weight.detach().numpy().T,
+                                                   bias=module.bias, fallback=module.forward)
+                self.patched.append(module)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module in self.patched:
+            del module.forward
+        self.patched.clear()
