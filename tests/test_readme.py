@@ -15,7 +15,22 @@ def readme_commands() -> list[str]:
 
 def test_readme_has_exactly_two_setup_commands_main_job_and_tests():
     main_job, tests = readme_commands()
-    assert main_job.endswith("pytest benchmarks") and tests.endswith("pytest tests")
+    assert re.search(r"\.venv/bin/pytest benchmarks( --mb-executor processes)?$", main_job), main_job
+    assert tests.endswith("pytest tests")
+
+
+def test_cold_run_times_the_readme_main_command_as_written():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks" / "perf"))
+    try:
+        from cold_run import main_command
+    finally:
+        sys.path.pop(0)
+    main_job, _ = readme_commands()
+    steps = main_command(REPO)
+    assert " && ".join(" ".join(step) for step in steps) == main_job
+    assert steps[-1][:2] == [".venv/bin/pytest", "benchmarks"]
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
