@@ -177,11 +177,12 @@ class ClusterSession:
         nodes = self.run.nodes_used()
         placed = ", ".join(f"{node} {n}" for node, n in sorted(nodes.items()))
         failed = sum(1 for ok in self.run.board.finished.values() if not ok)
-        where = "worker process" if self.executor == "processes" else "node"
+        where, plural = ("worker process", "es") if self.executor == "processes" else ("node", "s")
         terminalreporter.write_line(
             f"mergebench cluster ({self.run.executor.name}): {len(self.run.board.finished)} of {len(self.run.graph.stages)} "
             f"stages finished, {failed} failed, in {time.monotonic() - self.started:.1f}s (the stages' own work: "
-            f"{self.run.busy_seconds():.1f}s); ran on {len(nodes)} {where}{'s' if len(nodes) != 1 else ''}: {placed or 'none'}")
+            f"{self.run.busy_seconds():.1f}s); ran on {len(nodes)} {where if len(nodes) == 1 else where + plural}: "
+            f"{placed or 'none'}")
 
 
 class RemoteCaseRunner:
