@@ -1,5 +1,5 @@
-"""The inference products' BLAS: the decode step's weights prepacked for MKL's sgemm, or numpy's BLAS on CPUs MKL
-serves poorly (there also for the log-likelihood forward, :class:`numpy_linears`).
+"""Which BLAS multiplies: the decode step's weights prepacked for MKL's sgemm, or numpy's BLAS on CPUs MKL
+serves poorly (there also for the log-likelihood forward and finetuning, :class:`numpy_linears`).
 
 Why: a decoding step multiplies a few rows (one per prompt of the batch) by every weight
 matrix, and at that shape an ordinary ``F.linear`` spends much of its time rearranging the
@@ -149,29 +149,69 @@ class PackedMatrix:
         return out[:used].view(*x.shape[:-1], self.weight.shape[0])
 
 
-def _numpy_linear(x: "torch.Tensor", weight_t, bias: "torch.Tensor | None", fallback) -> "torch.Tensor":
+def _numpy_mm(a, b) -> "torch.Tensor":
+    """``a @ b`` for float32 CPU matrices (transposed views welcome), in numpy's BLAS."""
     import numpy as np
     import torch
 
-    if x.dtype != torch.float32 or torch.is_grad_enabled():
-        return fallback(x)
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
-    out = torch.empty(flat.shape[0], weight_t.shape[1])
-    np.matmul(flat.numpy(), weight_t, out=out.numpy())
-    if bias is not None:
-        out += bias
-    return out.view(*x.shape[:-1], weight_t.shape[1])
+    out = torch.empty(a.shape[0], b.shape[1])
+    np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+    return out
+
+
+@lru_cache(maxsize=1)
+def _numpy_product():
+    """``x @ weight.T`` as an autograd function whose three products (forward, input and weight
+    gradients) run in numpy's BLAS (built on first use: torch is imported lazily)."""
+    import torch
+
+    class NumpyProduct(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight):
+            ctx.save_for_backward(x, weight)
+            flat = x.detach().reshape(-1, x.shape[-1]).contiguous()
+            return _numpy_mm(flat, weight.detach().t()).view(*x.shape[:-1], weight.shape[0])
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight = ctx.saved_tensors
+            flat_grad = grad.reshape(-1, grad.shape[-1]).contiguous()
+            grad_x = grad_weight = None
+            if ctx.needs_input_grad[0]:
+                grad_x = _numpy_mm(flat_grad, weight.detach()).view(*grad.shape[:-1], weight.shape[1])
+            if ctx.needs_input_grad[1]:
+                flat_x = x.detach().reshape(-1, x.shape[-1]).contiguous()
+                grad_weight = _numpy_mm(flat_grad.t(), flat_x)
+            return grad_x, grad_weight
+
+    return NumpyProduct
+
+
+def _numpy_linear(x: "torch.Tensor", module) -> "torch.Tensor":
+    import torch
+
+    weight, bias = module.weight, module.bias
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return torch.nn.functional.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        out = _numpy_product().apply(x, weight)
+    else:
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        out = _numpy_mm(flat, weight.detach().t()).view(*x.shape[:-1], weight.shape[0])
+    return out if bias is None else out + bias
 
 
 class numpy_linears:
     """Within ``with numpy_linears(model):`` every float32 CPU ``nn.Linear`` of ``model`` multiplies
     through numpy's BLAS when :func:`blas` says ``numpy``; elsewhere it changes nothing.
 
-    Why: the log-likelihood tasks run the model's own forward on packed sequences of up to 4,096
-    tokens, products MKL runs at ~80–100 GFLOPS on an AVX2-only AMD EPYC's two cores where numpy's
-    OpenBLAS reaches ~110–130 (``benchmarks/perf/mini_suite_time.py``). numpy reads the weight
-    through a transposed view, so no copy is made; with autograd on (training) a module keeps
-    torch's product. The sums run in another order, so a log-probability may differ in its last bits.
+    Why: MKL serves CPUs other than Intel's poorly. On the 2-core AMD EPYC, the log-likelihood
+    tasks' forward passes (packed rows of up to 512 tokens) gained ~4% at two threads, and a
+    training step of the mini recipes' shape at one thread (as under ``--mb-executor processes``)
+    1.18x (22.0 s against 25.9 s; README, "Cold-run time"). numpy reads each weight through a
+    transposed view, so nothing is copied; with autograd on, the input and weight gradients are
+    numpy products too. The sums run in another order, so results differ from torch's in the
+    last bits, as MKL's own do from one CPU or thread count to the next.
     """
 
     def __init__(self, model) -> None:
@@ -188,8 +228,7 @@ class numpy_linears:
         blas_threads(torch.get_num_threads())
         for module in self.model.modules():
             if isinstance(module, torch.nn.Linear) and numpy_ready(module.weight) and "forward" not in vars(module):
-                module.forward = functools.partial(_numpy_linear, weight_t=module.weight.detach().numpy().T,
-                                                   bias=module.bias, fallback=module.forward)
+                module.forward = functools.partial(_numpy_linear, module=module)
                 self.patched.append(module)
         return self
 

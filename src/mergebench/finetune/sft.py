@@ -25,6 +25,7 @@ from typing import Any
 
 from mergebench import progress
 from mergebench.errors import CheckpointError, UsageError
+from mergebench.evaluation import packed_linear
 
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -317,7 +318,8 @@ def run_sft(base_dir: Path, examples: Sequence[dict[str, str]], out_dir: Path, s
             )
             quiet_logs(trainer)
             resume = _last_checkpoint(work_dir)
-            trainer.train(resume_from_checkpoint=resume)
+            with packed_linear.numpy_linears(trainer.model):  # numpy's BLAS where MKL serves the CPU poorly
+                trainer.train(resume_from_checkpoint=resume)
         trained = trainer.model
         if settings.lora_rank:
             trained = trained.merge_and_unload()
