@@ -215,3 +215,48 @@ def builds(cache: Path) -> list[dict]:
     from mergebench.cache.builds import read_builds
 
     return list(read_builds(cache))
+
+
+FAILING_GRID = ("--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-tasks", "toy_math",
+                "--mb-methods", "slow_soup,truncated_soup,buggy_soup,soup")
+"""Four merges: one whose worker the tests kill (retried), two that raise, one plain."""
+
+
+def kill_first_merge(markers: Path, killed: list[int], stop) -> None:
+    """Kill the first process that announces a slow_soup merge in ``markers`` (run in a thread until ``stop``)."""
+    while not stop.is_set():
+        found = sorted(markers.glob("merging-*"))
+        if found:
+            pid = int(found[0].name.split("-")[1])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def check_killed_and_failing_merges(run, cache: Path, killed: list[int], results_json: Path) -> None:
+    """What every executor must show after :data:`FAILING_GRID` with its first merge's worker killed."""
+    import pytest
+
+    from mergebench.cache import integrity
+
+    assert killed, "no merge started"
+    assert run.ret == pytest.ExitCode.TESTS_FAILED, run.outlines[-30:]
+    run.assert_outcomes(passed=2, failed=2)
+    passed = {c["case_id"] for c in json.loads(results_json.read_text())["cases"]}
+    assert passed == {"tiny-llama-slow_soup-toy_math", "tiny-llama-soup-toy_math"}
+    # the killed merge was retried on a fresh worker: built once, complete, its dead attempt swept
+    merges = [b for b in builds(cache) if b["stage"] == "merged" and b["label"] == "merge tiny-llama/slow_soup"]
+    assert len(merges) == 1 and merges[0]["pid"] != killed[0]
+    assert integrity.check(cache / "merged" / merges[0]["digest"]).status == "ok"
+    assert not list((cache / "tmp").glob(f"*.{killed[0]}.*"))
+    # a stage that raises fails its own cases with the cause, and nothing downstream of it is built
+    run.stdout.fnmatch_lines([
+        "*CheckpointError: expert shard model.safetensors is truncated (simulated bad checkpoint) "
+        "(merge tiny-llama/truncated_soup, on *)",
+        "*merge tiny-llama/buggy_soup failed on *: KeyError: 'no such tensor'*",
+        "*remote traceback (merge tiny-llama/buggy_soup on *",
+        "*mb_cluster_test.py*in merge_tensor*",
+    ])
+    assert not [b for b in builds(cache) if "truncated_soup" in b["label"] or "buggy_soup" in b["label"]]
+

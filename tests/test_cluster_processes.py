@@ -9,11 +9,7 @@ stage a worker takes, how many threads it gets) are checked on a fake graph with
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +18,15 @@ import pytest
 from mergebench.cluster.graph import Stage, StageGraph
 from mergebench.cluster.process_executor import ProcessExecutor, _Plan, _Worker
 from mergebench.cluster.resources import GIB, Request
-from tests.cluster_helpers import GRID, builds, comparable, install_test_plugin
+from tests.cluster_helpers import (
+    FAILING_GRID,
+    GRID,
+    builds,
+    check_killed_and_failing_merges,
+    comparable,
+    install_test_plugin,
+    kill_first_merge,
+)
 
 
 def graph_of(*stages: Stage) -> StageGraph:
@@ -143,17 +147,6 @@ def seeded(tmp_path) -> Path:
     return root
 
 
-def _kill_first_merge(markers: Path, killed: list[int], stop: threading.Event) -> None:
-    while not stop.is_set():
-        found = sorted(markers.glob("merging-*"))
-        if found:
-            pid = int(found[0].name.split("-")[1])
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-            return
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_worker_killed_mid_merge_is_replaced_and_a_failing_stage_fails_only_its_cases(bench, seeded, tmp_path, monkeypatch):
@@ -165,29 +158,9 @@ def test_a_worker_killed_mid_merge_is_replaced_and_a_failing_stage_fails_only_it
     monkeypatch.setenv("MERGEBENCH_PROGRESS", "lines")
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_first_merge, args=(markers, killed, stop), daemon=True)
+    killer = threading.Thread(target=kill_first_merge, args=(markers, killed, stop), daemon=True)
     killer.start()
-    run = bench.runpytest_subprocess("--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-tasks", "toy_math",
-                                     "--mb-methods", "slow_soup,truncated_soup,buggy_soup,soup", "--mb-cache-dir", str(seeded),
+    run = bench.runpytest_subprocess(*FAILING_GRID, "--mb-cache-dir", str(seeded),
                                      "--mb-executor", "processes", "--mb-workers", "2", "--mb-json", str(tmp_path / "out.json"))
     stop.set()
-    assert killed, "no merge started"
-    assert run.ret == pytest.ExitCode.TESTS_FAILED, run.outlines[-30:]
-    run.assert_outcomes(passed=2, failed=2)
-    passed = {c["case_id"] for c in json.loads((tmp_path / "out.json").read_text())["cases"]}
-    assert passed == {"tiny-llama-slow_soup-toy_math", "tiny-llama-soup-toy_math"}
-
-    from mergebench.cache import integrity
-
-    merges = [b for b in builds(seeded) if b["stage"] == "merged" and b["label"] == "merge tiny-llama/slow_soup"]
-    assert len(merges) == 1 and merges[0]["pid"] != killed[0]
-    assert integrity.check(seeded / "merged" / merges[0]["digest"]).status == "ok"
-    assert not list((seeded / "tmp").glob(f"*.{killed[0]}.*"))
-
-    run.stdout.fnmatch_lines([
-        "*CheckpointError: expert shard model.safetensors is truncated (simulated bad checkpoint) "
-        "(merge tiny-llama/truncated_soup, on *)",
-        "*merge tiny-llama/buggy_soup failed on *: KeyError: 'no such tensor'*",
-        "*mb_cluster_test.py*in merge_tensor*",
-    ])
-    assert not [b for b in builds(seeded) if "truncated_soup" in b["label"] or "buggy_soup" in b["label"]]
+    check_killed_and_failing_merges(run, seeded, killed, tmp_path / "out.json")

@@ -8,7 +8,6 @@ must fail only its own cases, and bad input must stop the run before anything is
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_helpers import GRID, LocalRayCluster, builds, comparable, free_port, install_test_plugin, serial_reference
+from tests.cluster_helpers import (
+    FAILING_GRID,
+    GRID,
+    LocalRayCluster,
+    builds,
+    check_killed_and_failing_merges,
+    comparable,
+    free_port,
+    install_test_plugin,
+    kill_first_merge,
+    serial_reference,
+)
 
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install 'mergebench[cluster]')")
 
@@ -89,17 +99,6 @@ def test_the_tiny_grid_on_two_nodes_equals_a_serial_run_and_builds_each_artifact
     assert "ran on 2 nodes" in summary[0], summary  # placement across the two node processes is Ray's
 
 
-def _kill_first_merge(markers: Path, killed: list[int], stop: threading.Event) -> None:
-    while not stop.is_set():
-        found = sorted(markers.glob("merging-*"))
-        if found:
-            pid = int(found[0].name.split("-")[1])
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-            return
-        time.sleep(0.05)
-
-
 def test_a_worker_killed_mid_merge_is_retried_and_a_failing_stage_fails_only_its_cases(driver, cluster, markers, seeded,
                                                                                       tmp_path, monkeypatch):
     for old in markers.glob("merging-*"):
@@ -108,37 +107,14 @@ def test_a_worker_killed_mid_merge_is_retried_and_a_failing_stage_fails_only_its
     monkeypatch.setenv("MERGEBENCH_PROGRESS", "bars")  # the board as live Rich bars (forced: the output is a pipe)
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_first_merge, args=(markers, killed, stop), daemon=True)
+    killer = threading.Thread(target=kill_first_merge, args=(markers, killed, stop), daemon=True)
     killer.start()
-    run = driver.runpytest_subprocess("--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-tasks", "toy_math",
-                                      "--mb-methods", "slow_soup,truncated_soup,buggy_soup,soup", "--mb-cache-dir", str(cache),
+    run = driver.runpytest_subprocess(*FAILING_GRID, "--mb-cache-dir", str(cache),
                                       "--mb-executor", "ray", "--mb-ray-address", cluster.address, "--mb-json",
                                       str(tmp_path / "out.json"))
     stop.set()
-    assert killed, "no merge started"
-    assert run.ret == pytest.ExitCode.TESTS_FAILED, run.outlines[-30:]
-    run.assert_outcomes(passed=2, failed=2)
+    check_killed_and_failing_merges(run, cache, killed, tmp_path / "out.json")
     assert "cluster merge" in run.stdout.str() and "\x1b[" in run.stdout.str()  # drawn by Rich, with its escape codes
-    passed = {c["case_id"] for c in json.loads((tmp_path / "out.json").read_text())["cases"]}
-    assert passed == {"tiny-llama-slow_soup-toy_math", "tiny-llama-soup-toy_math"}
-
-    # the killed merge was retried on a fresh worker: built once, complete, its dead attempt swept
-    from mergebench.cache import integrity
-
-    merges = [b for b in builds(cache) if b["stage"] == "merged" and b["label"] == "merge tiny-llama/slow_soup"]
-    assert len(merges) == 1 and merges[0]["pid"] != killed[0]
-    assert integrity.check(cache / "merged" / merges[0]["digest"]).status == "ok"
-    assert not list((cache / "tmp").glob(f"*.{killed[0]}.*"))
-
-    # a stage that raises fails its own cases with the cause, and nothing downstream of it is built
-    run.stdout.fnmatch_lines([
-        "*CheckpointError: expert shard model.safetensors is truncated (simulated bad checkpoint) "
-        "(merge tiny-llama/truncated_soup, on *)",
-        "*merge tiny-llama/buggy_soup failed on *: KeyError: 'no such tensor'*",
-        "*remote traceback (merge tiny-llama/buggy_soup on *",
-        "*mb_cluster_test.py*in merge_tensor*",
-    ])
-    assert not [b for b in builds(cache) if "truncated_soup" in b["label"] or "buggy_soup" in b["label"]]
 
 
 def test_ctrl_c_cancels_the_outstanding_stages(cluster, site, markers, seeded, tmp_path):
