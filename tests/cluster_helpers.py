@@ -204,8 +204,17 @@ _serial: dict[tuple[str, ...], dict[str, dict]] = {}
 def serial_reference(pytester, grid: tuple[str, ...], folder: Path) -> dict[str, dict]:
     """The comparable results of a serial run of ``grid`` (run once per test session, shared by the cluster tests)."""
     if grid not in _serial:
-        result = pytester.runpytest_subprocess(*grid, "--mb-cache-dir", str(folder / "serial"), "--mb-json",
-                                               str(folder / "serial.json"))
+        # at one thread, as the engines' workers run: sums split over threads round differently
+        saved = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            result = pytester.runpytest_subprocess(*grid, "--mb-cache-dir", str(folder / "serial"), "--mb-json",
+                                                   str(folder / "serial.json"))
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
         assert result.ret == 0, result.outlines[-30:]
         _serial[grid] = comparable(folder / "serial.json")
     return _serial[grid]

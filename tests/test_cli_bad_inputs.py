@@ -237,9 +237,13 @@ def write_format_2_breakages(world: Path) -> None:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: its relative path → the SHA-256 of a file, a link's target, or "dir"."""
+    """Every entry under ``root``: its relative path → the SHA-256 of a file, a link's target, or "dir".
+
+    Python's own bytecode caches (``__pycache__``, written on import unless PYTHONDONTWRITEBYTECODE
+    is set, which CI images differ on) are not mergebench's doing and are left out."""
     found = {}
     for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in dirs + files:
             path = Path(folder) / name
             key = str(path.relative_to(root))
