@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergebench.cluster.graph import KINDS, Stage, StageGraph
-from mergebench.cluster.resources import GIB, Request
+from mergebench.cluster.resources import GIB, Request, machine_memory
 from mergebench.cluster.stages import RunSettings, StageFailed
 from mergebench.errors import UsageError
 
@@ -48,18 +48,9 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def machine_memory() -> int:
-    """Physical memory in bytes (0 where the platform does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return 0
-
-
 def _worker_main(inbox, outbox, index: int) -> None:
     """A worker's loop: run each stage it is handed with the torch threads it is given, report, repeat."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads must not spin
-    from mergebench.cluster.stages import run_stage
+    from mergebench.cluster.stages import run_stage  # mergebench's import set OMP_WAIT_POLICY before torch loads
 
     while True:
         job = inbox.get()
@@ -119,14 +110,14 @@ class _Plan:
 
     def downstream(self, stage_id: str) -> list[str]:
         """Every stage that reads ``stage_id``'s artifact, directly or not."""
-        seen: list[str] = []
+        seen: set[str] = set()
         todo = list(self.dependents.get(stage_id, ()))
         while todo:
             later = todo.pop()
             if later not in seen:
-                seen.append(later)
+                seen.add(later)
                 todo.extend(self.dependents.get(later, ()))
-        return seen
+        return sorted(seen, key=self.order.__getitem__)
 
     def take(self, model_key: str) -> str:
         """The ready stage to run next on a worker that last held ``model_key``."""

@@ -12,6 +12,7 @@ scheduling requests, not limits: Ray and Slurm place by them.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -68,3 +69,11 @@ def request_for(kind: str, model_size: str, *, use_gpu: bool) -> Request:
     on_gpu = use_gpu and kind in GPU_KINDS
     host_copies = min(copies, 1.5) if on_gpu else copies  # on a GPU the host holds the weights while loading them
     return Request(cpus=1.0, gpus=1.0 if on_gpu else 0.0, memory=int(PROCESS_BYTES + host_copies * weights))
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (0 where the platform does not say): what a local executor can offer."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 0

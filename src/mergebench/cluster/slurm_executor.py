@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mergebench.cluster.graph import Stage, StageGraph
-from mergebench.cluster.resources import GIB, Request
+from mergebench.cluster.resources import GIB, Request, machine_memory
 from mergebench.cluster.stages import RunSettings
 from mergebench.errors import UsageError
 
@@ -226,8 +226,8 @@ class SlurmExecutor:
 
     def unfit(self, request: Request) -> str | None:
         if self.settings.cluster == "local":
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            if request.memory > total:
+            total = machine_memory()
+            if total and request.memory > total:
                 return f"this machine has {total / GIB:.1f} GiB"
         return None  # Slurm itself refuses a job no partition can hold, at submission
 

@@ -133,14 +133,10 @@ class PackedMatrix:
         import torch
         import torch.nn.functional as F
 
+        if self.transposed is not None and x.dtype == torch.float32:
+            return _numpy_rows_times(x, self.transposed)
         flat = x.reshape(-1, x.shape[-1])
         used = flat.shape[0]
-        if self.transposed is not None and x.dtype == torch.float32:
-            import numpy as np
-
-            out = torch.empty(used, self.transposed.shape[1])
-            np.matmul(flat.contiguous().numpy(), self.transposed, out=out.numpy())
-            return out.view(*x.shape[:-1], self.transposed.shape[1])
         if self.packed is None or used > self.rows:
             return F.linear(x, self.weight)
         if used < self.rows:
@@ -149,14 +145,20 @@ class PackedMatrix:
         return out[:used].view(*x.shape[:-1], self.weight.shape[0])
 
 
-def _numpy_mm(a, b) -> "torch.Tensor":
-    """``a @ b`` for float32 CPU matrices (transposed views welcome), in numpy's BLAS."""
+def _numpy_mm(a: "torch.Tensor", b) -> "torch.Tensor":
+    """``a @ b`` for a float32 CPU matrix and a float32 tensor or numpy matrix (transposed views welcome), in numpy's BLAS."""
     import numpy as np
     import torch
 
     out = torch.empty(a.shape[0], b.shape[1])
-    np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+    np.matmul(a.numpy(), b if isinstance(b, np.ndarray) else b.numpy(), out=out.numpy())
     return out
+
+
+def _numpy_rows_times(x: "torch.Tensor", matrix) -> "torch.Tensor":
+    """``x @ matrix`` over ``x``'s last dimension, its leading dimensions kept (``matrix``: a weight's transpose)."""
+    flat = x.detach().reshape(-1, x.shape[-1]).contiguous()
+    return _numpy_mm(flat, matrix).view(*x.shape[:-1], matrix.shape[1])
 
 
 @lru_cache(maxsize=1)
@@ -169,8 +171,7 @@ def _numpy_product():
         @staticmethod
         def forward(ctx, x, weight):
             ctx.save_for_backward(x, weight)
-            flat = x.detach().reshape(-1, x.shape[-1]).contiguous()
-            return _numpy_mm(flat, weight.detach().t()).view(*x.shape[:-1], weight.shape[0])
+            return _numpy_rows_times(x, weight.detach().t())
 
         @staticmethod
         def backward(ctx, grad):
@@ -196,8 +197,7 @@ def _numpy_linear(x: "torch.Tensor", module) -> "torch.Tensor":
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         out = _numpy_product().apply(x, weight)
     else:
-        flat = x.reshape(-1, x.shape[-1]).contiguous()
-        out = _numpy_mm(flat, weight.detach().t()).view(*x.shape[:-1], weight.shape[0])
+        out = _numpy_rows_times(x, weight.detach().t())
     return out if bias is None else out + bias
 
 
