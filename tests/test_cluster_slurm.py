@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from mergebench.cluster.resources import GIB, Request
-from mergebench.cluster.slurm_executor import SlurmSettings, parse_time, slurm_settings
+from mergebench.cluster.slurm_executor import SlurmSettings, job_cpus, parse_time, slurm_settings
 from mergebench.errors import UsageError
 from tests.cluster_helpers import GRID, builds, comparable, serial_reference
 
@@ -116,3 +116,19 @@ def test_a_job_holds_one_stage_or_one_models_evaluations_or_a_whole_model_and_wa
     assert sorted(len(stages) for stages, _ in per_model) == sorted(Counter(s.model for s in graph.stages.values()).values())
     merges = [s for s in graph.stages.values() if s.kind == "merge"]
     assert [len(stages) for stages, _ in SlurmExecutor(SlurmSettings())._groups(merges, requests)] == [1] * len(merges)
+
+
+def test_a_job_runs_torch_at_the_cpus_it_asked_slurm_for():
+    import torch
+
+    from mergebench.cluster.stages import run_stages
+
+    before = torch.get_num_threads()
+    request = Request(cpus=1.0, gpus=0.0, memory=GIB)
+    try:
+        assert SlurmSettings().job_parameters(request, "mb-train")["cpus_per_task"] == job_cpus(request) == 1
+        torch.set_num_threads(2)
+        assert run_stages({}, [], False, job_cpus(request)) == []
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -71,7 +71,7 @@ class SlurmSettings:
 
     def job_parameters(self, request: Request, name: str) -> dict[str, Any]:
         """submitit's SlurmExecutor parameters for one job asking for ``request``."""
-        params: dict[str, Any] = {"job_name": name, "time": self.time_minutes, "cpus_per_task": max(1, math.ceil(request.cpus)),
+        params: dict[str, Any] = {"job_name": name, "time": self.time_minutes, "cpus_per_task": job_cpus(request),
                                   "mem": f"{max(1, math.ceil(request.memory / GIB))}G"}
         if request.gpus:
             params["gpus_per_node"] = int(math.ceil(request.gpus))
@@ -81,6 +81,11 @@ class SlurmSettings:
             params["account"] = self.account
         params.update(self.extra)
         return params
+
+
+def job_cpus(request: Request) -> int:
+    """The CPUs a job asks Slurm for, and so the torch threads it runs."""
+    return max(1, math.ceil(request.cpus))
 
 
 _TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?P<first>\d+)(?::(?P<minutes>\d+):(?P<seconds>\d+))?$")
@@ -303,7 +308,8 @@ class SlurmExecutor:
             while todo and len(running) < self.settings.parallel:
                 stages, request, attempt = todo.pop(0)
                 self._executor.update_parameters(**self._parameters(request, f"mb-{stages[0].kind}"))
-                job = self._executor.submit(run_stages, settings, [s.to_dict() for s in stages], bool(request.gpus))
+                job = self._executor.submit(run_stages, settings, [s.to_dict() for s in stages], bool(request.gpus),
+                                            job_cpus(request))
                 running[job] = (stages, request, attempt)
                 self._jobs[job] = (stages, attempt)
             for job in [j for j in running if j.done()]:

@@ -190,9 +190,17 @@ def run_stage(settings: dict[str, Any], stage: dict[str, Any], gpu: bool = False
             "events": built, "result": value if step.kind == "case" else None}
 
 
-def run_stages(settings: dict[str, Any], stages: list[dict[str, Any]], gpu: bool = False) -> list[Any]:
+def run_stages(settings: dict[str, Any], stages: list[dict[str, Any]], gpu: bool = False,
+               threads: int | None = None) -> list[Any]:
     """Several independent stages in one job (a Slurm job's body): each one's outcome, or its
-    :class:`StageFailed`, returned rather than raised so that one failure leaves the others' results."""
+    :class:`StageFailed`, returned rather than raised so that one failure leaves the others' results.
+
+    ``threads`` is the CPUs the job asked for: torch would otherwise start a thread per core of the
+    node, oversubscribing the cores Slurm gave the node's other jobs (Ray sets the same from ``num_cpus``)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     outcomes: list[Any] = []
     for stage in stages:
         try:
