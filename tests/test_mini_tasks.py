@@ -56,6 +56,24 @@ def test_multiple_choice_acc_and_length_normalized_acc(context, monkeypatch):
     result = task.evaluate(ScriptedLM(logprob=lambda c, k: {" a": -2.0, " bbbb": -4.0}[k]))
     # acc picks " a" (-2 > -4): wrong; acc_norm compares -2/1 with -4/4: picks "bbbb", right.
     assert (result.score, result.extras["acc"], result.extras["acc_norm"], result.n) == (1.0, 0.0, 1.0, 1)
+    # the soft value is the gold choice's share of softmax over the scored values (here acc_norm's: -2, -1)
+    assert result.soft_values == [pytest.approx(math.exp(-1) / (math.exp(-2) + math.exp(-1)))]
+
+
+def test_plain_accuracy_soft_values_use_the_unnormalized_log_likelihoods(context, monkeypatch):
+    task = make("val_conala_like_mini", context)  # metric acc
+    docs = [{"id": "x", "question": "Pick", "choices": ["a", "bbbb", "c"], "gold": 0}]
+    monkeypatch.setattr(task, "docs", lambda: docs)
+    result = task.evaluate(ScriptedLM(logprob=lambda c, k: {" a": -2.0, " bbbb": -4.0, " c": -3.0}[k]))
+    assert result.values == [1.0]
+    assert result.soft_values == [pytest.approx(1 / (1 + math.exp(-2) + math.exp(-1)))]
+    assert result.as_dict()["soft_values"] == result.soft_values
+
+
+def test_lambada_soft_value_is_the_words_probability(context):
+    task = make("val_lambada_mini", context, limit=2)
+    result = task.evaluate(ScriptedLM(logprob=lambda c, k: -0.5))
+    assert result.values == [0.0, 0.0] and result.soft_values == [pytest.approx(math.exp(-0.5))] * 2
 
 
 def test_gold_bpb_is_bits_per_utf8_byte(context, monkeypatch):

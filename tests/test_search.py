@@ -218,3 +218,54 @@ def test_a_round_whose_items_are_empty_drops_no_point():
     assert SuccessiveHalving().schedule(10, 27) == [(10, 3), (3, 9)]
     assert result.best["scaling"] == 0.9
     assert sorted(stop for _, _, stop in objective.calls) == [3] * 10 + [9] * 10
+
+
+class TiedAccuracy:
+    """Every point scores 1.0 on every item; the soft values peak at scaling 0.7, density 0.3."""
+
+    n_items = 27
+
+    def scores(self, points, start, stop):
+        from mergebench.search.strategies import soft_key
+
+        return [{"a": [1.0] * (stop - start),
+                 soft_key("a"): [0.5 - abs(p["scaling"] - 0.7) - abs(p["density"] - 0.3)] * (stop - start)}
+                for p in points]
+
+    def combine(self, scores):
+        return sum(scores["a"]) / len(scores["a"])
+
+    def tiebreak(self, scores):
+        from mergebench.search.strategies import soft_key
+
+        return sum(scores[soft_key("a")]) / len(scores[soft_key("a")])
+
+
+def test_tied_objectives_are_decided_by_the_tiebreak_not_by_grid_order():
+    points = grid_points(SPEC)
+    for search in (GridSearch(), SuccessiveHalving()):
+        result = search.run(points, TiedAccuracy())
+        assert (result.best["scaling"], result.best["density"]) == (0.7, 0.3), search.name
+        assert {t["tiebreak"] for t in result.as_dict()["trials"]} != {0.0}
+    # an objective without a tiebreak keeps grid order among ties, as before
+    assert GridSearch().run(points, NoTiebreak()).best == points[0]
+
+
+class NoTiebreak:
+    """TiedAccuracy without the optional ``tiebreak``."""
+
+    n_items = 27
+    scores = TiedAccuracy.scores
+    combine = TiedAccuracy.combine
+
+
+def test_merge_objective_tiebreak_is_the_mean_of_the_surrogates_mean_soft_values():
+    from mergebench.search.strategies import soft_key
+
+    objective = MergeObjective.__new__(MergeObjective)
+    objective.surrogates = [Surrogate(TaskSpec(name=n, impl="x:y", domain="math", metric="acc"), 4, 0.5)
+                            for n in ("a", "b", "gen")]
+    scores = {"a": [1.0, 0.0], soft_key("a"): [0.8, 0.2], "b": [1.0], soft_key("b"): [0.9],
+              "gen": [1.0], soft_key("gen"): []}  # a generated surrogate has no soft values
+    assert objective.tiebreak(scores) == pytest.approx((0.5 + 0.9) / 2)
+    assert objective.tiebreak({"gen": [1.0]}) == 0.0

@@ -28,7 +28,7 @@ from mergebench.merging.api import MergeContext
 from mergebench.pipeline import Pipeline, RunContext
 from mergebench.search.objective import UNITS, MergeObjective, Surrogate
 from mergebench.search.stage import surrogates as validation_surrogates
-from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points
+from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points, soft_key
 
 
 def main() -> None:
@@ -125,15 +125,17 @@ def main() -> None:
     replay = Replay(grid.trials, grid_objective)
     distinct = []
     for _points, units in SuccessiveHalving().schedule(len(points), UNITS):
-        values = {round(replay.combine(scores), 9) for scores in replay.scores(points, 0, units)}
-        distinct.append(f"{len(values)} on {units}/{UNITS}")
+        scored = replay.scores(points, 0, units)
+        values = {round(replay.combine(scores), 9) for scores in scored}
+        keys = {tuple(round(v, 9) for v in replay.rank_values(scores)) for scores in scored}
+        distinct.append(f"{len(values)} on {units}/{UNITS} ({len(keys)} with the tie-break)")
     print(f"distinct objective values of the {len(points)} points on halving's prefixes: {', '.join(distinct)} "
-          f"(tied points keep grid order)")
+          f"(tied objectives are ordered by the gold answers' mean probability)")
     print("rank agreement with the grid (halving's ranking on each round's prefix against all items): "
           + "; ".join(round_agreement(halving, replay, full)))
     ranks = replay_ranks(replay, points, full)
-    print(f"halving replayed on the grid's per-item scores in {len(ranks)} random point orders (random tie "
-          f"breaks) picks rank {min(ranks)} to {max(ranks)} of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
+    print(f"halving replayed on the grid's per-item scores in {len(ranks)} random point orders (what "
+          f"still ties breaks at random) picks rank {min(ranks)} to {max(ranks)} of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
 
 
 def cpu_model() -> str:
@@ -154,7 +156,8 @@ def stored_key(model, method, points, surrogates, experts, base) -> str:
     blob = json.dumps({"model": model.name, "method": method.name, "points": points, "base": str(base.path),
                        "experts": {d: str(r.path) for d, r in experts.items()},
                        "surrogates": [[s.spec.name, s.spec.version, s.items, s.reference] for s in surrogates],
-                       "units": UNITS, "generation_from": GENERATION_FROM}, sort_keys=True, default=str)
+                       "units": UNITS, "generation_from": GENERATION_FROM, "tiebreak": "soft_values"},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -204,11 +207,25 @@ class Replay:
         self.objective = objective
 
     def scores(self, points, start, stop):
-        return [{s.spec.name: self.stored[params_key(p)].get(s.spec.name, [])[slice(*self.objective.span(s, start, stop))]
-                 for s in self.objective.surrogates} for p in points]
+        out = []
+        for p in points:
+            stored, scored = self.stored[params_key(p)], {}
+            for s in self.objective.surrogates:
+                span = slice(*self.objective.span(s, start, stop))
+                for name in (s.spec.name, soft_key(s.spec.name)):
+                    scored[name] = stored.get(name, [])[span]
+            out.append(scored)
+        return out
 
     def combine(self, scores):
         return self.objective.combine(scores)
+
+    def tiebreak(self, scores):
+        return self.objective.tiebreak(scores)
+
+    def rank_values(self, scores) -> tuple[float, float]:
+        """What halving orders points by on these scores (strategies.rank_key)."""
+        return self.combine(scores), self.tiebreak(scores)
 
 
 def replay_ranks(replay: Replay, points, full: dict[str, float], orders: int = 200, seed: int = 0,
@@ -254,7 +271,9 @@ def round_agreement(halving, replay: Replay, full: dict[str, float]) -> list[str
     reached = sorted(by_items)  # the prefixes; a point scored on prefix k also took part in every round before it
     for k, units in enumerate(reached):
         members = [p for stop in reached[k:] for p in by_items[stop]]
-        prefix = [replay.combine(s) for s in replay.scores(members, 0, units)]
+        decided = [replay.rank_values(s) for s in replay.scores(members, 0, units)]
+        order = sorted(set(decided))
+        prefix = [float(order.index(key)) for key in decided]  # the round's order, the tie-break included
         tau = kendall_tau_b(prefix, [full[params_key(p)] for p in members])
         lines.append(f"{len(members)} points on {units}/{UNITS}: tau_b {tau:+.2f}")
     return lines

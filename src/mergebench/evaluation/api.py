@@ -100,6 +100,10 @@ class TaskResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     values: list[float] = field(default_factory=list)  # per-item scores, in item order (hyperparameter search)
+    soft_values: list[float] = field(default_factory=list)
+    """Per item, a continuous stand-in for its score in [0, 1] (the probability the model gives the gold
+    answer), where the task has one: the search orders points whose scores tie by it, since on a few
+    items accuracies tie far more often than they differ (empty: the task has none)."""
 
     def as_dict(self, with_samples: bool = False) -> dict[str, Any]:
         data = {
@@ -112,6 +116,8 @@ class TaskResult:
             "extras": self.extras,
             "values": self.values,
         }
+        if self.soft_values:
+            data["soft_values"] = self.soft_values
         if with_samples:
             data["samples"] = self.samples
         return data
@@ -122,6 +128,7 @@ class TaskResult:
             task=data["task"], metric=data["metric"], score=data["score"], stderr=data["stderr"], n=data["n"],
             higher_is_better=data.get("higher_is_better", True), samples=list(data.get("samples", [])),
             extras=dict(data.get("extras", {})), values=list(data.get("values", [])),
+            soft_values=list(data.get("soft_values", [])),
         )
 
 
@@ -183,8 +190,12 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, lm: LanguageModel) -> TaskResult: ...
 
-    def result(self, per_item: Sequence[float], samples: list[dict[str, Any]], **extras: Any) -> TaskResult:
+    def result(self, per_item: Sequence[float], samples: list[dict[str, Any]], *,
+               soft_values: Sequence[float] = (), **extras: Any) -> TaskResult:
+        """``soft_values``: see :attr:`TaskResult.soft_values`; one per item when given."""
         score, stderr = mean_stderr(per_item)
+        if soft_values and len(soft_values) != len(per_item):
+            raise ValueError(f"{len(soft_values)} soft values for {len(per_item)} items")
         return TaskResult(task=self.spec.name, metric=self.spec.metric, score=score, stderr=stderr, n=len(per_item),
                           higher_is_better=self.spec.higher_is_better, samples=samples, extras=dict(extras),
-                          values=[float(v) for v in per_item])
+                          values=[float(v) for v in per_item], soft_values=[float(v) for v in soft_values])

@@ -7,7 +7,8 @@ that differ only in λ share one merged task vector, kept across rounds) into on
 ``role="validation"``: Appendix B.2 of the study). The objective is the mean over surrogates of
 the merged score relative to the domain expert's score on the same surrogate (inverted for
 lower-is-better metrics), i.e. the normalized performance the study reports, measured on
-validation data.
+validation data. Points whose objectives tie are ordered by the surrogates' soft values (the gold
+answers' probabilities: :attr:`~mergebench.evaluation.api.TaskResult.soft_values`).
 
 Points of methods whose merges are ``base + λ·Δ`` (TIES, DARE, Task Arithmetic, ...) are scored
 together through :mod:`~mergebench.search.shared_decoding` when the model can tell the rows of
@@ -33,6 +34,7 @@ from mergebench.errors import UsageError
 from mergebench.evaluation.api import RowTrackingModel
 from mergebench.merging.api import MergeContext
 from mergebench.results import ratio
+from mergebench.search.strategies import soft_key
 from mergebench.specs import MethodSpec, TaskSpec
 
 UNITS = 27
@@ -170,18 +172,24 @@ class MergeObjective:
                 runs.append(lambda lm, s=surrogate: self._score_one(lm, s, start, stop))
                 slots.append((i, surrogate.spec.name))
         out: list[dict[str, list[float]]] = [{} for _ in scaled]
-        for (i, name), values in zip(slots, self._batch.evaluate(variants, runs)):
-            out[i][name] = values
+        for (i, _name), scored in zip(slots, self._batch.evaluate(variants, runs)):
+            out[i].update(scored)
         return out
 
     def _score(self, lm, start: int, stop: int) -> dict[str, list[float]]:
-        return {s.spec.name: self._score_one(lm, s, start, stop) for s in self.surrogates}
+        out: dict[str, list[float]] = {}
+        for surrogate in self.surrogates:
+            out.update(self._score_one(lm, surrogate, start, stop))
+        return out
 
-    def _score_one(self, lm, surrogate: Surrogate, start: int, stop: int) -> list[float]:
+    def _score_one(self, lm, surrogate: Surrogate, start: int, stop: int) -> dict[str, list[float]]:
+        """The surrogate's per-item scores of the units ``[start, stop)``, and its soft values (:func:`soft_key`)."""
+        name = surrogate.spec.name
         first, last = self.span(surrogate, start, stop)
         if last <= first:
-            return []
-        return self.make_task(surrogate.spec, last).item_range(first, last).evaluate(lm).values
+            return {name: [], soft_key(name): []}
+        result = self.make_task(surrogate.spec, last).item_range(first, last).evaluate(lm)
+        return {name: result.values, soft_key(name): result.soft_values}
 
     def span(self, surrogate: Surrogate, start: int, stop: int) -> tuple[int, int]:
         """The items of ``surrogate`` that the search's units ``[start, stop)`` cover."""
@@ -195,3 +203,8 @@ class MergeObjective:
                 value = ratio(sum(values) / len(values), surrogate.reference, surrogate.spec.higher_is_better)
                 ratios.append(0.0 if value is None else value)
         return sum(ratios) / len(ratios) if ratios else float("-inf")
+
+    def tiebreak(self, scores: Mapping[str, Sequence[float]]) -> float:
+        """The mean over surrogates of their mean soft value: continuous where accuracies tie on few items."""
+        means = [sum(values) / len(values) for s in self.surrogates if (values := scores.get(soft_key(s.spec.name)))]
+        return sum(means) / len(means) if means else 0.0

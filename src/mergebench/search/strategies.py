@@ -49,6 +49,24 @@ class Objective(Protocol):
     def combine(self, scores: Mapping[str, Sequence[float]]) -> float:
         """The objective from the per-item scores gathered so far (e.g. mean normalized score over tasks)."""
 
+    # optional: ``tiebreak(scores) -> float``, what orders points whose objectives are equal (see :func:`rank_key`)
+
+
+def soft_key(task: str) -> str:
+    """Where an objective's per-item scores keep ``task``'s soft values (:attr:`TaskResult.soft_values`)."""
+    return f"{task}~soft"
+
+
+def rank_key(trial: "Trial") -> tuple[float, float]:
+    """How trials scored on the same items are ordered: the objective, then the tie-break.
+
+    Why a tie-break: on the few items of a search's early rounds the surrogates' accuracies take few
+    values (all 30 TIES points tied on successive halving's first prefix of the embedded suite), and
+    equal objectives used to keep grid order, so the pick followed how the grid was written (the
+    smallest λ first). The objective's ``tiebreak`` (the gold answers' mean probability) is continuous.
+    """
+    return trial.objective, trial.tiebreak
+
 
 def grid_points(spec: MethodSpec, fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every combination of the method's declared grids (Table 7); other hyperparameters at their defaults.
@@ -76,6 +94,7 @@ class Trial:
     objective: float = float("-inf")
     seconds: float = 0.0
     items: int = 0
+    tiebreak: float = 0.0  # see rank_key
 
 
 def extend(trials: Sequence[Trial], objective: Objective, stop: int) -> None:
@@ -94,6 +113,7 @@ def extend(trials: Sequence[Trial], objective: Objective, stop: int) -> None:
             trial.scores.setdefault(task, []).extend(values)
         trial.items = stop
         trial.objective = objective.combine(trial.scores)
+        trial.tiebreak = objective.tiebreak(trial.scores) if hasattr(objective, "tiebreak") else 0.0
         trial.seconds += share
 
 
@@ -114,7 +134,8 @@ class SearchResult:
             "best": self.best,
             "seconds": self.seconds,
             "item_evaluations": self.item_evaluations,
-            "trials": [{"params": t.params, "items": t.items, "objective": t.objective, "seconds": round(t.seconds, 3)}
+            "trials": [{"params": t.params, "items": t.items, "objective": t.objective, "tiebreak": t.tiebreak,
+                        "seconds": round(t.seconds, 3)}
                        for t in self.trials],
             **({"stages": [{k: v for k, v in stage.items() if k != "trials"} for stage in self.stages]}
                if self.stages else {}),
@@ -134,7 +155,7 @@ class Strategy(ABC):
         began = time.perf_counter()
         trials = [Trial(dict(p)) for p in points]
         self._search(trials, objective)
-        best = max(trials, key=lambda t: (t.items, t.objective))
+        best = max(trials, key=lambda t: (t.items, *rank_key(t)))
         return SearchResult(self.name, dict(best.params), trials, time.perf_counter() - began,
                             sum(t.items for t in trials))
 
@@ -207,7 +228,7 @@ class SuccessiveHalving(Strategy):
             if alive[0].objective > float("-inf"):  # a prefix that held no item decided nothing: no cut
                 alive = alive[:survivors]
             extend(alive, objective, items)
-            alive.sort(key=lambda t: t.objective, reverse=True)
+            alive.sort(key=rank_key, reverse=True)
 
 
 STRATEGIES = {"grid": GridSearch, "halving": SuccessiveHalving}
