@@ -133,9 +133,12 @@ def main() -> None:
           f"(tied objectives are ordered by the gold answers' mean probability)")
     print("rank agreement with the grid (halving's ranking on each round's prefix against all items): "
           + "; ".join(round_agreement(halving, replay, full)))
-    ranks = replay_ranks(replay, points, full)
-    print(f"halving replayed on the grid's per-item scores in {len(ranks)} random point orders (what "
-          f"still ties breaks at random) picks rank {min(ranks)} to {max(ranks)} of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
+    for label, scores in (("with the tie-break", replay), ("without it (ties in grid order)", Replay(grid.trials, grid_objective, False))):
+        pick = SuccessiveHalving().run(points, scores).best
+        ranks = replay_ranks(scores, points, full)
+        print(f"halving replayed on the grid's per-item scores {label}: picks {pick} (grid rank "
+              f"{rank_of(pick, full)}); in {len(ranks)} random point orders rank {min(ranks)} to {max(ranks)} "
+              f"of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
 
 
 def cpu_model() -> str:
@@ -202,9 +205,11 @@ class Replay:
 
     n_items = UNITS
 
-    def __init__(self, trials, objective: MergeObjective) -> None:
+    def __init__(self, trials, objective: MergeObjective, tiebreak: bool = True) -> None:
         self.stored = {params_key(t.params): t.scores for t in trials}
         self.objective = objective
+        if not tiebreak:  # ties keep grid order, as before the tie-break (strategies.rank_key)
+            self.tiebreak = None
 
     def scores(self, points, start, stop):
         out = []

@@ -49,7 +49,8 @@ class Objective(Protocol):
     def combine(self, scores: Mapping[str, Sequence[float]]) -> float:
         """The objective from the per-item scores gathered so far (e.g. mean normalized score over tasks)."""
 
-    # optional: ``tiebreak(scores) -> float``, what orders points whose objectives are equal (see :func:`rank_key`)
+    # optional: ``tiebreak(scores) -> float``, what orders points whose objectives are equal (see :func:`rank_key`);
+    # without it (or set to None) tied points keep grid order
 
 
 def soft_key(task: str) -> str:
@@ -113,7 +114,8 @@ def extend(trials: Sequence[Trial], objective: Objective, stop: int) -> None:
             trial.scores.setdefault(task, []).extend(values)
         trial.items = stop
         trial.objective = objective.combine(trial.scores)
-        trial.tiebreak = objective.tiebreak(trial.scores) if hasattr(objective, "tiebreak") else 0.0
+        tiebreak = getattr(objective, "tiebreak", None)  # optional: None or absent keeps grid order among ties
+        trial.tiebreak = tiebreak(trial.scores) if tiebreak is not None else 0.0
         trial.seconds += share
 
 
