@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -259,7 +260,7 @@ class NoTiebreak:
     combine = TiedAccuracy.combine
 
 
-def test_merge_objective_tiebreak_is_the_mean_of_the_surrogates_mean_soft_values():
+def test_merge_objective_tiebreak_is_the_mean_of_the_surrogates_mean_log_soft_values():
     from mergebench.search.strategies import soft_key
 
     objective = MergeObjective.__new__(MergeObjective)
@@ -267,5 +268,6 @@ def test_merge_objective_tiebreak_is_the_mean_of_the_surrogates_mean_soft_values
                             for n in ("a", "b", "gen")]
     scores = {"a": [1.0, 0.0], soft_key("a"): [0.8, 0.2], "b": [1.0], soft_key("b"): [0.9],
               "gen": [1.0], soft_key("gen"): []}  # a generated surrogate has no soft values
-    assert objective.tiebreak(scores) == pytest.approx((0.5 + 0.9) / 2)
+    assert objective.tiebreak(scores) == pytest.approx(((math.log(0.8) + math.log(0.2)) / 2 + math.log(0.9)) / 2)
+    assert objective.tiebreak({"a": [0.0], soft_key("a"): [0.0]}) == pytest.approx(math.log(1e-300))  # underflowed
     assert objective.tiebreak({"gen": [1.0]}) == 0.0

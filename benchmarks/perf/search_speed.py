@@ -130,7 +130,7 @@ def main() -> None:
         keys = {tuple(round(v, 9) for v in replay.rank_values(scores)) for scores in scored}
         distinct.append(f"{len(values)} on {units}/{UNITS} ({len(keys)} with the tie-break)")
     print(f"distinct objective values of the {len(points)} points on halving's prefixes: {', '.join(distinct)} "
-          f"(tied objectives are ordered by the gold answers' mean probability)")
+          f"(tied objectives are ordered by the gold answers' mean log-probability)")
     print("rank agreement with the grid (halving's ranking on each round's prefix against all items): "
           + "; ".join(round_agreement(halving, replay, full)))
     for label, scores in (("with the tie-break", replay), ("without it (ties in grid order)", Replay(grid.trials, grid_objective, False))):
@@ -159,7 +159,7 @@ def stored_key(model, method, points, surrogates, experts, base) -> str:
     blob = json.dumps({"model": model.name, "method": method.name, "points": points, "base": str(base.path),
                        "experts": {d: str(r.path) for d, r in experts.items()},
                        "surrogates": [[s.spec.name, s.spec.version, s.items, s.reference] for s in surrogates],
-                       "units": UNITS, "generation_from": GENERATION_FROM, "tiebreak": "soft_values"},
+                       "units": UNITS, "generation_from": GENERATION_FROM, "stored": "values and soft_values"},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -56,7 +56,7 @@ def search_stage(pipeline: "Pipeline", model: ModelSpec, method: MethodSpec, fix
         "strategy": context.search,
         **({"schedule": schedule} if (schedule := strategy(context.search).key()) else {}),
         **({"plan": "per_task", "fixed": fixed} if plan else {}),
-        "item_order": {"units": UNITS, "generation_from": GENERATION_FROM, "tiebreak": "soft_values"},
+        "item_order": {"units": UNITS, "generation_from": GENERATION_FROM, "tiebreak": "mean_log_soft_values"},
         "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
     })
 

@@ -64,7 +64,7 @@ def rank_key(trial: "Trial") -> tuple[float, float]:
     Why a tie-break: on the few items of a search's early rounds the surrogates' accuracies take few
     values (all 30 TIES points tied on successive halving's first prefix of the embedded suite), and
     equal objectives used to keep grid order, so the pick followed how the grid was written (the
-    smallest λ first). The objective's ``tiebreak`` (the gold answers' mean probability) is continuous.
+    smallest λ first). The objective's ``tiebreak`` (the gold answers' mean log-probability) is continuous.
     """
     return trial.objective, trial.tiebreak
 
