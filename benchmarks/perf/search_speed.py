@@ -115,6 +115,8 @@ def main() -> None:
     if grid is None:
         print(f"halving picks {halving.best}; no stored grid scores, so no ranks (run once with --grid-scores FILE)")
         return
+    if stored:  # the grid's pick among tied points by this code's tie-break, not the one it was stored with
+        grid.best = GridSearch().run(points, Replay(grid.trials, grid_objective)).best
     same = grid.best == halving.best
     print(f"grid picks {grid.best}; halving picks {halving.best}: {'the same point' if same else 'DIFFERENT points'}")
     full = {params_key(t.params): t.objective for t in grid.trials}
