@@ -53,18 +53,18 @@ def test_grid_points_cover_the_declared_grid_with_defaults_for_the_rest():
 
 def test_both_strategies_find_the_optimum_and_halving_scores_far_fewer_items():
     grid = GridSearch().run(grid_points(SPEC), Quadratic())
-    halving = SuccessiveHalving(eta=3, min_items=2).run(grid_points(SPEC), Quadratic())
+    halving = SuccessiveHalving(eta=3, min_items=2, finalists=None).run(grid_points(SPEC), Quadratic())
     assert grid.best["scaling"] == halving.best["scaling"] == 0.6
     assert grid.best["density"] == halving.best["density"] == 0.2
     assert grid.item_evaluations == 30 * 54
     # rounds: 30 points on 2 items, 10 on 6, 3 on 18; the one left would get 54 but is already the pick
-    assert SuccessiveHalving(eta=3, min_items=2).schedule(30, 54) == [(30, 2), (10, 6), (3, 18)]
+    assert SuccessiveHalving(eta=3, min_items=2, finalists=None).schedule(30, 54) == [(30, 2), (10, 6), (3, 18)]
     assert halving.item_evaluations == 20 * 2 + 7 * 6 + 3 * 18  # 136 items: 2.5 full evaluations, vs 30
 
 
 def test_survivors_are_only_scored_on_new_items():
     objective = Quadratic()
-    SuccessiveHalving(eta=3, min_items=2).run(grid_points(SPEC), objective)
+    SuccessiveHalving(eta=3, min_items=2, finalists=None).run(grid_points(SPEC), objective)
     seen: dict[tuple, int] = {}
     for params, start, stop in objective.calls:
         key = tuple(sorted(params.items()))
@@ -111,7 +111,7 @@ def test_units_cover_each_task_in_proportion_rounded_to_the_nearest_item():
 
 def test_item_ranges_count_search_units_even_when_tasks_have_more_or_fewer_items():
     objective = Uneven(n_items=27)
-    result = SuccessiveHalving().run(grid_points(SPEC), objective)
+    result = SuccessiveHalving(finalists=None).run(grid_points(SPEC), objective)
     seen: dict[tuple, int] = {}
     for params, start, stop in objective.calls:
         key = tuple(sorted(params.items()))
@@ -139,7 +139,7 @@ class LateShort(Uneven):
 
 def test_generated_items_are_scored_for_the_finalists_only_each_item_once():
     objective = LateShort(n_items=27)
-    result = SuccessiveHalving().run(grid_points(SPEC), objective)
+    result = SuccessiveHalving(finalists=None).run(grid_points(SPEC), objective)
     rounds = {}
     for trial in result.trials:
         rounds.setdefault(trial.items, []).append(trial)
@@ -168,7 +168,7 @@ def test_the_objective_brings_in_surrogates_that_generate_at_generation_from():
 
 
 def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():
-    halving = SuccessiveHalving(eta=3)
+    halving = SuccessiveHalving(eta=3, finalists=None)
     assert halving.schedule(30, 3) == [(30, 1), (10, 3)]  # only two prefix lengths: the last round decides
     assert halving.schedule(3, 27) == [(3, 9)]  # then one left, which would get 27
     assert halving.schedule(1, 27) == [(1, 27)]
@@ -177,17 +177,18 @@ def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():
 
 
 def test_finalists_cap_the_last_round_and_the_schedule_is_part_of_the_key():
-    assert SuccessiveHalving().schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # eta's own: no cap by default
-    assert SuccessiveHalving(finalists=2).schedule(30, 27) == [(30, 1), (10, 3), (2, 9)]
+    assert SuccessiveHalving(finalists=None).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # eta's own
+    assert SuccessiveHalving().schedule(30, 27) == [(30, 1), (10, 3), (2, 9)]  # the default: two finalists
     assert SuccessiveHalving(finalists=5).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # a cap, not a floor
     assert SuccessiveHalving(finalists=2).schedule(3, 27) == [(3, 9)]  # one round: every point scored, none ranked
     result = SuccessiveHalving(finalists=2).run(grid_points(SPEC), Quadratic(n_items=27))
     finalists = [t for t in result.trials if t.items == 9]
     assert len(finalists) == 2 and result.best in [t.params for t in finalists]
     assert result.item_evaluations == 20 * 1 + 8 * 3 + 2 * 9
-    assert SuccessiveHalving(finalists=2).key() == {"finalists": 2}  # another schedule, another search
+    assert SuccessiveHalving(finalists=None).key() == {"finalists": None}  # another schedule, another search
     assert SuccessiveHalving(eta=4, min_items=2).key() == {"eta": 4, "min_items": 2}
-    assert SuccessiveHalving().key() == GridSearch().key() == {}  # the default's cache key is what it was
+    # the default adds nothing; its search key differs from the three-finalist default of before by the tie-break (stage.py)
+    assert SuccessiveHalving().key() == GridSearch().key() == {}
 
 
 def test_fewer_than_two_finalists_is_refused_with_the_reason():
@@ -215,8 +216,8 @@ def test_a_round_whose_items_are_empty_drops_no_point():
     """Ten λ on 3 then 9 units: the first round scores nothing, so all ten go on (not λ 0.1–0.3 in grid order)."""
     objective = Sparse(n_items=27)
     points = [{"scaling": round(0.1 * i, 1), "density": 0.2} for i in range(1, 11)]
-    result = SuccessiveHalving().run(points, objective)
-    assert SuccessiveHalving().schedule(10, 27) == [(10, 3), (3, 9)]
+    result = SuccessiveHalving(finalists=None).run(points, objective)
+    assert SuccessiveHalving(finalists=None).schedule(10, 27) == [(10, 3), (3, 9)]
     assert result.best["scaling"] == 0.9
     assert sorted(stop for _, _, stop in objective.calls) == [3] * 10 + [9] * 10
 

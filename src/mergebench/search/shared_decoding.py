@@ -9,7 +9,7 @@ on every layer Δ touches give each row its variant's output (:mod:`mergebench.s
 layers affine in their parameters add ``λ_row · (f(x; Δ_row) − f(x; 0))``, norms are called
 again with each row's own weight). A shared step reads the base and one Δ per group, so
 variants share only when they outnumber that (the grid's 30 TIES points in 3 density groups
-do, halving's 3 finalists in 3 groups do not). Before the first use a self-check compares the
+do, halving's finalists, one group each, do not). Before the first use a self-check compares the
 batched logits with the variant's own weights on a short prompt; an architecture the identity
 does not hold for (a layer not affine in its parameters) fails it and is evaluated one variant
 at a time instead.
