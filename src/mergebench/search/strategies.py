@@ -31,7 +31,7 @@ FINALISTS: int | None = 2
 Why two: the last round alone scores generated items, so each finalist costs nearly one
 evaluation's generation. With ties ordered by grid order, two finalists picked worse points than
 three; with the log-probability tie-break (:func:`rank_key`) they pick the same point on the
-embedded TIES grid, in about 0.88 of the time (the README's search section has the measurements).
+embedded TIES grid, in 0.88–0.91 of the time (the README's search section has the measurements).
 """
 
 
