@@ -11,7 +11,7 @@ import pytest
 from mergebench.errors import UsageError
 from mergebench.merging.api import MergeContext
 from mergebench.search.objective import GENERATION_FROM, MergeObjective, Surrogate, item_span
-from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points
+from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points, soft_key
 from mergebench.specs import HyperParam, MethodSpec, TaskSpec
 
 
@@ -228,8 +228,6 @@ class TiedAccuracy:
     n_items = 27
 
     def scores(self, points, start, stop):
-        from mergebench.search.strategies import soft_key
-
         return [{"a": [1.0] * (stop - start),
                  soft_key("a"): [0.5 - abs(p["scaling"] - 0.7) - abs(p["density"] - 0.3)] * (stop - start)}
                 for p in points]
@@ -238,8 +236,6 @@ class TiedAccuracy:
         return sum(scores["a"]) / len(scores["a"])
 
     def tiebreak(self, scores):
-        from mergebench.search.strategies import soft_key
-
         return sum(scores[soft_key("a")]) / len(scores[soft_key("a")])
 
 
@@ -262,8 +258,6 @@ class NoTiebreak:
 
 
 def test_merge_objective_tiebreak_is_the_mean_of_the_surrogates_mean_log_soft_values():
-    from mergebench.search.strategies import soft_key
-
     objective = MergeObjective.__new__(MergeObjective)
     objective.surrogates = [Surrogate(TaskSpec(name=n, impl="x:y", domain="math", metric="acc"), 4, 0.5)
                             for n in ("a", "b", "gen")]

@@ -174,10 +174,10 @@ class MergeObjective:
             for surrogate in self.surrogates:  # one job per surrogate: a round then holds every task's calls
                 variants.append(Variant(group, scale))
                 runs.append(lambda lm, s=surrogate: self._score_one(lm, s, start, stop))
-                slots.append((i, surrogate.spec.name))
+                slots.append(i)
         out: list[dict[str, list[float]]] = [{} for _ in scaled]
-        for (i, _name), scored in zip(slots, self._batch.evaluate(variants, runs)):
-            out[i].update(scored)
+        for i, scored in zip(slots, self._batch.evaluate(variants, runs)):
+            out[i].update(scored)  # the surrogate's scores and soft values, under their own keys
         return out
 
     def _score(self, lm, start: int, stop: int) -> dict[str, list[float]]:
