@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from mergebench.errors import UsageError
+from mergebench.evaluation.api import LanguageModel, Loglikelihood, LoglikelihoodRequest, Task
 from mergebench.merging.api import MergeContext
-from mergebench.search.objective import GENERATION_FROM, MergeObjective, Surrogate, item_span
+from mergebench.search.objective import GENERATION_FROM, MergeObjective, Surrogate, index_runs, item_span
 from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points, soft_key
 from mergebench.specs import HyperParam, MethodSpec, TaskSpec
 
@@ -165,6 +166,89 @@ def test_the_objective_brings_in_surrogates_that_generate_at_generation_from():
     assert [objective.span(surrogates[1], a, b) for a, b in [(0, 1), (1, 3), (3, 9), (9, 27)]] == [
         (0, 0), (0, 0), (0, 3), (3, 8)]
     assert objective.span(surrogates[0], 1, 3) == (2, 5)
+
+
+def test_index_runs_are_the_ascending_ranges_of_consecutive_items():
+    assert index_runs([7, 2, 3, 9, 8, 0]) == [(0, 1), (2, 4), (7, 10)]
+    assert index_runs([]) == [] and index_runs(range(5)) == [(0, 5)]
+
+
+# item i of the "cloze" surrogate: a context of CONTEXT[i] characters, one continuation of 1 + i % 2
+CONTEXT = [40, 5, 30, 5, 1, 60, 12, 9]
+
+
+class Cloze(Task):
+    """Log-likelihood items of known lengths; an item's score is its index (so scored items can be read back)."""
+
+    supports_start = True
+
+    def evaluate(self, lm):
+        items = range(self.start, self.stop)
+        requests = [LoglikelihoodRequest("x" * CONTEXT[i], "y" * (1 + i % 2)) for i in items]
+        answers = lm.loglikelihood(requests)
+        return self.result([float(i) for i in items], [{} for _ in items], soft_values=[0.5 for _ in answers])
+
+
+class Chat(Cloze):
+    generates = True
+
+
+class Recorder(LanguageModel):
+    name = "recorder"
+    has_chat_template = False
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def chat_prompt(self, messages):
+        raise AssertionError("not used")
+
+    def generate(self, requests):
+        raise AssertionError("not used")
+
+    def loglikelihood(self, requests):
+        self.calls.append([r.context for r in requests])
+        return [Loglikelihood(-1.0, 1, False) for _ in requests]
+
+
+def ordered_objective(model: LanguageModel) -> tuple[MergeObjective, list[Surrogate]]:
+    specs = [TaskSpec(name, impl="unused:Task", domain="math", role="validation") for name in ("cloze", "chat")]
+    surrogates = [Surrogate(specs[0], len(CONTEXT), 0.5), Surrogate(specs[1], len(CONTEXT), 0.5)]
+    objective = MergeObjective(SPEC, Path("base"), {}, MergeContext(), surrogates, load_model=lambda: model,
+                               make_task=lambda spec, limit: (Chat if spec.name == "chat" else Cloze)(spec, None, limit))
+    return objective, surrogates
+
+
+def test_log_likelihood_items_fill_the_units_shortest_first_and_all_units_are_every_item_in_index_order():
+    objective, (cloze, chat) = ordered_objective(Recorder())
+    # characters: the context once plus the continuation; ties by index
+    assert objective.order(cloze) == [4, 1, 3, 7, 6, 2, 0, 5]
+    assert objective.order(chat) == list(range(8))  # generated items keep their order (and join at GENERATION_FROM)
+    assert [objective.items(cloze, a, b) for a, b in [(0, 4), (4, 9), (9, 27)]] == [[4], [1, 3], [0, 2, 5, 6, 7]] == [
+        sorted(objective.order(cloze)[slice(*objective.span(cloze, a, b))]) for a, b in [(0, 4), (4, 9), (9, 27)]]
+    assert objective.item_runs(cloze, 9, 27) == [(0, 1), (2, 3), (5, 8)]
+    assert objective.items(cloze, 0, 27) == list(range(8)) and objective.items(chat, 3, 27) == list(range(8))
+
+
+def test_index_order_is_the_tasks_own_and_an_unknown_order_is_refused():
+    specs = [TaskSpec("cloze", impl="unused:Task", domain="math", role="validation")]
+    objective = MergeObjective(SPEC, Path("base"), {}, MergeContext(), [Surrogate(specs[0], 8, 0.5)],
+                               make_task=lambda spec, limit: Cloze(spec, None, limit), load_model=Recorder,
+                               item_order="index")
+    assert objective.items(objective.surrogates[0], 4, 9) == [1, 2]
+    with pytest.raises(UsageError, match="unknown item order 'longest'; one of shortest_first, index"):
+        MergeObjective(SPEC, Path("base"), {}, MergeContext(), [], make_task=None, load_model=Recorder,
+                       item_order="longest")
+
+
+def test_the_objective_scores_exactly_the_ordered_items_each_run_once():
+    model = Recorder()
+    objective, _ = ordered_objective(model)
+    scored = objective._score(model, 9, 27)
+    assert scored["cloze"] == [0.0, 2.0, 5.0, 6.0, 7.0] and scored[soft_key("cloze")] == [0.5] * 5
+    assert scored["chat"] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert model.calls[-4:-1] == [["x" * 40], ["x" * 30], ["x" * 60, "x" * 12, "x" * 9]]  # runs [0, 1), [2, 3), [5, 8)
+    assert objective._score(model, 0, 1) == {"cloze": [], soft_key("cloze"): [], "chat": [], soft_key("chat"): []}
 
 
 def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():

@@ -26,7 +26,7 @@ from mergebench import plugin_manager
 from mergebench.cache import ArtifactCache
 from mergebench.merging.api import MergeContext
 from mergebench.pipeline import Pipeline, RunContext
-from mergebench.search.objective import UNITS, MergeObjective, Surrogate
+from mergebench.search.objective import ITEM_ORDER, ITEM_ORDERS, UNITS, MergeObjective, Surrogate
 from mergebench.search.stage import surrogates as validation_surrogates
 from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points, soft_key
 
@@ -44,6 +44,9 @@ def main() -> None:
                              "halving does not")
     parser.add_argument("--peer-finalists", type=int, default=None, metavar="N",
                         help="also time halving with N finalists (the peer schedule) in the same run, after ours")
+    parser.add_argument("--peer-item-order", choices=[o for o in ITEM_ORDERS if o != ITEM_ORDER], default=None,
+                        help="also time halving with the surrogates' items in this order (the peer) in the same run, "
+                             "after ours, and replay it on the stored grid's scores")
     parser.add_argument("--skip-grid", action="store_true",
                         help="never run the grid: use --grid-scores when it holds the grid's scores, else leave the "
                              "grid's figures and the ranks out")
@@ -60,13 +63,13 @@ def main() -> None:
     context = MergeContext(device="cpu", exclude=pipeline.context.exclude, domains=tuple(experts))
     points = grid_points(method)
 
-    def objective(share_decoding: bool = True) -> MergeObjective:
+    def objective(share_decoding: bool = True, item_order: str = ITEM_ORDER) -> MergeObjective:
         from mergebench.evaluation.hf import HFLanguageModel
 
         return MergeObjective(method, base.path, {d: r.path for d, r in experts.items()}, context, surrogates,
                               make_task=lambda spec, limit: spec.load()(spec, pipeline.context, limit=limit),
                               load_model=lambda: HFLanguageModel.from_pretrained(base.path, batch_size=16, device="cpu"),
-                              share_decoding=share_decoding)
+                              share_decoding=share_decoding, item_order=item_order)
 
     # read every input file once first: otherwise whichever measurement runs first pays the disk
     # (after a cold run had evicted the page cache, "one evaluation" took 43 s instead of 29)
@@ -89,6 +92,8 @@ def main() -> None:
     halving = SuccessiveHalving().run(points, objective(share))
     peer = (SuccessiveHalving(finalists=args.peer_finalists).run(points, objective(share))
             if args.peer_finalists else None)
+    peer_order = (SuccessiveHalving().run(points, objective(share, args.peer_item_order))
+                  if args.peer_item_order else None)
     if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
         stored = stored_grid(args.grid_scores, model, method, points, surrogates, experts, base)
         grid = stored[0] if stored else None
@@ -110,6 +115,9 @@ def main() -> None:
     if peer is not None:
         print(f"{f'halving, {args.peer_finalists} finalists':24}{peer.seconds:10.1f}{peer.seconds / one:20.2f}"
               f"{peer.item_evaluations:20d}  (picks {peer.best}; ours / peer {halving.seconds / peer.seconds:.2f})")
+    if peer_order is not None:
+        print(f"{f'halving, {args.peer_item_order} order':24}{peer_order.seconds:10.1f}{peer_order.seconds / one:20.2f}"
+              f"{peer_order.item_evaluations:20d}  (picks {peer_order.best}; ours / peer {halving.seconds / peer_order.seconds:.2f})")
     print(f"halving's schedule: {SuccessiveHalving().schedule(len(points), UNITS)} (points, units); "
           f"finalists' trials {[(t.params, round(t.objective, 4)) for t in halving.trials if t.items == max(x.items for x in halving.trials)]}")
     if grid is None:
@@ -135,7 +143,10 @@ def main() -> None:
           f"(tied objectives are ordered by the gold answers' mean log-probability)")
     print("rank agreement with the grid (halving's ranking on each round's prefix against all items): "
           + "; ".join(round_agreement(halving, replay, full)))
-    for label, scores in (("with the tie-break", replay), ("without it (ties in grid order)", Replay(grid.trials, grid_objective, False))):
+    variants = [("with the tie-break", replay),
+                ("with the tie-break, items in index order", Replay(grid.trials, objective(share, "index"))),
+                ("without it (ties in grid order)", Replay(grid.trials, grid_objective, False))]
+    for label, scores in variants:
         pick = SuccessiveHalving().run(points, scores).best
         ranks = replay_ranks(scores, points, full)
         print(f"halving replayed on the grid's per-item scores {label}: picks {pick} (grid rank "
@@ -218,9 +229,10 @@ class Replay:
         for p in points:
             stored, scored = self.stored[params_key(p)], {}
             for s in self.objective.surrogates:
-                span = slice(*self.objective.span(s, start, stop))
+                items = self.objective.items(s, start, stop)  # in the objective's item order (ITEM_ORDER)
                 for name in (s.spec.name, soft_key(s.spec.name)):
-                    scored[name] = stored.get(name, [])[span]
+                    values = stored.get(name, [])
+                    scored[name] = [values[i] for i in items] if values else []
             out.append(scored)
         return out
 

@@ -35,7 +35,7 @@ def search_stage(pipeline: "Pipeline", model: ModelSpec, method: MethodSpec, fix
     """Best hyperparameters on the validation surrogates, and the seconds the search took."""
     from mergebench.pipeline import _build_seconds
     from mergebench.search import run_search
-    from mergebench.search.objective import GENERATION_FROM, UNITS, Surrogate
+    from mergebench.search.objective import GENERATION_FROM, ITEM_ORDER, UNITS, Surrogate
     from mergebench.search.plans import plan_applies
     from mergebench.search.strategies import grid_points, strategy
 
@@ -56,7 +56,8 @@ def search_stage(pipeline: "Pipeline", model: ModelSpec, method: MethodSpec, fix
         "strategy": context.search,
         **({"schedule": schedule} if (schedule := strategy(context.search).key()) else {}),
         **({"plan": "per_task", "fixed": fixed} if plan else {}),
-        "item_order": {"units": UNITS, "generation_from": GENERATION_FROM, "tiebreak": "mean_log_soft_values"},
+        "item_order": {"units": UNITS, "generation_from": GENERATION_FROM, "tiebreak": "mean_log_soft_values",
+                       "items": ITEM_ORDER},
         "surrogates": {t.name: [t.version, references[t.name].n] for t in tasks},
     })
 
