@@ -111,7 +111,7 @@ def index_runs(indices: Sequence[int]) -> list[tuple[int, int]]:
 class _RequestText(LanguageModel):
     """A stand-in model that only counts the characters of the log-likelihood requests a task makes.
 
-    Chat prompts are rendered by the resident model, as they would be when scoring."""
+    Chat prompts (and whatever else a task reads off its model) are the resident model's, as when scoring."""
 
     def __init__(self, lm: LanguageModel) -> None:
         self._lm, self.name, self.characters = lm, lm.name, 0
@@ -129,6 +129,9 @@ class _RequestText(LanguageModel):
     def loglikelihood(self, requests):
         self.characters += sum(len(c) for c in {r.context for r in requests}) + sum(len(r.continuation) for r in requests)
         return [Loglikelihood(-1.0, 1, False) for _ in requests]
+
+    def __getattr__(self, name: str):  # anything else a task reads (a tokenizer, say) is the resident model's
+        return getattr(self._lm, name)
 
 
 class _Resident:
