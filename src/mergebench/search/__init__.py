@@ -9,7 +9,8 @@ points each). The parts of one search, each behind its own interface:
 * :mod:`~mergebench.search.plans`: in what order a method's grids are searched (Consensus TA: each
   task's λ_c on its own surrogate, then λ), each stage with the strategy.
 * :mod:`~mergebench.search.objective`: what a point scores, merged in memory and evaluated on
-  item ranges of the validation surrogates, relative to the domain experts.
+  item ranges of the validation surrogates (log-likelihood items shortest first), relative to
+  the domain experts.
 * :mod:`~mergebench.search.grid_merge`: many points of one method merged on inputs read once.
 * :mod:`~mergebench.search.shared_decoding`: many ``base + λ·Δ`` points evaluated together,
   their rows in one batch (:mod:`~mergebench.search.row_updates`) and their tasks' calls
