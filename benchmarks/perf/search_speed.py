@@ -178,16 +178,22 @@ def cpu_model() -> str:
 
 
 def stored_key(model, method, points, surrogates, experts, base) -> str:
-    """What the grid's per-item scores depend on: the inputs (their cache folders name their keys),
+    """What the grid's per-item scores depend on: the inputs (their cache folders name their keys; the
+    cache's root is left out, so a stored file serves a cache moved elsewhere),
     the points and the surrogates with their item counts and references, and the item order."""
     from mergebench.search.objective import GENERATION_FROM
 
-    blob = json.dumps({"model": model.name, "method": method.name, "points": points, "base": str(base.path),
-                       "experts": {d: str(r.path) for d, r in experts.items()},
+    blob = json.dumps({"model": model.name, "method": method.name, "points": points, "base": artifact_name(base.path),
+                       "experts": {d: artifact_name(r.path) for d, r in experts.items()},
                        "surrogates": [[s.spec.name, s.spec.version, s.items, s.reference] for s in surrogates],
                        "units": UNITS, "generation_from": GENERATION_FROM, "stored": "values and soft_values"},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def artifact_name(path: Path) -> str:
+    """An artifact as its kind and key (``expert/<sha256>``): the same inputs in a cache moved or copied elsewhere."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def stored_grid(path: Path | None, *key_parts):
