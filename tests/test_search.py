@@ -230,6 +230,27 @@ def test_log_likelihood_items_fill_the_units_shortest_first_and_all_units_are_ev
     assert objective.items(cloze, 0, 27) == list(range(8)) and objective.items(chat, 3, 27) == list(range(8))
 
 
+def test_a_forwarding_model_renders_and_reads_off_the_model_it_stands_in_for():
+    from mergebench.evaluation.api import ForwardingModel
+
+    class Chat(Recorder):
+        name, has_chat_template, tokenizer = "chat-model", True, "its tokenizer"
+
+        def chat_prompt(self, messages):
+            return "<user>" + messages[0]["content"]
+
+    class Silent(ForwardingModel):
+        def generate(self, requests):
+            return []
+
+        def loglikelihood(self, requests):
+            return []
+
+    stand_in = Silent(Chat())
+    assert (stand_in.name, stand_in.has_chat_template, stand_in.tokenizer) == ("chat-model", True, "its tokenizer")
+    assert stand_in.chat_prompt([{"role": "user", "content": "hi"}]) == "<user>hi"
+
+
 def test_index_order_is_the_tasks_own_and_an_unknown_order_is_refused():
     specs = [TaskSpec("cloze", impl="unused:Task", domain="math", role="validation")]
     objective = MergeObjective(SPEC, Path("base"), {}, MergeContext(), [Surrogate(specs[0], 8, 0.5)],

@@ -5,9 +5,10 @@ memory and score every validation surrogate once; timed before the searches and 
 them, the mean is the unit), of the full 30-point grid search and of successive halving, each as
 a multiple of one evaluation, and whether both searches pick the same point. An untimed
 evaluation runs first: the process's first one also pays imports and loading the surrogates'
-data (~9 s on the emulated Xeon), which the searches after it do not, so it would flatter them. Each measurement starts from a fresh objective (inputs read, model loaded), so the
-one-time costs are in every figure; the input files are read once before any timing, so all
-three read them from the page cache.
+data (3-9 s more than the next on the emulated Xeon), which the searches after it do not, so it
+would flatter them. Each measurement starts from a fresh objective (inputs read, model loaded),
+so the one-time costs are in every figure; the input files are read once before any timing, so
+all of them read from the page cache.
 
     MERGEBENCH_CACHE=... python benchmarks/perf/search_speed.py [--model smollm2-135m-instruct] [--method ties]
 
@@ -88,7 +89,7 @@ def main() -> None:
         objective(False).scores([method.resolve_params({})], 0, UNITS)
         return time.perf_counter() - started
 
-    # the process's first evaluation also pays its imports and data partitions (9 s more than the
+    # the process's first evaluation also pays its imports and data partitions (3-9 s more than the
     # next on the emulated Xeon), which every search after it in the same process is spared: not the unit
     first = one_evaluation()
     evaluations = [one_evaluation()]

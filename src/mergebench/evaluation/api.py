@@ -58,6 +58,29 @@ class LanguageModel(ABC):
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]: ...
 
 
+class ForwardingModel(LanguageModel):
+    """Another model as tasks see it, but for the calls a subclass overrides (``generate``, ``loglikelihood``).
+
+    Why: the search runs tasks against stand-ins of its resident model (a proxy that gathers calls
+    round by round, a counter of request text); chat prompts, and whatever else a task reads off its
+    model (a tokenizer, say), must still be the resident model's.
+    """
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self._lm = lm
+        self.name = lm.name
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._lm.has_chat_template
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        return self._lm.chat_prompt(messages)
+
+    def __getattr__(self, name: str):
+        return getattr(self._lm, name)
+
+
 RowListener = Callable[[list[GenerationRequest]], None]
 """Called with the requests a generation batch's rows hold, in row order, before each forward pass."""
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from mergebench.errors import UsageError
-from mergebench.evaluation.api import LanguageModel, Loglikelihood, RowTrackingModel
+from mergebench.evaluation.api import ForwardingModel, LanguageModel, Loglikelihood, RowTrackingModel
 from mergebench.merging.api import MergeContext
 from mergebench.results import ratio
 from mergebench.search.strategies import soft_key
@@ -108,20 +108,12 @@ def index_runs(indices: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class _RequestText(LanguageModel):
-    """A stand-in model that only counts the characters of the log-likelihood requests a task makes.
-
-    Chat prompts (and whatever else a task reads off its model) are the resident model's, as when scoring."""
+class _RequestText(ForwardingModel):
+    """The resident model as a task sees it, but only counting the characters of its log-likelihood requests."""
 
     def __init__(self, lm: LanguageModel) -> None:
-        self._lm, self.name, self.characters = lm, lm.name, 0
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self._lm.has_chat_template
-
-    def chat_prompt(self, messages):
-        return self._lm.chat_prompt(messages)
+        super().__init__(lm)
+        self.characters = 0
 
     def generate(self, requests):
         return ["" for _ in requests]
@@ -129,9 +121,6 @@ class _RequestText(LanguageModel):
     def loglikelihood(self, requests):
         self.characters += sum(len(c) for c in {r.context for r in requests}) + sum(len(r.continuation) for r in requests)
         return [Loglikelihood(-1.0, 1, False) for _ in requests]
-
-    def __getattr__(self, name: str):  # anything else a task reads (a tokenizer, say) is the resident model's
-        return getattr(self._lm, name)
 
 
 class _Resident:
@@ -260,8 +249,12 @@ class MergeObjective:
     def _score_run(self, lm, surrogate: Surrogate, first: int, last: int) -> dict[str, list[float]]:
         """The surrogate's per-item scores of its items ``[first, last)``, and their soft values (:func:`soft_key`)."""
         name = surrogate.spec.name
-        result = self.make_task(surrogate.spec, last).item_range(first, last).evaluate(lm)
+        result = self._task(surrogate, first, last).evaluate(lm)
         return {name: result.values, soft_key(name): result.soft_values}
+
+    def _task(self, surrogate: Surrogate, first: int, last: int):
+        """``surrogate``'s task on its items ``[first, last)``."""
+        return self.make_task(surrogate.spec, last).item_range(first, last)
 
     def span(self, surrogate: Surrogate, start: int, stop: int) -> tuple[int, int]:
         """The positions in ``surrogate``'s item order that the search's units ``[start, stop)`` cover."""
@@ -288,7 +281,7 @@ class MergeObjective:
                 costs = []
                 for index in range(surrogate.items):
                     counter = _RequestText(self._lm)
-                    self.make_task(surrogate.spec, index + 1).item_range(index, index + 1).evaluate(counter)
+                    self._task(surrogate, index, index + 1).evaluate(counter)
                     costs.append(counter.characters)
                 self._orders[name] = sorted(range(surrogate.items), key=lambda i: (costs[i], i))
         return self._orders[name]

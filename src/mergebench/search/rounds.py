@@ -11,31 +11,21 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Sequence
 
-from mergebench.evaluation.api import GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
+from mergebench.evaluation.api import ForwardingModel, GenerationRequest, LanguageModel, Loglikelihood, LoglikelihoodRequest
 
 
-class _Proxy(LanguageModel):
+class _Proxy(ForwardingModel):
     """What one variant's task sees: the resident model, with its two calls sent to the rounds."""
 
     def __init__(self, lm: LanguageModel, rounds: "Rounds", k: int) -> None:
-        self._lm, self._rounds, self._k = lm, rounds, k
-        self.name = lm.name
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self._lm.has_chat_template
-
-    def chat_prompt(self, messages):
-        return self._lm.chat_prompt(messages)
+        super().__init__(lm)
+        self._rounds, self._k = rounds, k
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         return self._rounds.call(self._k, "generate", list(requests))
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         return self._rounds.call(self._k, "loglikelihood", list(requests))
-
-    def __getattr__(self, name: str):
-        return getattr(self._lm, name)
 
 
 class Rounds:
