@@ -54,18 +54,18 @@ def test_grid_points_cover_the_declared_grid_with_defaults_for_the_rest():
 
 def test_both_strategies_find_the_optimum_and_halving_scores_far_fewer_items():
     grid = GridSearch().run(grid_points(SPEC), Quadratic())
-    halving = SuccessiveHalving(eta=3, min_items=2, finalists=None).run(grid_points(SPEC), Quadratic())
+    halving = SuccessiveHalving(eta=3, min_items=2, finalists=None, max_rounds=None).run(grid_points(SPEC), Quadratic())
     assert grid.best["scaling"] == halving.best["scaling"] == 0.6
     assert grid.best["density"] == halving.best["density"] == 0.2
     assert grid.item_evaluations == 30 * 54
     # rounds: 30 points on 2 items, 10 on 6, 3 on 18; the one left would get 54 but is already the pick
-    assert SuccessiveHalving(eta=3, min_items=2, finalists=None).schedule(30, 54) == [(30, 2), (10, 6), (3, 18)]
+    assert SuccessiveHalving(eta=3, min_items=2, finalists=None, max_rounds=None).schedule(30, 54) == [(30, 2), (10, 6), (3, 18)]
     assert halving.item_evaluations == 20 * 2 + 7 * 6 + 3 * 18  # 136 items: 2.5 full evaluations, vs 30
 
 
 def test_survivors_are_only_scored_on_new_items():
     objective = Quadratic()
-    SuccessiveHalving(eta=3, min_items=2, finalists=None).run(grid_points(SPEC), objective)
+    SuccessiveHalving(eta=3, min_items=2, finalists=None, max_rounds=None).run(grid_points(SPEC), objective)
     seen: dict[tuple, int] = {}
     for params, start, stop in objective.calls:
         key = tuple(sorted(params.items()))
@@ -112,7 +112,7 @@ def test_units_cover_each_task_in_proportion_rounded_to_the_nearest_item():
 
 def test_item_ranges_count_search_units_even_when_tasks_have_more_or_fewer_items():
     objective = Uneven(n_items=27)
-    result = SuccessiveHalving(finalists=None).run(grid_points(SPEC), objective)
+    result = SuccessiveHalving(finalists=None, max_rounds=None).run(grid_points(SPEC), objective)
     seen: dict[tuple, int] = {}
     for params, start, stop in objective.calls:
         key = tuple(sorted(params.items()))
@@ -140,7 +140,7 @@ class LateShort(Uneven):
 
 def test_generated_items_are_scored_for_the_finalists_only_each_item_once():
     objective = LateShort(n_items=27)
-    result = SuccessiveHalving(finalists=None).run(grid_points(SPEC), objective)
+    result = SuccessiveHalving(finalists=None, max_rounds=None).run(grid_points(SPEC), objective)
     rounds = {}
     for trial in result.trials:
         rounds.setdefault(trial.items, []).append(trial)
@@ -278,22 +278,43 @@ def test_halving_stops_when_the_items_run_out_and_keeps_a_lone_point_whole():
     assert halving.schedule(3, 27) == [(3, 9)]  # then one left, which would get 27
     assert halving.schedule(1, 27) == [(1, 27)]
     assert halving.schedule(9, 27) == [(9, 3), (3, 9)]
-    assert SuccessiveHalving(eta=2).schedule(8, 8) == [(8, 1), (4, 2), (2, 4)]
+    assert SuccessiveHalving(eta=2, max_rounds=None).schedule(8, 8) == [(8, 1), (4, 2), (2, 4)]
 
 
 def test_finalists_cap_the_last_round_and_the_schedule_is_part_of_the_key():
-    assert SuccessiveHalving(finalists=None).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # eta's own
-    assert SuccessiveHalving().schedule(30, 27) == [(30, 1), (10, 3), (2, 9)]  # the default: two finalists
-    assert SuccessiveHalving(finalists=5).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # a cap, not a floor
+    every_round = {"max_rounds": None}
+    assert SuccessiveHalving(finalists=None, **every_round).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # eta's own
+    assert SuccessiveHalving(**every_round).schedule(30, 27) == [(30, 1), (10, 3), (2, 9)]  # two finalists
+    assert SuccessiveHalving(finalists=5, **every_round).schedule(30, 27) == [(30, 1), (10, 3), (3, 9)]  # a cap, not a floor
     assert SuccessiveHalving(finalists=2).schedule(3, 27) == [(3, 9)]  # one round: every point scored, none ranked
-    result = SuccessiveHalving(finalists=2).run(grid_points(SPEC), Quadratic(n_items=27))
+    result = SuccessiveHalving(finalists=2, **every_round).run(grid_points(SPEC), Quadratic(n_items=27))
     finalists = [t for t in result.trials if t.items == 9]
     assert len(finalists) == 2 and result.best in [t.params for t in finalists]
     assert result.item_evaluations == 20 * 1 + 8 * 3 + 2 * 9
-    assert SuccessiveHalving(finalists=None).key() == {"finalists": None}  # another schedule, another search
-    assert SuccessiveHalving(eta=4, min_items=2).key() == {"eta": 4, "min_items": 2}
-    # the default adds nothing; its search key differs from the three-finalist default of before by the tie-break (stage.py)
-    assert SuccessiveHalving().key() == GridSearch().key() == {}
+    assert SuccessiveHalving(finalists=None).key() == {"finalists": None, "max_rounds": 2}  # another search
+    assert SuccessiveHalving(eta=4, min_items=2).key() == {"eta": 4, "min_items": 2, "max_rounds": 2}
+    # every round keeps the key it had before max_rounds existed, and the grid has none
+    assert SuccessiveHalving(**every_round).key() == GridSearch().key() == {}
+
+
+def test_the_default_schedule_goes_from_the_first_round_straight_to_the_two_finalists():
+    assert SuccessiveHalving().schedule(30, 27) == [(30, 1), (2, 9)]
+    assert SuccessiveHalving().key() == {"max_rounds": 2}  # not the three-round search cached before it
+    result = SuccessiveHalving().run(grid_points(SPEC), Quadratic(n_items=27))
+    assert sorted(t.items for t in result.trials) == [1] * 28 + [9] * 2
+    assert result.item_evaluations == 28 * 1 + 2 * 9
+    # the two finalists are round 1's best two (Quadratic ranks on any prefix as on all items): the optimum is one
+    assert (result.best["scaling"], result.best["density"]) == (0.6, 0.2)
+    # max_rounds keeps the first round and the last ones of eta's schedule, whatever its length
+    assert SuccessiveHalving(eta=2, finalists=None, max_rounds=None).schedule(16, 16) == [(16, 1), (8, 2), (4, 4), (2, 8)]
+    assert SuccessiveHalving(eta=2, finalists=None, max_rounds=3).schedule(16, 16) == [(16, 1), (4, 4), (2, 8)]
+    assert SuccessiveHalving(eta=2, finalists=None).schedule(16, 16) == [(16, 1), (2, 8)]
+    assert SuccessiveHalving().schedule(9, 27) == [(9, 3), (2, 9)]  # two rounds already: unchanged
+
+
+def test_fewer_than_two_rounds_is_refused_with_the_reason():
+    with pytest.raises(UsageError, match=r"max_rounds >= 2 \(the first round and the finalists'\)"):
+        SuccessiveHalving(max_rounds=1)
 
 
 def test_fewer_than_two_finalists_is_refused_with_the_reason():

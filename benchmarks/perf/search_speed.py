@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -50,6 +51,10 @@ def main() -> None:
     parser.add_argument("--peer-item-order", choices=[o for o in ITEM_ORDERS if o != ITEM_ORDER], default=None,
                         help="also time halving with the surrogates' items in this order (the peer) in the same run, "
                              "after ours, and replay it on the stored grid's scores")
+    parser.add_argument("--peer-max-rounds", type=rounds_arg, default=False, metavar="N|none",
+                        help="also time halving with at most N rounds (none: every round of eta's schedule, the "
+                             "three-round search before max_rounds) in the same run, after ours, and replay it on the "
+                             "stored grid's scores")
     parser.add_argument("--skip-grid", action="store_true",
                         help="never run the grid: use --grid-scores when it holds the grid's scores, else leave the "
                              "grid's figures and the ranks out")
@@ -104,6 +109,8 @@ def main() -> None:
             if args.peer_finalists else None)
     peer_order = (SuccessiveHalving().run(points, objective(share, args.peer_item_order))
                   if args.peer_item_order else None)
+    peer_rounds = (SuccessiveHalving(max_rounds=args.peer_max_rounds).run(points, objective(share))
+                   if args.peer_max_rounds is not False else None)
     evaluations.append(one_evaluation())  # once more at the end: a run's evaluations varied by up to 10%
     one = sum(evaluations) / len(evaluations)
     if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
@@ -132,6 +139,10 @@ def main() -> None:
     if peer_order is not None:
         print(f"{f'halving, {args.peer_item_order} order':24}{peer_order.seconds:10.1f}{peer_order.seconds / one:20.2f}"
               f"{peer_order.item_evaluations:20d}  (picks {peer_order.best}; ours / peer {halving.seconds / peer_order.seconds:.2f})")
+    if peer_rounds is not None:
+        print(f"{f'halving, max_rounds {args.peer_max_rounds}':24}{peer_rounds.seconds:10.1f}"
+              f"{peer_rounds.seconds / one:20.2f}{peer_rounds.item_evaluations:20d}  (picks {peer_rounds.best}; "
+              f"ours / peer {halving.seconds / peer_rounds.seconds:.2f})")
     print(f"halving's schedule: {SuccessiveHalving().schedule(len(points), UNITS)} (points, units); "
           f"finalists' trials {[(t.params, round(t.objective, 4)) for t in halving.trials if t.items == max(x.items for x in halving.trials)]}")
     if grid is None:
@@ -160,12 +171,21 @@ def main() -> None:
     variants = [("with the tie-break", replay),
                 ("with the tie-break, items in index order", Replay(grid.trials, objective(share, "index"))),
                 ("without it (ties in grid order)", Replay(grid.trials, grid_objective, False))]
-    for label, scores in variants:
-        pick = SuccessiveHalving().run(points, scores).best
-        ranks = replay_ranks(scores, points, full)
+    schedules = [("", SuccessiveHalving())]
+    if args.peer_max_rounds is not False:
+        schedules.append((f", max_rounds {args.peer_max_rounds}", SuccessiveHalving(max_rounds=args.peer_max_rounds)))
+    for (label, scores), (schedule_label, strategy) in itertools.product(variants, schedules):
+        label += schedule_label
+        pick = strategy.run(points, scores).best
+        ranks = replay_ranks(scores, points, full, halving=strategy)
         print(f"halving replayed on the grid's per-item scores {label}: picks {pick} (grid rank "
               f"{rank_of(pick, full)}); in {len(ranks)} random point orders rank {min(ranks)} to {max(ranks)} "
               f"of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
+
+
+def rounds_arg(text: str) -> int | None:
+    """``--peer-max-rounds``: a number of rounds, or ``none`` for every round."""
+    return None if text.lower() == "none" else int(text)
 
 
 def cpu_model() -> str:
