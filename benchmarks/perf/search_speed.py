@@ -60,24 +60,10 @@ def main() -> None:
                              "grid's figures and the ranks out")
     args = parser.parse_args()
 
-    registries = plugin_manager.registries()
-    pipeline = Pipeline(RunContext(cache=ArtifactCache(args.cache_dir), device="cpu"), registries)
-    model, method = registries.models.get(args.model), registries.methods.get(args.method)
-    base = pipeline.base(model)
-    experts = pipeline.experts(model, base)
-    tasks = validation_surrogates(pipeline.registries, model)
-    references = {t.name: pipeline.evaluate(experts[t.domain], t) for t in tasks}
-    surrogates = [Surrogate(t, references[t.name].n, references[t.name].score) for t in tasks]
-    context = MergeContext(device="cpu", exclude=pipeline.context.exclude, domains=tuple(experts))
-    points = grid_points(method)
-
-    def objective(share_decoding: bool = True, item_order: str = ITEM_ORDER) -> MergeObjective:
-        from mergebench.evaluation.hf import HFLanguageModel
-
-        return MergeObjective(method, base.path, {d: r.path for d, r in experts.items()}, context, surrogates,
-                              make_task=lambda spec, limit: spec.load()(spec, pipeline.context, limit=limit),
-                              load_model=lambda: HFLanguageModel.from_pretrained(base.path, batch_size=16, device="cpu"),
-                              share_decoding=share_decoding, item_order=item_order)
+    setup = SearchSetup(args.model, args.method, args.cache_dir)
+    model, method, base, experts, surrogates, points = (setup.model, setup.method, setup.base, setup.experts,
+                                                        setup.surrogates, setup.points)
+    objective = setup.objective
 
     # read every input file once first: otherwise whichever measurement runs first pays the disk
     # (after a cold run had evicted the page cache, "one evaluation" took 43 s instead of 29)
@@ -100,10 +86,10 @@ def main() -> None:
     evaluations = [one_evaluation()]
     share = not args.no_shared_decoding
     grid_objective = objective(share)
-    stored = stored_grid(args.grid_scores, model, method, points, surrogates, experts, base)
+    stored = stored_grid(args.grid_scores, *setup.key_parts())
     grid = stored[0] if stored else None if args.skip_grid else GridSearch().run(points, grid_objective)
     if args.grid_scores and grid is not None and not stored:
-        store_grid(args.grid_scores, stored_key(model, method, points, surrogates, experts, base), grid)
+        store_grid(args.grid_scores, stored_key(*setup.key_parts()), grid)
     halving = SuccessiveHalving().run(points, objective(share))
     peer = (SuccessiveHalving(finalists=args.peer_finalists).run(points, objective(share))
             if args.peer_finalists else None)
@@ -114,7 +100,7 @@ def main() -> None:
     evaluations.append(one_evaluation())  # once more at the end: a run's evaluations varied by up to 10%
     one = sum(evaluations) / len(evaluations)
     if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
-        stored = stored_grid(args.grid_scores, model, method, points, surrogates, experts, base)
+        stored = stored_grid(args.grid_scores, *setup.key_parts())
         grid = stored[0] if stored else None
 
     print(f"CPU {cpu_model()}; ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(native)')}; "
@@ -181,6 +167,37 @@ def main() -> None:
         print(f"halving replayed on the grid's per-item scores {label}: picks {pick} (grid rank "
               f"{rank_of(pick, full)}); in {len(ranks)} random point orders rank {min(ranks)} to {max(ranks)} "
               f"of {len(points)}, median {sorted(ranks)[len(ranks) // 2]}")
+
+
+class SearchSetup:
+    """One model's and method's search inputs from the artifact cache: the base, the experts (built first if
+    missing), the validation surrogates with the experts' reference scores, and the method's grid."""
+
+    def __init__(self, model_name: str, method_name: str, cache_dir: str | None = None) -> None:
+        registries = plugin_manager.registries()
+        self.pipeline = Pipeline(RunContext(cache=ArtifactCache(cache_dir), device="cpu"), registries)
+        self.model, self.method = registries.models.get(model_name), registries.methods.get(method_name)
+        self.base = self.pipeline.base(self.model)
+        self.experts = self.pipeline.experts(self.model, self.base)
+        tasks = validation_surrogates(registries, self.model)
+        references = {t.name: self.pipeline.evaluate(self.experts[t.domain], t) for t in tasks}
+        self.surrogates = [Surrogate(t, references[t.name].n, references[t.name].score) for t in tasks]
+        self.context = MergeContext(device="cpu", exclude=self.pipeline.context.exclude, domains=tuple(self.experts))
+        self.points = grid_points(self.method)
+
+    def objective(self, share_decoding: bool = True, item_order: str = ITEM_ORDER) -> MergeObjective:
+        """A fresh objective: model and inputs are loaded again on its first point, as every search pays them."""
+        from mergebench.evaluation.hf import HFLanguageModel
+
+        context = self.pipeline.context
+        return MergeObjective(self.method, self.base.path, {d: r.path for d, r in self.experts.items()}, self.context,
+                              self.surrogates, make_task=lambda spec, limit: spec.load()(spec, context, limit=limit),
+                              load_model=lambda: HFLanguageModel.from_pretrained(self.base.path, batch_size=16, device="cpu"),
+                              share_decoding=share_decoding, item_order=item_order)
+
+    def key_parts(self) -> tuple:
+        """What :func:`stored_key` names a stored grid by."""
+        return self.model, self.method, self.points, self.surrogates, self.experts, self.base
 
 
 def rounds_arg(text: str) -> int | None:

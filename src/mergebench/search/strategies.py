@@ -193,6 +193,9 @@ class SuccessiveHalving(Strategy):
     a round with one point would score all items. That round is skipped: with one point left
     there is nothing to decide, so the pick is made on the last round's prefix (for 30 points
     and 27 units: 30 points on 1 unit, 10 on 3, 3 on 9; 68 units in all, 2.5 full evaluations).
+    ``finalists`` caps the last round's points and ``max_rounds`` keeps the first round and the
+    last ones (the defaults: 30 points on 1 unit, then the best 2 on 9; 46 units, 1.7 full
+    evaluations; see :data:`MAX_ROUNDS`).
 
     A round whose prefix holds no item of any task (surrogates of fewer items than units: an
     objective maps units to items in proportion) scores every point ``-inf``; ranking them would
