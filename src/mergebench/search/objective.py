@@ -47,7 +47,8 @@ TINY = 1e-300
 """The floor of a soft value before its log: a probability that underflowed to 0 still ranks last."""
 
 GENERATION_FROM = UNITS // 3
-"""The unit from which items scored from generated text count: successive halving's third round.
+"""The unit from which items scored from generated text count: successive halving's finalists' round
+(9/27: the default schedule's second round, eta 3's third).
 
 Why: a generated item costs every point its own decode steps where a log-likelihood item costs
 one forward pass, so the rounds with many points rank on log-likelihood surrogates only, and
