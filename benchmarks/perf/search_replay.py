@@ -55,7 +55,7 @@ def main() -> None:
 
     for method_name, path in args.grid:
         setup = SearchSetup(args.model, method_name, args.cache_dir)
-        stored = stored_grid(path, *setup.key_parts())
+        stored = stored_grid(path, setup)
         if stored is None:
             raise SystemExit(f"{path}: no stored grid of {method_name} for these experts; store one with "
                              f"`python benchmarks/perf/search_speed.py --method {method_name} --grid-scores {path}`")

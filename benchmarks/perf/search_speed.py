@@ -86,21 +86,25 @@ def main() -> None:
     evaluations = [one_evaluation()]
     share = not args.no_shared_decoding
     grid_objective = objective(share)
-    stored = stored_grid(args.grid_scores, *setup.key_parts())
+    stored = stored_grid(args.grid_scores, setup)
     grid = stored[0] if stored else None if args.skip_grid else GridSearch().run(points, grid_objective)
     if args.grid_scores and grid is not None and not stored:
-        store_grid(args.grid_scores, stored_key(*setup.key_parts()), grid)
+        store_grid(args.grid_scores, stored_key(setup), grid)
     halving = SuccessiveHalving().run(points, objective(share))
-    peer = (SuccessiveHalving(finalists=args.peer_finalists).run(points, objective(share))
-            if args.peer_finalists else None)
-    peer_order = (SuccessiveHalving().run(points, objective(share, args.peer_item_order))
-                  if args.peer_item_order else None)
-    peer_rounds = (SuccessiveHalving(max_rounds=args.peer_max_rounds).run(points, objective(share))
-                   if args.peer_max_rounds is not False else None)
+    peers = []  # (label, result) of each peer schedule asked for, timed after ours in this order
+    if args.peer_finalists:
+        peers.append((f"halving, {args.peer_finalists} finalists",
+                      SuccessiveHalving(finalists=args.peer_finalists).run(points, objective(share))))
+    if args.peer_item_order:
+        peers.append((f"halving, {args.peer_item_order} order",
+                      SuccessiveHalving().run(points, objective(share, args.peer_item_order))))
+    if args.peer_max_rounds is not False:
+        peers.append((f"halving, max_rounds {args.peer_max_rounds}",
+                      SuccessiveHalving(max_rounds=args.peer_max_rounds).run(points, objective(share))))
     evaluations.append(one_evaluation())  # once more at the end: a run's evaluations varied by up to 10%
     one = sum(evaluations) / len(evaluations)
     if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
-        stored = stored_grid(args.grid_scores, *setup.key_parts())
+        stored = stored_grid(args.grid_scores, setup)
         grid = stored[0] if stored else None
 
     print(f"CPU {cpu_model()}; ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(native)')}; "
@@ -119,16 +123,9 @@ def main() -> None:
         print(f"{label:24}{result.seconds:10.1f}{result.seconds / one:20.2f}{result.item_evaluations:20d}")
     if stored:
         print(f"(grid: per-item scores and seconds from {args.grid_scores}, {stored[1]}, not timed in this run)")
-    if peer is not None:
-        print(f"{f'halving, {args.peer_finalists} finalists':24}{peer.seconds:10.1f}{peer.seconds / one:20.2f}"
-              f"{peer.item_evaluations:20d}  (picks {peer.best}; ours / peer {halving.seconds / peer.seconds:.2f})")
-    if peer_order is not None:
-        print(f"{f'halving, {args.peer_item_order} order':24}{peer_order.seconds:10.1f}{peer_order.seconds / one:20.2f}"
-              f"{peer_order.item_evaluations:20d}  (picks {peer_order.best}; ours / peer {halving.seconds / peer_order.seconds:.2f})")
-    if peer_rounds is not None:
-        print(f"{f'halving, max_rounds {args.peer_max_rounds}':24}{peer_rounds.seconds:10.1f}"
-              f"{peer_rounds.seconds / one:20.2f}{peer_rounds.item_evaluations:20d}  (picks {peer_rounds.best}; "
-              f"ours / peer {halving.seconds / peer_rounds.seconds:.2f})")
+    for label, peer in peers:
+        print(f"{label:24}{peer.seconds:10.1f}{peer.seconds / one:20.2f}{peer.item_evaluations:20d}  "
+              f"(picks {peer.best}; ours / peer {halving.seconds / peer.seconds:.2f})")
     print(f"halving's schedule: {SuccessiveHalving().schedule(len(points), UNITS)} (points, units); "
           f"finalists' trials {[(t.params, round(t.objective, 4)) for t in halving.trials if t.items == max(x.items for x in halving.trials)]}")
     if grid is None:
@@ -195,10 +192,6 @@ class SearchSetup:
                               load_model=lambda: HFLanguageModel.from_pretrained(self.base.path, batch_size=16, device="cpu"),
                               share_decoding=share_decoding, item_order=item_order)
 
-    def key_parts(self) -> tuple:
-        """What :func:`stored_key` names a stored grid by."""
-        return self.model, self.method, self.points, self.surrogates, self.experts, self.base
-
 
 def rounds_arg(text: str) -> int | None:
     """``--peer-max-rounds``: a number of rounds, or ``none`` for every round."""
@@ -215,15 +208,16 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
 
 
-def stored_key(model, method, points, surrogates, experts, base) -> str:
+def stored_key(setup: SearchSetup) -> str:
     """What the grid's per-item scores depend on: the inputs (their cache folders name their keys; the
     cache's root is left out, so a stored file serves a cache moved elsewhere),
     the points and the surrogates with their item counts and references, and the item order."""
     from mergebench.search.objective import GENERATION_FROM
 
-    blob = json.dumps({"model": model.name, "method": method.name, "points": points, "base": artifact_name(base.path),
-                       "experts": {d: artifact_name(r.path) for d, r in experts.items()},
-                       "surrogates": [[s.spec.name, s.spec.version, s.items, s.reference] for s in surrogates],
+    blob = json.dumps({"model": setup.model.name, "method": setup.method.name, "points": setup.points,
+                       "base": artifact_name(setup.base.path),
+                       "experts": {d: artifact_name(r.path) for d, r in setup.experts.items()},
+                       "surrogates": [[s.spec.name, s.spec.version, s.items, s.reference] for s in setup.surrogates],
                        "units": UNITS, "generation_from": GENERATION_FROM, "stored": "values and soft_values"},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -234,14 +228,14 @@ def artifact_name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def stored_grid(path: Path | None, *key_parts):
+def stored_grid(path: Path | None, setup: SearchSetup):
     """The stored grid result and its timestamp when ``path`` holds one for these inputs, else None."""
     from mergebench.search.strategies import SearchResult, Trial
 
     if path is None or not path.exists():
         return None
     data = json.loads(path.read_text())
-    if data.get("key") != stored_key(*key_parts):
+    if data.get("key") != stored_key(setup):
         print(f"{path}: stored grid scores are for other inputs; running the grid again")
         return None
     trials = [Trial(t["params"], t["scores"], t["objective"], t["seconds"], t["items"]) for t in data["trials"]]
