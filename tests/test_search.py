@@ -11,7 +11,7 @@ import pytest
 from mergebench.errors import UsageError
 from mergebench.evaluation.api import LanguageModel, Loglikelihood, LoglikelihoodRequest, Task
 from mergebench.merging.api import MergeContext
-from mergebench.search.objective import GENERATION_FROM, MergeObjective, Surrogate, index_runs, item_span
+from mergebench.search.objective import GENERATION_FROM, UNITS, MergeObjective, Surrogate, index_runs, item_span
 from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points, soft_key
 from mergebench.specs import HyperParam, MethodSpec, TaskSpec
 
@@ -132,23 +132,43 @@ def test_units_below_a_tasks_first_unit_cover_none_of_its_items_and_the_range_re
         assert covered == list(range(n))
 
 
+def test_even_units_of_54_cover_exactly_the_items_of_the_same_fraction_of_27():
+    """Why UNITS could go from 27 to 54 without changing what eta's rounds, the finalists and the grid score."""
+    assert UNITS == 54 and GENERATION_FROM == 18
+    for n in range(0, 300):
+        for a in range(28):
+            for b in range(a, 28):
+                assert item_span(2 * a, 2 * b, n, 54) == item_span(a, b, n, 27)
+                assert item_span(2 * a, 2 * b, n, 54, first_unit=18) == item_span(a, b, n, 27, first_unit=9)
+
+
 class LateShort(Uneven):
-    """``short`` is scored from generated text: its items count from unit 9, as MergeObjective maps them."""
+    """``short`` is scored from generated text: its items count from GENERATION_FROM, as MergeObjective maps them."""
 
     first_unit = {"long": 0, "short": GENERATION_FROM}
 
 
 def test_generated_items_are_scored_for_the_finalists_only_each_item_once():
-    objective = LateShort(n_items=27)
+    objective = LateShort(n_items=UNITS)
     result = SuccessiveHalving(finalists=None, max_rounds=None).run(grid_points(SPEC), objective)
     rounds = {}
     for trial in result.trials:
         rounds.setdefault(trial.items, []).append(trial)
-    assert sorted((items, len(trials)) for items, trials in rounds.items()) == [(1, 20), (3, 7), (9, 3)]
-    assert all(t.scores["short"] == [] for t in rounds[1] + rounds[3])
-    assert [len(t.scores["short"]) for t in rounds[9]] == [3, 3, 3]  # items [0, 3): round(9 · 8 / 27)
-    assert [len(t.scores["long"]) for t in rounds[9]] == [16, 16, 16]
+    assert sorted((items, len(trials)) for items, trials in rounds.items()) == [(2, 20), (6, 7), (18, 3)]
+    assert all(t.scores["short"] == [] for t in rounds[2] + rounds[6])
+    assert [len(t.scores["short"]) for t in rounds[18]] == [3, 3, 3]  # items [0, 3): round(18 · 8 / 54)
+    assert [len(t.scores["long"]) for t in rounds[18]] == [16, 16, 16]
     assert (result.best["scaling"], result.best["density"]) == (0.6, 0.2)
+
+
+def test_the_default_schedule_scores_every_point_on_one_unit_then_two_finalists_on_a_third():
+    objective = LateShort(n_items=UNITS)
+    result = SuccessiveHalving().run(grid_points(SPEC), objective)
+    assert SuccessiveHalving().schedule(30, UNITS) == [(30, 1), (2, 18)]
+    assert sorted(t.items for t in result.trials) == [1] * 28 + [18, 18]
+    first = [t for t in result.trials if t.items == 1]
+    assert all(len(t.scores["long"]) == 1 and t.scores["short"] == [] for t in first)  # round(1 · 48 / 54) = 1
+    assert result.item_evaluations == 30 * 1 + 2 * 17
 
 
 def test_the_objective_brings_in_surrogates_that_generate_at_generation_from():
@@ -162,10 +182,10 @@ def test_the_objective_brings_in_surrogates_that_generate_at_generation_from():
     surrogates = [Surrogate(specs[0], 48, 0.5), Surrogate(specs[1], 8, 0.25)]
     objective = MergeObjective(SPEC, Path("base"), {}, MergeContext(), surrogates,
                                make_task=lambda spec, limit: Probe(spec.name == "chat"), load_model=lambda: None)
-    assert objective.first_unit == {"cloze": 0, "chat": GENERATION_FROM} and GENERATION_FROM == 9
-    assert [objective.span(surrogates[1], a, b) for a, b in [(0, 1), (1, 3), (3, 9), (9, 27)]] == [
-        (0, 0), (0, 0), (0, 3), (3, 8)]
-    assert objective.span(surrogates[0], 1, 3) == (2, 5)
+    assert objective.first_unit == {"cloze": 0, "chat": GENERATION_FROM} and GENERATION_FROM == 18
+    assert [objective.span(surrogates[1], a, b) for a, b in [(0, 1), (1, 2), (2, 6), (6, 18), (18, 54)]] == [
+        (0, 0), (0, 0), (0, 0), (0, 3), (3, 8)]
+    assert objective.span(surrogates[0], 0, 1) == (0, 1) and objective.span(surrogates[0], 2, 6) == (2, 5)
 
 
 def test_index_runs_are_the_ascending_ranges_of_consecutive_items():
@@ -224,10 +244,11 @@ def test_log_likelihood_items_fill_the_units_shortest_first_and_all_units_are_ev
     # characters: the context once plus the continuation; ties by index
     assert objective.order(cloze) == [4, 1, 3, 7, 6, 2, 0, 5]
     assert objective.order(chat) == list(range(8))  # generated items keep their order (and join at GENERATION_FROM)
-    assert [objective.items(cloze, a, b) for a, b in [(0, 4), (4, 9), (9, 27)]] == [[4], [1, 3], [0, 2, 5, 6, 7]] == [
-        sorted(objective.order(cloze)[slice(*objective.span(cloze, a, b))]) for a, b in [(0, 4), (4, 9), (9, 27)]]
-    assert objective.item_runs(cloze, 9, 27) == [(0, 1), (2, 3), (5, 8)]
-    assert objective.items(cloze, 0, 27) == list(range(8)) and objective.items(chat, 3, 27) == list(range(8))
+    ranges = [(0, 8), (8, 18), (18, 54)]  # units of UNITS = 54
+    assert [objective.items(cloze, a, b) for a, b in ranges] == [[4], [1, 3], [0, 2, 5, 6, 7]] == [
+        sorted(objective.order(cloze)[slice(*objective.span(cloze, a, b))]) for a, b in ranges]
+    assert objective.item_runs(cloze, 18, 54) == [(0, 1), (2, 3), (5, 8)]
+    assert objective.items(cloze, 0, 54) == list(range(8)) and objective.items(chat, 6, 54) == list(range(8))
 
 
 def test_a_forwarding_model_renders_and_reads_off_the_model_it_stands_in_for():
@@ -256,7 +277,7 @@ def test_index_order_is_the_tasks_own_and_an_unknown_order_is_refused():
     objective = MergeObjective(SPEC, Path("base"), {}, MergeContext(), [Surrogate(specs[0], 8, 0.5)],
                                make_task=lambda spec, limit: Cloze(spec, None, limit), load_model=Recorder,
                                item_order="index")
-    assert objective.items(objective.surrogates[0], 4, 9) == [1, 2]
+    assert objective.items(objective.surrogates[0], 8, 18) == [1, 2]
     with pytest.raises(UsageError, match="unknown item order 'longest'; one of shortest_first, index"):
         MergeObjective(SPEC, Path("base"), {}, MergeContext(), [], make_task=None, load_model=Recorder,
                        item_order="longest")
@@ -265,7 +286,7 @@ def test_index_order_is_the_tasks_own_and_an_unknown_order_is_refused():
 def test_the_objective_scores_exactly_the_ordered_items_each_run_once():
     model = Recorder()
     objective, _ = ordered_objective(model)
-    scored = objective._score(model, 9, 27)
+    scored = objective._score(model, 18, 54)
     assert scored["cloze"] == [0.0, 2.0, 5.0, 6.0, 7.0] and scored[soft_key("cloze")] == [0.5] * 5
     assert scored["chat"] == [3.0, 4.0, 5.0, 6.0, 7.0]
     assert model.calls[-4:-1] == [["x" * 40], ["x" * 30], ["x" * 60, "x" * 12, "x" * 9]]  # runs [0, 1), [2, 3), [5, 8)

@@ -40,15 +40,23 @@ from mergebench.results import ratio
 from mergebench.search.strategies import soft_key
 from mergebench.specs import MethodSpec, TaskSpec
 
-UNITS = 27
-"""Resolution of the search's item ranges: three rounds of successive halving with eta = 3."""
+UNITS = 54
+"""Resolution of the search's item ranges: eta = 3's rounds of successive halving (2, 6 and 18 units of 54,
+the prefixes 1/27, 1/9 and 1/3 of the items), and a first round of one unit below them.
+
+Why 54 and not 27: halving's first round (every point, :data:`~mergebench.search.strategies.MAX_ROUNDS`)
+scores one unit, and on the embedded model's three stored grids (TIES, DARE, Breadcrumbs) 1/54 of the
+items picked points as good as 1/27 did, two of them better, at about half the first round's
+log-likelihood tokens (the README's search section has the figures). Rounds at even units score exactly
+the items they scored out of 27 (:func:`item_span` rounds the same fraction), so the full grid and the
+finalists' items are unchanged."""
 
 TINY = 1e-300
 """The floor of a soft value before its log: a probability that underflowed to 0 still ranks last."""
 
 GENERATION_FROM = UNITS // 3
 """The unit from which items scored from generated text count: successive halving's finalists' round
-(9/27: the default schedule's second round, eta 3's third).
+(18/54, a third of the items: the default schedule's second round, eta 3's third).
 
 Why: a generated item costs every point its own decode steps where a log-likelihood item costs
 one forward pass, so the rounds with many points rank on log-likelihood surrogates only, and
@@ -63,8 +71,8 @@ ITEM_ORDER = "shortest_first"
 of request text first (each distinct context once, as the packed forward computes it, plus every
 continuation), ties by item index.
 
-Why: halving's first round scores every point on 1/27 of the items and costs about half of its
-log-likelihood tokens, and an item's text runs from tens to thousands of tokens. On the embedded
+Why: halving's first round scores every point on the first unit of the items and cost about half of its
+log-likelihood tokens (when that unit was 1/27), and an item's text runs from tens to thousands of tokens. On the embedded
 TIES grid the shortest items cut halving's log-likelihood tokens from 19,044 to 13,894 with a pick
 of the same rank on all items (the README's search section). Characters, not tokens: the order is
 the same for every backend and tokenizer, and it is part of the search's cache key.

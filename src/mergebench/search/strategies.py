@@ -26,7 +26,8 @@ from mergebench.errors import UsageError
 from mergebench.specs import MethodSpec
 
 MAX_ROUNDS: int | None = 2
-"""Rounds successive halving keeps at most: the first and the last; ``None``: every round of eta's schedule.
+"""Rounds successive halving keeps at most: the first, on ``min_items`` units, and the last; ``None``: every
+round of eta's schedule.
 
 Why two: the rounds before the finalists' rank on log-likelihood surrogates alone (generated
 items join at :data:`~mergebench.search.objective.GENERATION_FROM`), and a middle round only ranks
@@ -35,6 +36,12 @@ poorly with the full objective (Kendall τ_b −0.48 on the TIES grid) and cost 
 log-likelihood tokens (3,360 of 13,894). Replayed on three stored grids of the embedded model (TIES, DARE,
 Breadcrumbs), the first round followed directly by the two finalists picked points as good as or
 better than the three-round schedule's (the README's search section has the figures).
+
+Why the first round drops to ``min_items`` (one unit of 54, where eta's ladder starts at two): its
+prefix was sized for a ladder whose middle round re-ranked ten points; alone before the finalists, it
+only has to keep two good points among thirty, and on the same three grids one unit did that as well
+(better on DARE and Breadcrumbs, a point 0.011 worse on TIES) for about half the tokens. A ladder
+of at most ``max_rounds`` rounds is kept as it is.
 """
 
 FINALISTS: int | None = 2
@@ -192,10 +199,10 @@ class SuccessiveHalving(Strategy):
     points, then ``floor(n / eta)``, ... down to one, the item prefix growing by ``eta`` so that
     a round with one point would score all items. That round is skipped: with one point left
     there is nothing to decide, so the pick is made on the last round's prefix (for 30 points
-    and 27 units: 30 points on 1 unit, 10 on 3, 3 on 9; 68 units in all, 2.5 full evaluations).
-    ``finalists`` caps the last round's points and ``max_rounds`` keeps the first round and the
-    last ones (the defaults: 30 points on 1 unit, then the best 2 on 9; 46 units, 1.7 full
-    evaluations; see :data:`MAX_ROUNDS`).
+    and 54 units: 30 points on 2 units, 10 on 6, 3 on 18; 136 units in all, 2.5 full evaluations).
+    ``finalists`` caps the last round's points and ``max_rounds`` keeps the first round, on
+    ``min_items``, and the last ones (the defaults: 30 points on 1 unit, then the best 2 on 18;
+    64 units, 1.2 full evaluations; see :data:`MAX_ROUNDS`).
 
     A round whose prefix holds no item of any task (surrogates of fewer items than units: an
     objective maps units to items in proportion) scores every point ``-inf``; ranking them would
@@ -247,7 +254,8 @@ class SuccessiveHalving(Strategy):
         if self.finalists is not None and len(plan) > 1:
             plan[-1] = (min(plan[-1][0], self.finalists), plan[-1][1])
         if self.max_rounds is not None and len(plan) > self.max_rounds:
-            plan = plan[:1] + plan[len(plan) - self.max_rounds + 1:]  # the first round, then the last ones
+            # the first round, on min_items (see MAX_ROUNDS), then the last ones
+            plan = [(plan[0][0], self.min_items)] + plan[len(plan) - self.max_rounds + 1:]
         return plan
 
     def _search(self, trials: list[Trial], objective: Objective) -> None:
