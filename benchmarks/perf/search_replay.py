@@ -5,7 +5,7 @@ more than one grid, without a model: each grid's per-item scores (stored by a fu
 for every point halving would score. Per grid it prints the grid's best, median and the expected
 regret of a random pick, then per schedule the pick, its rank and regret on all validation items,
 the rank range over shuffled point orders and the item-units scored (the full grid scores
-``points × 27``).
+``points × 54``).
 
     # once per method: run its full grid and store the per-item scores (minutes per method on a CPU)
     python benchmarks/perf/search_speed.py --method dare --grid-scores grids/dare.json
@@ -30,11 +30,13 @@ from mergebench.search.strategies import SuccessiveHalving  # noqa: E402
 
 SCHEDULES = {
     "default": SuccessiveHalving(),
+    "first round on 2 units (1/27)": SuccessiveHalving(min_items=2),
     "every round (max_rounds none)": SuccessiveHalving(max_rounds=None),
     "3 finalists": SuccessiveHalving(finalists=3),
     "every round, eta's finalists": SuccessiveHalving(max_rounds=None, finalists=None),
 }
-"""The schedules compared: the default, and the three-round searches it replaced."""
+"""The schedules compared: the default, the first round on 1/27 of the items (the default until 2026-12-03's
+evening), and the three-round searches before that."""
 
 
 def grid_arg(text: str) -> tuple[str, Path]:

@@ -55,6 +55,10 @@ def main() -> None:
                         help="also time halving with at most N rounds (none: every round of eta's schedule, the "
                              "three-round search before max_rounds) in the same run, after ours, and replay it on the "
                              "stored grid's scores")
+    parser.add_argument("--peer-min-items", type=int, default=None, metavar="N",
+                        help="also time halving whose first round scores N units (2: 1/27 of the items, the default "
+                             "before the first round dropped to one unit of 54) in the same run, after ours, and "
+                             "replay it on the stored grid's scores")
     parser.add_argument("--skip-grid", action="store_true",
                         help="never run the grid: use --grid-scores when it holds the grid's scores, else leave the "
                              "grid's figures and the ranks out")
@@ -101,6 +105,9 @@ def main() -> None:
     if args.peer_max_rounds is not False:
         peers.append((f"halving, max_rounds {args.peer_max_rounds}",
                       SuccessiveHalving(max_rounds=args.peer_max_rounds).run(points, objective(share))))
+    if args.peer_min_items:
+        peers.append((f"halving, min_items {args.peer_min_items}",
+                      SuccessiveHalving(min_items=args.peer_min_items).run(points, objective(share))))
     evaluations.append(one_evaluation())  # once more at the end: a run's evaluations varied by up to 10%
     one = sum(evaluations) / len(evaluations)
     if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
@@ -157,6 +164,8 @@ def main() -> None:
     schedules = [("", SuccessiveHalving())]
     if args.peer_max_rounds is not False:
         schedules.append((f", max_rounds {args.peer_max_rounds}", SuccessiveHalving(max_rounds=args.peer_max_rounds)))
+    if args.peer_min_items:
+        schedules.append((f", min_items {args.peer_min_items}", SuccessiveHalving(min_items=args.peer_min_items)))
     for (label, scores), (schedule_label, strategy) in itertools.product(variants, schedules):
         label += schedule_label
         pick = strategy.run(points, scores).best
@@ -211,14 +220,13 @@ def cpu_model() -> str:
 def stored_key(setup: SearchSetup) -> str:
     """What the grid's per-item scores depend on: the inputs (their cache folders name their keys; the
     cache's root is left out, so a stored file serves a cache moved elsewhere),
-    the points and the surrogates with their item counts and references, and the item order."""
-    from mergebench.search.objective import GENERATION_FROM
-
+    the points and the surrogates with their item counts and references. Not the search's units or item
+    order: a full grid scores every item of every surrogate, and the file keeps them in index order."""
     blob = json.dumps({"model": setup.model.name, "method": setup.method.name, "points": setup.points,
                        "base": artifact_name(setup.base.path),
                        "experts": {d: artifact_name(r.path) for d, r in setup.experts.items()},
                        "surrogates": [[s.spec.name, s.spec.version, s.items, s.reference] for s in setup.surrogates],
-                       "units": UNITS, "generation_from": GENERATION_FROM, "stored": "values and soft_values"},
+                       "stored": "values and soft_values, every item in index order"},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
