@@ -120,3 +120,15 @@ def test_a_rounds_groups_share_one_threshold_pass_and_merge_as_each_alone(name, 
         for tensor_name in merged_names:
             mine = scaled_sum(base[tensor_name].float(), merger.delta(group)[tensor_name], scale).to(base[tensor_name].dtype)
             assert torch.equal(mine, written[tensor_name]), (params, tensor_name)
+
+
+@pytest.mark.parametrize("name", [s.name for s in plugin_manager.registries().methods.specs() if len(grid_points(s)) > 1])
+def test_every_point_of_a_methods_declared_grid_is_one_the_method_accepts(name):
+    """A grid point the method refuses would stop `--mb-search grid|halving` before anything is scored."""
+    from mergebench.merging.engine import build_method
+
+    method = spec(name)
+    domains = tuple(f"d{i}" for i in range(max(method.min_experts, 5 if method.max_experts is None else method.max_experts)))
+    context = MergeContext(domains=domains, statistics={d: f"stats/{d}" for d in domains})
+    for point in grid_points(method):
+        build_method(method, point, context, len(domains))  # raises UsageError for a point it refuses
