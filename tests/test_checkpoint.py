@@ -116,3 +116,38 @@ def test_check_safetensors_names_a_truncated_shard_before_transformers_sees_it(t
             call(broken)
     (tmp_path / "pickles").mkdir()
     assert check_safetensors(tmp_path / "pickles") == []  # nothing to check: the loader says what is missing
+
+
+def mapped_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_mapped_entries_read_the_stored_values_and_unmapping_drops_their_pages(tmp_path: Path):
+    tensors = {"small": torch.arange(10, dtype=torch.float32),
+               "big": torch.arange(300_000, dtype=torch.float32).to(torch.bfloat16)}
+    writer = ShardedWriter(tmp_path)
+    for name, tensor in tensors.items():
+        writer.add(name, tensor)
+    writer.close()
+    reader = CheckpointReader(tmp_path)
+    shard = tmp_path / "model.safetensors"
+    before = mapped_rss_kib(shard)  # the safetensors library's own map of the header
+    assert reader.mapped_elements("small", 7, 3, "float32").tolist() == [7.0, 8.0, 9.0]
+    big = reader.mapped_elements("big", 1000, 250_000, "uint16")
+    assert big.tolist() == tensors["big"].view(torch.int16).numpy().view("uint16")[1000:251_000].tolist()
+    assert mapped_rss_kib(shard) >= before + 250_000 * 2 // 1024  # read through the map: its pages are resident
+    reader.unmap_elements("big", 0, 300_000, 2)
+    assert mapped_rss_kib(shard) == before  # every page under "big", the one it shares with "small" included
+    assert big[-1] == tensors["big"].view(torch.int16)[250_999].item() & 0xFFFF  # a dropped page reads again
+    with pytest.raises(CheckpointError, match="past the end of tensor 'small'"):
+        reader.mapped_elements("small", 8, 3, "float32")
+    del big
+    reader.close()

@@ -4,7 +4,9 @@ Only the shard headers are parsed up front, so opening a 9B checkpoint costs mil
 memory stays at one tensor per read. Tensors are read with ``pread`` into memory the caller
 owns rather than handed out as views of a memory map: a mapped file's touched pages count
 towards the process's resident memory for as long as the map lives, so streaming a merge
-through maps would hold every input in RSS; reads keep it at the tensors in use. A truncated or corrupt shard, a missing shard, or a
+through maps would hold every input in RSS; reads keep it at the tensors in use. The one
+exception is the torch-free merge's pieces (:meth:`CheckpointReader.mapped_elements`), which
+drops each piece's pages as soon as it has read them. A truncated or corrupt shard, a missing shard, or a
 checkpoint that only has pickle files (``pytorch_model.bin``) is a :class:`CheckpointError`
 that names the file and the fix; pickles are read only when the caller opts in.
 """
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from mergebench.errors import CheckpointError
 
 if TYPE_CHECKING:
+    import numpy
     import torch
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -83,6 +87,8 @@ class CheckpointReader:
         self._handles: dict[Path, Any] = {}
         self._layouts: dict[Path, tuple[int, dict[str, Any]]] = {}
         self._files: dict[Path, int] = {}
+        self._maps: dict[Path, Any] = {}
+        self._maps_lock = threading.Lock()
         self._pickled: dict[str, "torch.Tensor"] | None = None
         self.weight_map: dict[str, Path] = self._read_weight_map(allow_pickle)
 
@@ -231,6 +237,53 @@ class CheckpointReader:
             raise CheckpointError(f"entries {start}..{start + len(out)} are past the end of tensor {name!r}")
         self._pread(shard, view, offset + first)
 
+    def mapped_elements(self, name: str, start: int, count: int, dtype) -> "numpy.ndarray":
+        """A read-only numpy view of ``count`` flat entries of ``name`` from ``start`` on, in a memory map of its shard.
+
+        For the torch-free merge, which reads every input once in pieces: numpy then reads the page cache
+        itself, where :meth:`read_elements` has the kernel copy each piece into a buffer first (that copy
+        was a sixth of the merge's CPU time, ``benchmarks/perf/merge_perf.py``). Safetensors files only;
+        call :meth:`unmap_elements` once the view is read, or its pages count towards RSS until :meth:`close`."""
+        import numpy
+
+        shard = self.weight_map[name]
+        offset, header = self._layout(shard)
+        begin, end = header[name]["data_offsets"]
+        width = numpy.dtype(dtype).itemsize
+        if start < 0 or begin + (start + count) * width > end:
+            raise CheckpointError(f"entries {start}..{start + count} are past the end of tensor {name!r}")
+        return numpy.frombuffer(self._map(shard), dtype, count, offset + begin + start * width)
+
+    def unmap_elements(self, name: str, start: int, count: int, width: int) -> None:
+        """Drop the pages under those entries from this process's memory (``madvise(MADV_DONTNEED)``).
+
+        The page cache keeps them, and a later read of a dropped page maps it again, so the whole pages
+        touching the range are dropped even where a neighbour's entries share them."""
+        import mmap
+
+        shard = self.weight_map[name]
+        mapped = self._maps.get(shard)
+        if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        offset, header = self._layout(shard)
+        first = offset + header[name]["data_offsets"][0] + start * width
+        low = first - first % mmap.PAGESIZE
+        high = min(len(mapped), -(-(first + count * width) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if high > low:
+            mapped.madvise(mmap.MADV_DONTNEED, low, high - low)
+
+    def _map(self, shard: Path) -> Any:
+        mapped = self._maps.get(shard)
+        if mapped is None:
+            import mmap
+
+            with self._maps_lock:  # the merge's workers map a shard at once: one map each
+                mapped = self._maps.get(shard)
+                if mapped is None:
+                    with open(shard, "rb") as handle:
+                        mapped = self._maps[shard] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        return mapped
+
     def _pread(self, shard: Path, view: memoryview, position: int) -> None:
         fd = self._files.get(shard)
         if fd is None:
@@ -250,6 +303,12 @@ class CheckpointReader:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+        for mapped in self._maps.values():
+            try:
+                mapped.close()
+            except BufferError:  # a view of it is still alive: the map closes when that view is collected
+                pass
+        self._maps.clear()
 
     def __del__(self) -> None:
         try:
