@@ -81,10 +81,11 @@ def test_the_torch_free_merge_writes_the_torch_engines_bytes(tiny_llama, tmp_pat
     assert files(tmp_path / "plain") == files(tmp_path / "torch")
 
 
-@pytest.mark.parametrize("bracket", ["missed", "everything", "high-only"])
+@pytest.mark.parametrize("bracket", ["missed", "everything", "high-only", "high-end"])
 def test_ties_merges_the_same_bytes_whatever_the_sample_brackets(tiny_llama, tmp_path, monkeypatch, bracket):
     """A bracket that misses the threshold (found by partition, merged again), one that holds every entry (all merged
-    again) and one at a single value (nothing merged again when the threshold is that value)."""
+    again), one at a single value (nothing merged again when the threshold is that value) and one whose high end
+    is the threshold (the entries below it merged again, and dropped)."""
     from mergebench.merging import plain_topk
 
     def fake(sample, share):
@@ -93,6 +94,8 @@ def test_ties_merges_the_same_bytes_whatever_the_sample_brackets(tiny_llama, tmp
             return sample[-1], sample[-1]
         if bracket == "everything":
             return sample[0], sample[-1]
+        if bracket == "high-end":
+            return sample[0], sample[int(len(sample) * (1 - share))]
         return (sample[int(len(sample) * (1 - share))],) * 2
 
     base, experts = quantized_experts(tiny_llama, tmp_path, torch.bfloat16)
@@ -191,3 +194,24 @@ def test_the_writer_takes_stored_bytes_and_hashes_only_when_asked(tmp_path):
     assert torch.equal(CheckpointReader(tmp_path / "False").get("b"), torch.from_numpy(data["b"]))
     with pytest.raises(ValueError, match="do not make a BF16 tensor"):
         ShardedWriter(tmp_path / "bad", layout=layout).add_bytes("a", "BF16", (3, 4), memoryview(b"12"))
+
+
+@pytest.mark.parametrize("experts", [1, 2, 5, 300])
+def test_the_election_and_disjoint_mean_are_the_torch_functions_bit_for_bit(experts):
+    """Counted in bytes below 256 experts and in 32-bit integers from there; signs flipped on the bits."""
+    import numpy
+
+    from mergebench.merging.tensors import disjoint_merge, elected_sign, summed
+
+    generator = torch.Generator().manual_seed(experts)
+    taus = [torch.randint(-4, 5, (1000,), generator=generator).float() * 0.37 for _ in range(experts)]
+    taus[0][:10] = -0.0  # signed zeros where every expert is zero
+    for tau in taus[1:]:
+        tau[:10] = 0.0
+    for tau in taus:
+        tau[-10:] = tau[-10:].abs() + 0.37  # every expert agrees: 300 of them would overflow a byte
+    expected = disjoint_merge([t.clone() for t in taus], elected_sign(summed([t.clone() for t in taus])),
+                              normalize=True)
+    scratch = plain._Scratch(0, 1000)
+    merged = plain._elect_and_merge([t.numpy().copy() for t in taus], scratch)
+    assert merged.view(numpy.int32).tolist() == expected.view(torch.int32).tolist()

@@ -10,9 +10,10 @@ a value it cannot judge — NaN or Inf in an input, or an overflow, whose error 
 path defines — raises :class:`NeedsTorch`; the caller then discards what was written and merges with torch.
 
 Each tensor is cut into pieces of :data:`CHUNK` entries that stay in the CPU's caches: every input's
-piece is read with ``pread`` straight into a buffer of its own, widened, combined, rounded and copied
-into the output, so memory holds the outputs in flight (and, for TIES, the entries near each
-threshold: :mod:`mergebench.merging.plain_topk`) instead of float32 copies of every input.
+piece is widened straight from a memory map of its file into a buffer of its own (and its pages then
+dropped from the process: the page cache keeps them), combined, rounded and copied into the output, so
+memory holds the outputs in flight (and, for TIES, the entries near each threshold:
+:mod:`mergebench.merging.plain_topk`) instead of float32 copies of every input.
 """
 
 from __future__ import annotations
@@ -145,15 +146,18 @@ class _Tensor:
 
         reader = self.base if index == 0 else self.experts[index - 1]
         m = scratch.length
-        if self.codes[index] == "F32":
-            values = scratch.floats[index][:m]
-            reader.read_elements(self.name, start, values)
-            return values
-        raw = scratch.raw[index][:m]
-        reader.read_elements(self.name, start, raw)
         wide = scratch.floats[index][:m]
-        numpy.left_shift(raw, 16, out=wide.view(numpy.uint32), dtype=numpy.uint32)
+        if self.codes[index] == "F32":
+            numpy.copyto(wide, reader.mapped_elements(self.name, start, m, numpy.float32))
+        else:
+            stored = reader.mapped_elements(self.name, start, m, numpy.uint16)
+            numpy.left_shift(stored, 16, out=wide.view(numpy.uint32), dtype=numpy.uint32)
         return wide
+
+    def unmap(self, start: int, stop: int) -> None:
+        """Drop every input's pages under entries ``start:stop`` (read): RSS holds the pieces in flight, not the inputs."""
+        for code, reader in zip(self.codes, [self.base, *self.experts]):
+            reader.unmap_elements(self.name, start, stop - start, 4 if code == "F32" else 2)
 
     def task_vector(self, index: int, start: int, scratch: "_Scratch", base: "numpy.ndarray") -> "numpy.ndarray":
         import numpy
@@ -191,6 +195,7 @@ class _Tensor:
             else:
                 delta = _summed(taus)
             _finish(delta, base, self.form.scaling, out[begin:begin + scratch.length], scratch, self.name)
+        self.unmap(start, stop)
         return record
 
 
@@ -214,22 +219,22 @@ _local = threading.local()
 def _scratch(inputs: int) -> "_Scratch":
     """This worker thread's buffers for ``inputs`` inputs of a piece (made once, reused for every piece)."""
     found = getattr(_local, "scratch", None)
-    if found is None or len(found.raw) != inputs or len(found.extra[0]) != CHUNK:
+    if found is None or len(found.floats) != inputs or len(found.extra[0]) != CHUNK:
         found = _local.scratch = _Scratch(inputs)
     found.length = CHUNK
     return found
 
 
 class _Scratch:
-    """Per-worker buffers of one piece: raw and widened values of each input, and temporaries."""
+    """Per-worker buffers of one piece: the widened values of each input, and temporaries."""
 
     def __init__(self, inputs: int, size: int = 0) -> None:
         import numpy
 
         self.length = size = size or CHUNK
-        self.raw = [numpy.empty(size, numpy.uint16) for _ in range(inputs)]
         self.floats = [numpy.empty(size, numpy.float32) for _ in range(inputs)]
         self.extra = [numpy.empty(size, numpy.float32) for _ in range(3)]
+        self.near = [numpy.empty(size, numpy.bool_) for _ in range(2)]
 
 
 def _summed(taus: list["numpy.ndarray"]) -> "numpy.ndarray":
@@ -277,21 +282,30 @@ def _elect_and_merge(taus: list["numpy.ndarray"], scratch: _Scratch) -> "numpy.n
         numpy.add(taus[0], taus[1], out=elected)
     for tau in taus[2:]:
         elected += tau
-    bits = elected.view(numpy.uint32)  # copysign(1, Σ) on the bits: Σ's sign bit over the bits of 1.0
-    bits &= numpy.uint32(0x80000000)
-    bits |= numpy.uint32(0x3F800000)
+    sign = elected.view(numpy.uint32)  # Σ's sign bit: times copysign(1, Σ) is this bit flipped in, exactly
+    sign &= numpy.uint32(0x80000000)
+    # the agreeing are counted in small integers (a float32 count costs a cast and four times the memory per τ)
+    narrow = len(taus) < 256
+    counted = count.view(numpy.uint8 if narrow else numpy.uint32)[:m]
+    agrees = magnitude.view(numpy.bool_)[:m]
     kept = None
     for tau in taus:  # relu(s·δ) is |δ| where δ agrees with s; [relu(s·δ) > 0] counts the agreeing (torch: its sign)
-        agreeing = numpy.maximum(numpy.multiply(tau, elected, out=tau), 0, out=tau)
+        flipped = tau.view(numpy.uint32)
+        flipped ^= sign
+        agreeing = numpy.maximum(tau, 0, out=tau)
         if kept is None:
             kept = agreeing
-            numpy.greater(agreeing, 0, out=count)
+            if narrow:  # the first count is the comparison itself, a byte of 0 or 1
+                numpy.greater(agreeing, 0, out=counted.view(numpy.bool_))
+            else:
+                counted[:] = numpy.greater(agreeing, 0, out=agrees)
             continue
         kept += agreeing
-        count += numpy.greater(agreeing, 0, out=magnitude)
-    numpy.maximum(count, 1, out=count)
-    kept /= count
-    kept *= elected
+        counted += numpy.greater(agreeing, 0, out=agrees)
+    numpy.maximum(counted, 1, out=counted)
+    kept /= counted  # float32 by an exact small integer: the same quotient as torch's float32 count
+    merged = kept.view(numpy.uint32)
+    merged ^= sign
     kept += numpy.float32(0.0)
     return kept
 

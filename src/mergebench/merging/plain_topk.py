@@ -60,14 +60,14 @@ def _bracket(sample: "numpy.ndarray", share: float) -> tuple["numpy.float32", "n
 
 class Record:
     """What one worker's share of a bracketed merge saw: per expert, how many |τ| were above its bracket's high end
-    and at it, and the |τ| in [low, high); and the entries where any expert's was, with base and task vectors, to merge
-    again. |τ| ≥ high is kept whatever the threshold in [low, high] turns out to be, |τ| < low dropped; with the
-    repeated magnitudes of bf16 task vectors low and high are often the same value and nothing is left to merge again."""
+    and at it; and the entries where any expert's |τ| was in [low, high), with base and task vectors, to merge
+    again (and to find the thresholds among). |τ| ≥ high is kept whatever the threshold in [low, high] turns out to
+    be, |τ| < low dropped; with the repeated magnitudes of bf16 task vectors low and high are often the same value
+    and nothing is left to merge again."""
 
     def __init__(self, experts: int) -> None:
         self.above = [0] * experts
         self.at_or_above = [0] * experts
-        self.inside: list[list] = [[] for _ in range(experts)]
         self.positions: list = []
         self.base: list = []
         self.taus: list[list] = [[] for _ in range(experts)]
@@ -84,12 +84,12 @@ class Record:
             keep = magnitude >= high
             self.at_or_above[i] += int(numpy.count_nonzero(keep))
             self.above[i] += int(numpy.count_nonzero(magnitude > high))
-            if low < high:
-                inside = (magnitude >= low) & ~keep
-                self.inside[i].append(magnitude[inside])
+            if low < high:  # [low, high): at or above low and not kept, as keep lies within "at or above low"
+                inside = numpy.greater_equal(magnitude, low, out=scratch.near[near is not None][:scratch.length])
+                inside ^= keep
                 near = inside if near is None else numpy.logical_or(near, inside, out=near)
             keeps.append(keep)
-        if near is not None:
+        if near is not None:  # an expert's |τ| in its bracket: found again among the recorded τ once all are seen
             where = numpy.flatnonzero(near)
             if len(where):
                 self.positions.append(where + start)
@@ -108,14 +108,17 @@ def finish_speculation(tensor: "_Tensor", k: int, brackets, records: list[Record
 
     from mergebench.merging.plain import _elect_and_merge, _finish, _Scratch, _trim
 
+    positions = [p for r in records for p in r.positions]
+    taus = [numpy.concatenate([piece for r in records for piece in r.taus[i]]) if positions
+            else numpy.empty(0, numpy.float32) for i in range(len(tensor.experts))]
     thresholds, missed = [], False
-    for i, (_, high) in enumerate(brackets):
+    for i, (low, high) in enumerate(brackets):
         above, at_or_above = sum(r.above[i] for r in records), sum(r.at_or_above[i] for r in records)
         if above < k <= at_or_above:
             thresholds.append(float(high))
             continue
-        inside = [piece for r in records for piece in r.inside[i]]
-        inside = numpy.concatenate(inside) if inside else numpy.empty(0, numpy.float32)
+        magnitudes = numpy.abs(taus[i])  # every |τ_i| in [low, high) is among the recorded entries
+        inside = magnitudes[(magnitudes >= low) & (magnitudes < high)]
         if not at_or_above < k <= at_or_above + len(inside):
             thresholds.append(_partitioned(tensor, i, k))
             missed = True
@@ -126,12 +129,10 @@ def finish_speculation(tensor: "_Tensor", k: int, brackets, records: list[Record
     tensor.thresholds = thresholds
     if missed:
         return False
-    positions = [p for r in records for p in r.positions]
     if not positions:
         return True
     positions = numpy.concatenate(positions)
     scratch = _Scratch(0, len(positions))
-    taus = [numpy.concatenate([piece for r in records for piece in r.taus[i]]) for i in range(len(tensor.experts))]
     base = numpy.concatenate([piece for r in records for piece in r.base])
     merged = numpy.empty(len(positions), out.dtype)
     with numpy.errstate(all="ignore"):
