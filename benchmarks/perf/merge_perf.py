@@ -14,7 +14,7 @@ as for both tools), our wall time and peak RSS, mergekit's on the same files wit
 method and hyperparameters (TIES: density 0.2, per tensor, λ 1; Task Arithmetic: λ 1; nothing
 excluded, since mergekit merges every tensor), the ratios, and how far the two outputs differ.
 Both tools run as child processes, timed from start to exit (imports included) with peak RSS
-from ``wait4``. Not a test: timings depend on the machine and its load.
+from ``wait4``, each writing into a folder removed before it starts. Not a test: timings depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -245,9 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.rounds):
         for method, pair in commands.items():
             order = ["ours", "mergekit"] if round_ % 2 == 0 else ["mergekit", "ours"]
-            for tool in order:
-                if tool == "mergekit":
-                    shutil.rmtree(work / f"mergekit-{method}", ignore_errors=True)
+            for tool in order:  # each writes into a folder that does not exist yet (ours would delete it: --force)
+                shutil.rmtree(work / f"{tool}-{method}", ignore_errors=True)
                 runs[method][tool].append(timed(pair[tool], env))
             (o_s, o_gb), (m_s, m_gb) = runs[method]["ours"][-1], runs[method]["mergekit"][-1]
             print(f"  round {round_ + 1} {method:<16} ours {o_s:7.2f} s {o_gb:5.2f} GB | mergekit {m_s:7.2f} s "

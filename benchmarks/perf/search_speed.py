@@ -95,19 +95,20 @@ def main() -> None:
     if args.grid_scores and grid is not None and not stored:
         store_grid(args.grid_scores, stored_key(setup), grid)
     halving = SuccessiveHalving().run(points, objective(share))
-    peers = []  # (label, result) of each peer schedule asked for, timed after ours in this order
+    schedule_peers = []  # (label, strategy) of the peer schedules asked for: timed below, and replayed on the grid
+    if args.peer_max_rounds is not False:
+        schedule_peers.append((f"max_rounds {args.peer_max_rounds}", SuccessiveHalving(max_rounds=args.peer_max_rounds)))
+    if args.peer_min_items:
+        schedule_peers.append((f"min_items {args.peer_min_items}", SuccessiveHalving(min_items=args.peer_min_items)))
+    peers = []  # (label, result) of each peer asked for, timed after ours in this order
     if args.peer_finalists:
         peers.append((f"halving, {args.peer_finalists} finalists",
                       SuccessiveHalving(finalists=args.peer_finalists).run(points, objective(share))))
     if args.peer_item_order:
         peers.append((f"halving, {args.peer_item_order} order",
                       SuccessiveHalving().run(points, objective(share, args.peer_item_order))))
-    if args.peer_max_rounds is not False:
-        peers.append((f"halving, max_rounds {args.peer_max_rounds}",
-                      SuccessiveHalving(max_rounds=args.peer_max_rounds).run(points, objective(share))))
-    if args.peer_min_items:
-        peers.append((f"halving, min_items {args.peer_min_items}",
-                      SuccessiveHalving(min_items=args.peer_min_items).run(points, objective(share))))
+    for label, strategy in schedule_peers:
+        peers.append((f"halving, {label}", strategy.run(points, objective(share))))
     evaluations.append(one_evaluation())  # once more at the end: a run's evaluations varied by up to 10%
     one = sum(evaluations) / len(evaluations)
     if grid is None:  # --skip-grid before the grid's scores were stored (a run with --grid-scores FILE stores them)
@@ -161,11 +162,7 @@ def main() -> None:
     variants = [("with the tie-break", replay),
                 ("with the tie-break, items in index order", Replay(grid.trials, objective(share, "index"))),
                 ("without it (ties in grid order)", Replay(grid.trials, grid_objective, False))]
-    schedules = [("", SuccessiveHalving())]
-    if args.peer_max_rounds is not False:
-        schedules.append((f", max_rounds {args.peer_max_rounds}", SuccessiveHalving(max_rounds=args.peer_max_rounds)))
-    if args.peer_min_items:
-        schedules.append((f", min_items {args.peer_min_items}", SuccessiveHalving(min_items=args.peer_min_items)))
+    schedules = [("", SuccessiveHalving()), *((f", {label}", strategy) for label, strategy in schedule_peers)]
     for (label, scores), (schedule_label, strategy) in itertools.product(variants, schedules):
         label += schedule_label
         pick = strategy.run(points, scores).best
