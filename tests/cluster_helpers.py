@@ -20,6 +20,10 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable
+
+START_ATTEMPTS = 3
+"""``ray start`` attempts per node (see :meth:`LocalRayCluster._start`)."""
 
 GRID = ("--mb-suite", "tiny", "--mb-models", "tiny-llama", "--mb-methods", "soup,ties,regmean,mtl",
         "--mb-tasks", "toy_math,toy_coding,toy_generate")
@@ -102,29 +106,51 @@ class LocalRayCluster:
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def _start(self, args: list[str], name: str, wrap: list[str]) -> None:
-        log = self.temp_dir / f"{name}.log"
-        self.logs.append(log)
-        with open(log, "w") as handle:
-            self.processes.append(subprocess.Popen([*wrap, ray_command(), "start", "--block", *args], stdout=handle,
-                                                   stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
-        deadline = time.monotonic() + 180
-        while "Ray runtime started" not in log.read_text():
-            if self.processes[-1].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start ({name}) did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    def _start(self, make_args: Callable[[], list[str]], name: str, wrap: list[str]) -> None:
+        """Start a node and wait for it; a ``ray start`` that exits before it is up is started again, with fresh ports.
+
+        Why: on a loaded 2-core machine Ray 2.60's raylet can abort while it waits for its dashboard agent's port
+        file (``WaitForDashboardAgentPorts``), which is Ray's start-up and not what the cluster tests check; a node
+        that fails every attempt, or never comes up, still fails the test with each attempt's log."""
+        failures = []
+        for attempt in range(1, START_ATTEMPTS + 1):
+            log = self.temp_dir / f"{name}-{attempt}.log"
+            self.logs.append(log)
+            with open(log, "w") as handle:
+                process = subprocess.Popen([*wrap, ray_command(), "start", "--block", *make_args()], stdout=handle,
+                                           stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            self.processes.append(process)
+            deadline = time.monotonic() + 180
+            while "Ray runtime started" not in log.read_text():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            else:
+                return
+            failures.append(f"attempt {attempt} ({'exited ' + str(process.returncode) if process.poll() is not None else 'timed out'}):"
+                            f"\n{log.read_text()[-3000:]}")
+            if process.poll() is None:  # up for 180 s and still not started: not the transient abort
+                break
+            _signal_group(process.pid, signal.SIGKILL)  # what it started before it exited
+        raise RuntimeError(f"ray start ({name}) did not come up:\n" + "\n".join(failures))
 
     def start_head(self, cpus: int = 1) -> "LocalRayCluster":
-        self._start(["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-                     "--object-store-memory=80000000", f"--temp-dir={self.temp_dir}", "--include-dashboard=false",
-                     "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
-                     f"--dashboard-agent-listen-port={free_port()}", '--resources={"head_node": 1}'], "head", self.wrap)
+        def args() -> list[str]:
+            self.port = free_port()
+            self.address = f"127.0.0.1:{self.port}"
+            return ["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                    "--object-store-memory=80000000", f"--temp-dir={self.temp_dir}", "--include-dashboard=false",
+                    "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}", '--resources={"head_node": 1}']
+
+        self._start(args, "head", self.wrap)
         return self
 
     def add_node(self, cpus: int = 1, name: str = "node2") -> "LocalRayCluster":
-        self._start([f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-                     "--object-store-memory=80000000", "--disable-usage-stats",
-                     f"--dashboard-agent-listen-port={free_port()}", '--resources={"second_node": 1}'], name, [])
+        self._start(lambda: [f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                             "--object-store-memory=80000000", "--disable-usage-stats",
+                             f"--dashboard-agent-listen-port={free_port()}", '--resources={"second_node": 1}'],
+                    name, [])
         return self
 
     def worker_pids(self) -> list[int]:
