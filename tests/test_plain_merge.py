@@ -215,3 +215,34 @@ def test_the_election_and_disjoint_mean_are_the_torch_functions_bit_for_bit(expe
     scratch = plain._Scratch(0, 1000)
     merged = plain._elect_and_merge([t.numpy().copy() for t in taus], scratch)
     assert merged.view(numpy.int32).tolist() == expected.view(torch.int32).tolist()
+
+
+@pytest.mark.parametrize(("name", "params"), [("task_arithmetic", {"scaling": 0.3}),
+                                              ("ties", {"density": 0.2, "scope": "tensor"})])
+def test_sharded_inputs_merge_the_same_bytes_through_the_maps(tiny_llama, tmp_path, name, params, monkeypatch):
+    """Inputs split over several shards, each mapped on its own: entries are found at their shard's offsets."""
+    from mergebench.checkpoint import ShardedWriter
+
+    base, experts = quantized_experts(tiny_llama, tmp_path / "single", torch.bfloat16, count=3)
+    sharded = {}
+    for label, source in {"base": base, **experts}.items():
+        reader, target = CheckpointReader(source), tmp_path / "sharded" / label
+        writer = ShardedWriter(target, max_shard_bytes=reader.total_bytes() // 5)
+        for tensor in reversed(reader.names()):  # another order than the single file's, too
+            writer.add(tensor, reader.get(tensor))
+        writer.close()
+        for extra in source.iterdir():
+            if extra.suffix != ".safetensors" and extra.is_file():
+                (target / extra.name).write_bytes(extra.read_bytes())
+        sharded[label] = target
+    assert len(list(sharded["base"].glob("*.safetensors"))) > 3
+    base = sharded.pop("base")
+    merge_checkpoints(method(name), params, base, sharded, tmp_path / "torch", allow_plain=False)
+    used = []
+    monkeypatch.setattr(plain, "merged_bytes", lambda *a, _f=plain.merged_bytes: used.append(1) or _f(*a))
+    from mergebench.merging import engine
+
+    monkeypatch.setattr(engine, "merged_bytes", plain.merged_bytes)
+    merge_checkpoints(method(name), params, base, sharded, tmp_path / "plain")
+    assert used, "the torch-free path did not run"
+    assert files(tmp_path / "plain") == files(tmp_path / "torch")
