@@ -144,7 +144,7 @@ def test_mapped_entries_read_the_stored_values_and_unmapping_drops_their_pages(t
     big = reader.mapped_elements("big", 1000, 250_000, "uint16")
     assert big.tolist() == tensors["big"].view(torch.int16).numpy().view("uint16")[1000:251_000].tolist()
     assert mapped_rss_kib(shard) >= before + 250_000 * 2 // 1024  # read through the map: its pages are resident
-    reader.unmap_elements("big", 0, 300_000, 2)
+    reader.unmap_elements("big", 0, 300_000)
     assert mapped_rss_kib(shard) == before  # every page under "big", the one it shares with "small" included
     assert big[-1] == tensors["big"].view(torch.int16)[250_999].item() & 0xFFFF  # a dropped page reads again
     with pytest.raises(CheckpointError, match="past the end of tensor 'small'"):

@@ -228,14 +228,22 @@ class CheckpointReader:
 
         For the torch-free merge (:mod:`mergebench.merging.plain`), which reads a tensor in pieces small
         enough to stay in the CPU's cache; safetensors files only."""
+        shard, first, _ = self._entries(name, start, len(out), out.itemsize)
+        self._pread(shard, memoryview(out).cast("B"), first)
+
+    def _entries(self, name: str, start: int, count: int, width: int | None = None) -> tuple[Path, int, int]:
+        """(shard, file offset of entry ``start``, width) of ``count`` flat entries of ``width`` bytes of ``name``
+        (None: the stored dtype's width)."""
         shard = self.weight_map[name]
         offset, header = self._layout(shard)
         begin, end = header[name]["data_offsets"]
-        view = memoryview(out).cast("B")
-        first = begin + start * out.itemsize
-        if first + len(view) > end:
-            raise CheckpointError(f"entries {start}..{start + len(out)} are past the end of tensor {name!r}")
-        self._pread(shard, view, offset + first)
+        if width is None:
+            from mergebench.checkpoint.writer import ELEMENT_BYTES  # the writer imports this module
+
+            width = ELEMENT_BYTES[header[name]["dtype"]]
+        if start < 0 or begin + (start + count) * width > end:
+            raise CheckpointError(f"entries {start}..{start + count} are past the end of tensor {name!r}")
+        return shard, offset + begin + start * width, width
 
     def mapped_elements(self, name: str, start: int, count: int, dtype) -> "numpy.ndarray":
         """A read-only numpy view of ``count`` flat entries of ``name`` from ``start`` on, in a memory map of its shard.
@@ -244,31 +252,25 @@ class CheckpointReader:
         itself, where :meth:`read_elements` has the kernel copy each piece into a buffer first (that copy was
         ~7% of a TIES merge's CPU samples under ``perf``, ~15% of Task Arithmetic's: ``merge_perf.py``).
         Safetensors files only; call :meth:`unmap_elements` once the view is read, or its pages count
-        towards RSS until :meth:`close`. The shard's size was checked against its header when it was opened; one truncated while it is
-        mapped ends the process with SIGBUS where ``pread`` would have raised, as with any mapped loader."""
+        towards RSS until :meth:`close`. The shard's size was checked against its header when it was
+        opened; one truncated while it is mapped ends the process with SIGBUS where ``pread`` would have
+        raised, as with any mapped loader."""
         import numpy
 
-        shard = self.weight_map[name]
-        offset, header = self._layout(shard)
-        begin, end = header[name]["data_offsets"]
-        width = numpy.dtype(dtype).itemsize
-        if start < 0 or begin + (start + count) * width > end:
-            raise CheckpointError(f"entries {start}..{start + count} are past the end of tensor {name!r}")
-        return numpy.frombuffer(self._map(shard), dtype, count, offset + begin + start * width)
+        shard, first, _ = self._entries(name, start, count, numpy.dtype(dtype).itemsize)
+        return numpy.frombuffer(self._map(shard), dtype, count, first)
 
-    def unmap_elements(self, name: str, start: int, count: int, width: int) -> None:
+    def unmap_elements(self, name: str, start: int, count: int) -> None:
         """Drop the pages under those entries from this process's memory (``madvise(MADV_DONTNEED)``).
 
         The page cache keeps them, and a later read of a dropped page maps it again, so the whole pages
         touching the range are dropped even where a neighbour's entries share them."""
         import mmap
 
-        shard = self.weight_map[name]
-        mapped = self._maps.get(shard)
+        mapped = self._maps.get(self.weight_map[name])
         if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        offset, header = self._layout(shard)
-        first = offset + header[name]["data_offsets"][0] + start * width
+        _, first, width = self._entries(name, start, count)
         low = first - first % mmap.PAGESIZE
         high = min(len(mapped), -(-(first + count * width) // mmap.PAGESIZE) * mmap.PAGESIZE)
         if high > low:

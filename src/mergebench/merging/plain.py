@@ -156,8 +156,8 @@ class _Tensor:
 
     def unmap(self, start: int, stop: int) -> None:
         """Drop every input's pages under entries ``start:stop`` (read): RSS holds the pieces in flight, not the inputs."""
-        for code, reader in zip(self.codes, [self.base, *self.experts]):
-            reader.unmap_elements(self.name, start, stop - start, 4 if code == "F32" else 2)
+        for reader in [self.base, *self.experts]:
+            reader.unmap_elements(self.name, start, stop - start)
 
     def task_vector(self, index: int, start: int, scratch: "_Scratch", base: "numpy.ndarray") -> "numpy.ndarray":
         import numpy
