@@ -49,6 +49,16 @@ def quantized_experts(tiny_llama, root, dtype, count=4, expert_dtype=None):
     return write_variant(tiny_llama, root / "base", base), experts
 
 
+def merge_without_torch(monkeypatch, name, params, base, experts, out, **kwargs) -> None:
+    """merge_checkpoints into ``out``, failing unless the torch-free path (``plain.merged_bytes``) merged it."""
+    from mergebench.merging import engine
+
+    used = []
+    monkeypatch.setattr(engine, "merged_bytes", lambda *a, _f=plain.merged_bytes: used.append(1) or _f(*a))
+    merge_checkpoints(method(name), params, base, experts, out, **kwargs)
+    assert used, "the torch-free path did not run"
+
+
 def files(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
@@ -71,13 +81,7 @@ def test_the_torch_free_merge_writes_the_torch_engines_bytes(tiny_llama, tmp_pat
     base, experts = quantized_experts(tiny_llama, tmp_path, dtypes[0], expert_dtype=dtypes[1])
     context = MergeContext(exclude=(), threads=2)
     merge_checkpoints(method(name), params, base, experts, tmp_path / "torch", context=context, allow_plain=False)
-    used = []
-    monkeypatch.setattr(plain, "merged_bytes", lambda *a, _f=plain.merged_bytes: used.append(1) or _f(*a))
-    from mergebench.merging import engine
-
-    monkeypatch.setattr(engine, "merged_bytes", plain.merged_bytes)
-    merge_checkpoints(method(name), params, base, experts, tmp_path / "plain", context=context)
-    assert used, "the torch-free path did not run"
+    merge_without_torch(monkeypatch, name, params, base, experts, tmp_path / "plain", context=context)
     assert files(tmp_path / "plain") == files(tmp_path / "torch")
 
 
@@ -238,11 +242,5 @@ def test_sharded_inputs_merge_the_same_bytes_through_the_maps(tiny_llama, tmp_pa
     assert len(list(sharded["base"].glob("*.safetensors"))) > 3
     base = sharded.pop("base")
     merge_checkpoints(method(name), params, base, sharded, tmp_path / "torch", allow_plain=False)
-    used = []
-    monkeypatch.setattr(plain, "merged_bytes", lambda *a, _f=plain.merged_bytes: used.append(1) or _f(*a))
-    from mergebench.merging import engine
-
-    monkeypatch.setattr(engine, "merged_bytes", plain.merged_bytes)
-    merge_checkpoints(method(name), params, base, sharded, tmp_path / "plain")
-    assert used, "the torch-free path did not run"
+    merge_without_torch(monkeypatch, name, params, base, sharded, tmp_path / "plain")
     assert files(tmp_path / "plain") == files(tmp_path / "torch")
