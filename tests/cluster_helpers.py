@@ -95,8 +95,8 @@ class LocalRayCluster:
 
     def __init__(self, env: dict[str, str] | None = None, wrap: list[str] | None = None) -> None:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mbray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.port: int | None = None  # the head's, chosen afresh at each attempt to start it
+        self.address: str | None = None
         # RAY_AUTH_MODE: Ray turns token authentication on for `ray start --head` when ~/.ray/auth_token exists (any
         # private `ray.init()`, e.g. --mb-ray-address local, writes one), but not for `ray start --address`, whose node
         # would then be refused; the test cluster is private to this machine's loopback, so it runs without.
@@ -127,9 +127,10 @@ class LocalRayCluster:
                 time.sleep(0.5)
             else:
                 return
-            failures.append(f"attempt {attempt} ({'exited ' + str(process.returncode) if process.poll() is not None else 'timed out'}):"
-                            f"\n{log.read_text()[-3000:]}")
-            if process.poll() is None:  # up for 180 s and still not started: not the transient abort
+            exited = process.poll() is not None
+            failures.append(f"attempt {attempt} ({f'exited {process.returncode}' if exited else 'timed out'}):\n"
+                            f"{log.read_text()[-3000:]}")
+            if not exited:  # up for 180 s and still not started: not the transient abort
                 break
             _signal_group(process.pid, signal.SIGKILL)  # what it started before it exited
         raise RuntimeError(f"ray start ({name}) did not come up:\n" + "\n".join(failures))
