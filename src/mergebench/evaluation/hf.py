@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from mergebench import progress
-from mergebench.evaluation import packed_linear, packing
+from mergebench.evaluation import packed_linear, packing, row_attention
 from mergebench.evaluation.api import GenerationRequest, Loglikelihood, LoglikelihoodRequest, RowListener, RowTrackingModel
 
 if TYPE_CHECKING:
@@ -186,8 +186,10 @@ class HFLanguageModel(RowTrackingModel):
             allowed[i, 0, idle, idle] = True
             starts.append(starts_i)
         bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        hidden = self.model.get_decoder()(input_ids=ids.to(self.device), attention_mask=bias.to(self.device),
-                                          position_ids=positions.to(self.device)).last_hidden_state
+        spans = [[(at, row.length, not row.branches) for row, at in zip(rows, starts[i])] for i, rows in enumerate(batch)]
+        with row_attention.rows(self.model, spans):
+            hidden = self.model.get_decoder()(input_ids=ids.to(self.device), attention_mask=bias.to(self.device),
+                                              position_ids=positions.to(self.device)).last_hidden_state
         wanted, targets, owners = [], [], []
         for i, rows in enumerate(batch):
             for row, at in zip(rows, starts[i]):
