@@ -34,8 +34,8 @@ NAME = "mergebench_rows"
 Span = tuple[int, int, bool]
 """A packed row: its first column, its length, and whether it is a plain causal trunk (no branches)."""
 
-_layout: contextvars.ContextVar["tuple[Sequence[Sequence[Span]], str] | None"] = contextvars.ContextVar(
-    "row_attention_layout", default=None)
+_layout: contextvars.ContextVar["Sequence[Sequence[Span]] | None"] = contextvars.ContextVar("row_attention_layout",
+                                                                                            default=None)
 
 
 def attention(module, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
@@ -46,14 +46,13 @@ def attention(module, query: "torch.Tensor", key: "torch.Tensor", value: "torch.
     import torch.nn.functional as F
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    current = _layout.get()
-    covered = (current is not None and query.device.type == "cpu" and not dropout and attention_mask is not None
+    spans = _layout.get()
+    covered = (spans is not None and query.device.type == "cpu" and not dropout and attention_mask is not None
                and query.shape[2] == key.shape[2]
                and all(kwargs.get(name) is None for name in ("softcap", "sliding_window", "position_bias")))
     if not covered:
-        fallback = ALL_ATTENTION_FUNCTIONS[current[1] if current else "sdpa"]
-        return fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    spans, _ = current
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                               scaling=scaling, **kwargs)
     grouped = query.shape[1] != key.shape[1]
     out = torch.zeros_like(query)  # padding columns attend to nothing; nothing reads them
     for i, row_spans in enumerate(spans):
@@ -86,7 +85,7 @@ def rows(model, spans: Sequence[Sequence[Span]]) -> Iterator[bool]:
         yield False
         return
     _register()
-    token = _layout.set((spans, own))
+    token = _layout.set(spans)
     config._attn_implementation = NAME
     try:
         yield True
