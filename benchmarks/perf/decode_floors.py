@@ -95,8 +95,9 @@ def main() -> None:
           f"streamed is {streamed / compute:.2f}x it")
     print(f"read floor ({nbytes / 1e6:.0f} MB at {nbytes / read / 1e9:.1f} GB/s): {read * 1e3:.1f} ms; "
           f"streamed is {streamed / read:.2f}x it")
-    saved = max(streamed - floor, 0.0) * args.steps
-    print(f"products at the larger floor would save at most {(streamed - floor) * 1e3:.1f} ms a step, "
+    per_step = max(streamed - floor, 0.0)
+    saved = per_step * args.steps
+    print(f"products at the larger floor would save at most {per_step * 1e3:.1f} ms a step, "
           f"{saved:.1f} s over {args.steps} steps")
     if args.generation:
         ours, theirs = args.generation

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ def attention(module, query: "torch.Tensor", key: "torch.Tensor", value: "torch.
     return out.transpose(1, 2).contiguous(), None
 
 
+@functools.lru_cache(maxsize=1)
 def _register() -> None:
+    """Once per process: every forward of an evaluation enters :func:`rows`."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(NAME, attention)
