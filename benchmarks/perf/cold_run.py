@@ -18,8 +18,9 @@ shell does not, and with it every process compiles its imports again: ~25 s inst
 the harness's on the AMD EPYC).
 
 Every step runs under the AVX2 emulation (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
-MKL_ENABLE_INSTRUCTIONS=AVX2``, set before Python starts) unless ``--native``: the target is a
-2-core CPU without AVX-512 or AMX. The cold run is then split by stage from the ``build_seconds``
+MKL_ENABLE_INSTRUCTIONS=AVX2``, numpy's ``NPY_DISABLE_CPU_FEATURES`` and ``OPENBLAS_CORETYPE=Haswell``:
+``isa_emulation.EMULATION``, set before Python starts and checked in the clone's venv after the
+install) unless ``--native``: the target is a 2-core CPU without AVX-512 or AMX. The cold run is then split by stage from the ``build_seconds``
 every artifact records in its ``meta.json`` (data, base, experts, statistics, merges,
 evaluations); what is left of the pytest wall time (imports, collection, the data partitions,
 cache look-ups, the report) is "harness". When stages ran side by side (``--mb-executor
@@ -55,7 +56,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa_emulation import EMULATION, cpu_model  # noqa: E402
+from isa_emulation import EMULATION, check_emulation, cpu_model  # noqa: E402
 
 TARGET_COLD_MINUTES = 30
 TARGET_WARM_SECONDS = 60
@@ -247,6 +248,8 @@ def main() -> None:
         sys.exit(f"the README's main command does not end in .venv/bin/pytest benchmarks: {steps}")
     install = sum(run(step, repo, env, log) for step in installing)
     print(f"installed in {install / 60:.1f} min ({' && '.join(' '.join(step) for step in installing)})", flush=True)
+    if not args.native:  # each library reads its own variable; refuse figures from a partial emulation
+        print(check_emulation(env, python=str(repo / ".venv" / "bin" / "python")), flush=True)
     cold = run(benchmark, repo, env, log)
     load = sampler.stop()
     print(f"cold pytest benchmarks: {cold / 60:.1f} min ({load})", flush=True)

@@ -8,7 +8,7 @@ if missing), the same random prompts decoded greedily to a fixed length by: tran
 cache, and with a static cache and the model's forward under ``torch.compile`` (inductor), whose
 first call includes compiling. Prints seconds, the ratio to the peer, and whether the tokens are
 identical to the peer's. Set the AVX2 variables (``ATEN_CPU_CAPABILITY=avx2
-ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``) before Python starts for the slower CPUs.
+ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell``) before Python starts for the slower CPUs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa_emulation import cpu_model  # noqa: E402
+from isa_emulation import cpu_model, dispatch  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     registries = plugin_manager.registries()
     base = Pipeline(RunContext(cache=ArtifactCache()), registries).base(registries.models.get("smollm2-135m-instruct"))
-    print(f"CPU: {cpu_model()}; torch dispatches to {torch.backends.cpu.get_cpu_capability()}; {args.threads} thread(s); "
+    print(f"CPU: {cpu_model()}; {dispatch()}; {args.threads} thread(s); "
           f"{args.rows} rows × {args.prompt} prompt tokens, {args.new_tokens} new tokens; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     ids = torch.randint(100, 40_000, (args.rows, args.prompt), generator=torch.Generator().manual_seed(0))

@@ -17,8 +17,9 @@ concatenated, packed for the batch's rows, or numpy's BLAS where that is the cho
 With ``--generation OURS LM_EVAL`` (seconds that ``eval_speed.py`` printed on this machine, same
 thread count and emulation) it prints the best ratio to lm-eval this engine could reach if every
 step's products ran at the larger floor and nothing else changed. Set the AVX2 emulation
-(``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``) before Python
-starts for the slower kind of CPU. The base model comes from the artifact cache (built if missing).
+(``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+OPENBLAS_CORETYPE=Haswell``; the last for numpy's OpenBLAS, which multiplies on non-Intel CPUs) before
+Python starts for the slower kind of CPU. The base model comes from the artifact cache (built if missing).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa_emulation import cpu_model  # noqa: E402
+from isa_emulation import cpu_model, dispatch  # noqa: E402
 
 
 def fastest(run, repeats: int) -> float:
@@ -76,7 +77,7 @@ def main() -> None:
     nbytes = sum(m.weight.numel() * m.weight.element_size() for m in matrices)
     inputs = {m.weight.shape[1]: torch.randn(args.rows, m.weight.shape[1], dtype=m.weight.dtype) for m in matrices}
     packed = sum(m.packed is not None or m.transposed is not None for m in matrices)
-    print(f"CPU {cpu_model()}, torch dispatches to {torch.backends.cpu.get_cpu_capability()}, "
+    print(f"CPU {cpu_model()}, {dispatch()}, "
           f"{torch.get_num_threads()} thread(s), products through {weights.library} ({packed} of {len(matrices)} "
           f"matrices arranged for {args.rows} rows), load average {os.getloadavg()[0]:.1f}", flush=True)
 

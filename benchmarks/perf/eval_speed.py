@@ -19,16 +19,21 @@ itself spends, the figure least moved by other jobs). ``--forward-path`` adds th
 its hand-written Llama step switched off (decoding through the model's own forward pass), ``--unpacked``
 this engine with its weights not packed for MKL's sgemm, ``--other-blas`` this engine with its
 decode products in the BLAS it does not choose on this CPU (MKL or numpy's).
-The CPU model (``lscpu``) and the ISA torch dispatches to are printed first; for an AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2
-ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` before Python starts.
+The CPU model (``lscpu``), the ISA torch dispatches to and numpy's OpenBLAS kernels are printed first; for an
+AVX2-only machine set ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+OPENBLAS_CORETYPE=Haswell`` before Python starts (``isa_emulation.EMULATION``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa_emulation import cpu_model, dispatch  # noqa: E402
 
 
 def main() -> None:
@@ -63,20 +68,13 @@ def main() -> None:
     context = RunContext(cache=ArtifactCache())
     path = args.model or Pipeline(context, registries).base(registries.models.get("smollm2-135m-instruct")).path
     ours = HFLanguageModel.from_pretrained(path, batch_size=args.batch_size)
-    print(f"CPU {cpu_model()}, torch dispatches to {torch.backends.cpu.get_cpu_capability()}", flush=True)
+    print(f"CPU {cpu_model()}, {dispatch()}", flush=True)
     from mergebench.evaluation import packed_linear
 
     print(f"mode {args.mode}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
           f"decode products through {packed_linear.blas()} ({packed_linear.BLAS_VARIABLE} to choose), "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     (compare_generation if args.mode == "generate" else compare_loglikelihood)(ours, context, args)
-
-
-def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def lm_eval_batches(args) -> list[int]:

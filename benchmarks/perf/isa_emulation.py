@@ -3,12 +3,14 @@
     python benchmarks/perf/isa_emulation.py [--rounds 3] [--steps 2] [--threads 2]
 
 Runs the same work in child processes, native and under the emulation
-(``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``, set before
-Python starts), interleaved round by round, and prints each one's seconds and the ratio:
+(``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``, and numpy's and
+OpenBLAS's own variables: ``EMULATION``), set before Python starts, interleaved round by round,
+and prints each one's seconds and the ratio:
 
 - a training step of the mini recipes' shape on the embedded SmolLM2-135M-Instruct: a batch of
   8 rows × 256 tokens, forward, completion-only loss over half the positions (as ``run_sft``
-  computes it), backward, fused AdamW;
+  computes it), backward, fused AdamW, its products in the BLAS finetuning uses on this CPU
+  (numpy's OpenBLAS on non-Intel CPUs, ``packed_linear.numpy_linears``);
 - 32 greedy decode steps of 16 rows (what a generative mini task does, over a KV cache).
 
 An AVX2-only 2-core AMD EPYC took 14-29 s a step on the mini recipes (16 steps in 3.7-7.7 min),
@@ -27,7 +29,49 @@ import time
 
 EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
              # numpy's own dispatch too (the torch-free merge computes in numpy): its AVX-512 targets off
-             "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
+             "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+             # and numpy's OpenBLAS, which multiplies the decode steps, log-likelihood forwards and finetuning
+             # on non-Intel CPUs: it picks its kernels from cpuid, SkylakeX (AVX-512) on an AVX-512 AMD EPYC
+             "OPENBLAS_CORETYPE": "Haswell"}
+
+_DISPATCH_CODE = (
+    "import torch, numpy\n"
+    "from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+    "from threadpoolctl import threadpool_info\n"
+    "cores = sorted({i.get('architecture') or '?' for i in threadpool_info() if i.get('internal_api') == 'openblas'})\n"
+    "print(torch.backends.cpu.get_cpu_capability())\n"
+    "print(any(f.get(k) for k in ('X86_V4', 'AVX512_SKX', 'AVX512_ICL', 'AVX512_SPR')))\n"
+    "print(','.join(cores))\n")
+
+
+def dispatch() -> str:
+    """What this process computes with: torch's ISA and numpy's OpenBLAS kernels (printed beside every figure)."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    cores = sorted({i.get("architecture") or "?" for i in threadpool_info() if i.get("internal_api") == "openblas"})
+    return (f"torch dispatches to {torch.backends.cpu.get_cpu_capability()}, "
+            f"numpy's OpenBLAS to {', '.join(cores) or '(no OpenBLAS loaded)'}")
+
+
+def check_emulation(env: dict[str, str], python: str = sys.executable) -> str:
+    """The ISA a child started with ``env`` computes with; refuses to go on if any part of the emulation did not take.
+
+    Each library reads its own variable, and a misspelt or unsupported one is silently ignored,
+    so each is checked: torch's capability, numpy's AVX-512 targets, OpenBLAS's kernel family.
+    """
+    out = subprocess.run([python, "-c", _DISPATCH_CODE], env=env, capture_output=True, text=True, check=True)
+    capability, numpy_avx512, cores = (out.stdout.splitlines() + ["", "", ""])[:3]
+    if env.get("ATEN_CPU_CAPABILITY") and capability.lower() != env["ATEN_CPU_CAPABILITY"].lower():
+        raise SystemExit(f"ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']} did not take effect: torch dispatches to "
+                         f"{capability}")
+    if env.get("NPY_DISABLE_CPU_FEATURES") and numpy_avx512 != "False":
+        raise SystemExit(f"NPY_DISABLE_CPU_FEATURES={env['NPY_DISABLE_CPU_FEATURES']} did not keep numpy's dispatch "
+                         "off its AVX-512 targets")
+    wanted = env.get("OPENBLAS_CORETYPE")
+    if wanted and cores and any(core.lower() != wanted.lower() for core in cores.split(",")):
+        raise SystemExit(f"OPENBLAS_CORETYPE={wanted} did not take effect: numpy's OpenBLAS runs {cores} kernels")
+    return f"torch dispatches to {capability}, numpy's OpenBLAS to {cores or '(no OpenBLAS loaded)'}"
 
 
 def cpu_model() -> str:
@@ -49,6 +93,7 @@ def child(steps: int, threads: int) -> dict:
 
     from mergebench import plugin_manager
     from mergebench.cache import ArtifactCache
+    from mergebench.evaluation import packed_linear
     from mergebench.pipeline import Pipeline, RunContext
 
     torch.set_num_threads(threads)
@@ -71,11 +116,12 @@ def child(steps: int, threads: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
-    train_step()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    with packed_linear.numpy_linears(model):  # as run_sft multiplies
         train_step()
-    step, step_cpu = (time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            train_step()
+        step, step_cpu = (time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps
     model.eval()
     prompt = torch.randint(100, 40_000, (16, 64), generator=generator)
     with torch.no_grad():
@@ -83,7 +129,7 @@ def child(steps: int, threads: int) -> dict:
         started = time.perf_counter()
         model.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False)
         decode = time.perf_counter() - started
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "train_step": step, "train_step_cpu": step_cpu,
+    return {"capability": dispatch(), "train_step": step, "train_step_cpu": step_cpu,
             "decode_32": decode}
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa_emulation import EMULATION, cpu_model  # noqa: E402
+from isa_emulation import EMULATION, check_emulation, cpu_model  # noqa: E402
 
 EXPERTS = 5
 NOISE = 0.01  # of each tensor's standard deviation
@@ -167,21 +167,6 @@ def check_exact(method: str, base_dir: Path, expert_dirs: list[Path], ours: Path
     return f"identical bit for bit in all {len(base_r.names())} tensors"
 
 
-def check_emulation(env: dict[str, str]) -> str:
-    """The ISA torch dispatches to in a child started with ``env``; refuses to go on if the emulation did not take."""
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    if env.get("ATEN_CPU_CAPABILITY") and out.lower() != env["ATEN_CPU_CAPABILITY"].lower():
-        raise SystemExit(f"ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']} did not take effect: torch dispatches to {out}")
-    numpy_avx512 = subprocess.run([sys.executable, "-c", "from numpy._core._multiarray_umath import __cpu_features__ as f; "
-                                   "print(any(f[k] for k in ('X86_V4', 'AVX512_SKX', 'AVX512_ICL', 'AVX512_SPR')))"],
-                                  env=env, capture_output=True, text=True, check=True).stdout.strip()
-    if env.get("NPY_DISABLE_CPU_FEATURES") and numpy_avx512 != "False":
-        raise SystemExit(f"NPY_DISABLE_CPU_FEATURES={env['NPY_DISABLE_CPU_FEATURES']} did not keep numpy's dispatch "
-                         "off its AVX-512 targets")
-    return out
-
-
 def spread(values: list[float]) -> str:
     """Median and the range over rounds: the figure and its uncertainty on a shared machine."""
     return f"{statistics.median(values):.3f} (range {min(values):.3f}–{max(values):.3f}, {len(values)} rounds)"
@@ -221,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                              env=env, capture_output=True, text=True, check=True).stdout.strip()
         if out.lower() != "avx2":
             raise SystemExit(f"the emulation did not take effect in mergekit's venv: its torch dispatches to {out}")
-    print(f"CPU: {cpu_model()}; torch dispatches to {isa} in both tools"
+    print(f"CPU: {cpu_model()}; {isa}, torch's ISA the same in both tools"
           f"{'' if args.native else ' (AVX2 emulation: ' + ' '.join(f'{k}={v}' for k, v in EMULATION.items()) + ')'}; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     ours_cli = [sys.executable, "-m", "mergebench.cli", "merge"]
