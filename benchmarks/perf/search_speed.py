@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from mergebench.pipeline import Pipeline, RunContext
 from mergebench.search.objective import ITEM_ORDER, ITEM_ORDERS, UNITS, MergeObjective, Surrogate
 from mergebench.search.stage import surrogates as validation_surrogates
 from mergebench.search.strategies import GridSearch, SuccessiveHalving, grid_points, soft_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa_emulation import cpu_model, dispatch  # noqa: E402
 
 
 def main() -> None:
@@ -115,7 +119,7 @@ def main() -> None:
         stored = stored_grid(args.grid_scores, setup)
         grid = stored[0] if stored else None
 
-    print(f"CPU {cpu_model()}; ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(native)')}; "
+    print(f"CPU {cpu_model()}; {dispatch()}; "
           f"load average {load_before} at the start, {', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     print(f"{model.name}, {method.name}: {len(points)} grid points, {len(experts)} experts, "
           f"{'shared' if share else 'one-at-a-time'} decoding, "
@@ -202,16 +206,6 @@ class SearchSetup:
 def rounds_arg(text: str) -> int | None:
     """``--peer-max-rounds``: a number of rounds, or ``none`` for every round."""
     return None if text.lower() == "none" else int(text)
-
-
-def cpu_model() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return "unknown (no lscpu)"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
 
 
 def stored_key(setup: SearchSetup) -> str:
