@@ -34,44 +34,49 @@ EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_E
              # on non-Intel CPUs: it picks its kernels from cpuid, SkylakeX (AVX-512) on an AVX-512 AMD EPYC
              "OPENBLAS_CORETYPE": "Haswell"}
 
-_DISPATCH_CODE = (
-    "import torch, numpy\n"
-    "from numpy._core._multiarray_umath import __cpu_features__ as f\n"
-    "from threadpoolctl import threadpool_info\n"
-    "cores = sorted({i.get('architecture') or '?' for i in threadpool_info() if i.get('internal_api') == 'openblas'})\n"
-    "print(torch.backends.cpu.get_cpu_capability())\n"
-    "print(any(f.get(k) for k in ('X86_V4', 'AVX512_SKX', 'AVX512_ICL', 'AVX512_SPR')))\n"
-    "print(','.join(cores))\n")
+def dispatch_state() -> dict:
+    """What this process computes with: torch's ISA, whether numpy dispatches to any AVX-512 target,
+    and the kernel families of the OpenBLAS libraries loaded (numpy's, and scipy's where imported)."""
+    import torch
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+    from threadpoolctl import threadpool_info
+
+    return {"capability": torch.backends.cpu.get_cpu_capability(),
+            "numpy_avx512": any(features.get(k) for k in ("X86_V4", "AVX512_SKX", "AVX512_ICL", "AVX512_SPR")),
+            "openblas": sorted({i.get("architecture") or "?" for i in threadpool_info() if i.get("internal_api") == "openblas"})}
+
+
+def describe(state: dict) -> str:
+    return (f"torch dispatches to {state['capability']}, "
+            f"numpy's OpenBLAS to {', '.join(state['openblas']) or '(no OpenBLAS loaded)'}")
 
 
 def dispatch() -> str:
-    """What this process computes with: torch's ISA and numpy's OpenBLAS kernels (printed beside every figure)."""
-    import torch
-    from threadpoolctl import threadpool_info
-
-    cores = sorted({i.get("architecture") or "?" for i in threadpool_info() if i.get("internal_api") == "openblas"})
-    return (f"torch dispatches to {torch.backends.cpu.get_cpu_capability()}, "
-            f"numpy's OpenBLAS to {', '.join(cores) or '(no OpenBLAS loaded)'}")
+    """This process's torch ISA and OpenBLAS kernels, as printed beside every figure."""
+    return describe(dispatch_state())
 
 
 def check_emulation(env: dict[str, str], python: str = sys.executable) -> str:
-    """The ISA a child started with ``env`` computes with; refuses to go on if any part of the emulation did not take.
+    """What a child started with ``env`` computes with; refuses to go on if any part of the emulation did not take.
 
     Each library reads its own variable, and a misspelt or unsupported one is silently ignored,
     so each is checked: torch's capability, numpy's AVX-512 targets, OpenBLAS's kernel family.
     """
-    out = subprocess.run([python, "-c", _DISPATCH_CODE], env=env, capture_output=True, text=True, check=True)
-    capability, numpy_avx512, cores = (out.stdout.splitlines() + ["", "", ""])[:3]
-    if env.get("ATEN_CPU_CAPABILITY") and capability.lower() != env["ATEN_CPU_CAPABILITY"].lower():
+    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+            "import isa_emulation; print(json.dumps(isa_emulation.dispatch_state()))")
+    out = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True)
+    state = json.loads(out.stdout.splitlines()[-1])
+    if env.get("ATEN_CPU_CAPABILITY") and state["capability"].lower() != env["ATEN_CPU_CAPABILITY"].lower():
         raise SystemExit(f"ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']} did not take effect: torch dispatches to "
-                         f"{capability}")
-    if env.get("NPY_DISABLE_CPU_FEATURES") and numpy_avx512 != "False":
+                         f"{state['capability']}")
+    if env.get("NPY_DISABLE_CPU_FEATURES") and state["numpy_avx512"]:
         raise SystemExit(f"NPY_DISABLE_CPU_FEATURES={env['NPY_DISABLE_CPU_FEATURES']} did not keep numpy's dispatch "
                          "off its AVX-512 targets")
     wanted = env.get("OPENBLAS_CORETYPE")
-    if wanted and cores and any(core.lower() != wanted.lower() for core in cores.split(",")):
-        raise SystemExit(f"OPENBLAS_CORETYPE={wanted} did not take effect: numpy's OpenBLAS runs {cores} kernels")
-    return f"torch dispatches to {capability}, numpy's OpenBLAS to {cores or '(no OpenBLAS loaded)'}"
+    if wanted and any(core.lower() != wanted.lower() for core in state["openblas"]):
+        raise SystemExit(f"OPENBLAS_CORETYPE={wanted} did not take effect: numpy's OpenBLAS runs "
+                         f"{', '.join(state['openblas'])} kernels")
+    return describe(state)
 
 
 def cpu_model() -> str:
