@@ -98,7 +98,7 @@ def main() -> None:
     # 4.2 without, on the Zen 5 EPYC), and kept alive it made the halving timed after it take 31.6 s
     # against 21.3 s once dropped, in one process; a user's search never runs beside a finished one's
     grid = stored[0] if stored else None if args.skip_grid else GridSearch().run(points, objective(share))
-    grid_objective = objective(share)  # the replays' item ranges and combination: it never loads a model
+    replay_objective = objective(share)  # the replays' item ranges and combination: it never loads a model
     if args.grid_scores and grid is not None and not stored:
         store_grid(args.grid_scores, stored_key(setup), grid)
     halving = SuccessiveHalving().run(points, objective(share))
@@ -147,7 +147,7 @@ def main() -> None:
         print(f"halving picks {halving.best}; no stored grid scores, so no ranks (run once with --grid-scores FILE)")
         return
     if stored:  # the grid's pick among tied points by this code's tie-break, not the one it was stored with
-        grid.best = GridSearch().run(points, Replay(grid.trials, grid_objective)).best
+        grid.best = GridSearch().run(points, Replay(grid.trials, replay_objective)).best
     same = grid.best == halving.best
     print(f"grid picks {grid.best}; halving picks {halving.best}: {'the same point' if same else 'DIFFERENT points'}")
     full = {params_key(t.params): t.objective for t in grid.trials}
@@ -155,7 +155,7 @@ def main() -> None:
     print(f"on all validation items: grid's pick {max(full.values()):.4f}, halving's pick {picked:.4f} "
           f"(grid rank {rank_of(halving.best, full)} of {len(full)})")
     # how finely halving's prefixes can rank: distinct objective values of all points on each prefix
-    replay = Replay(grid.trials, grid_objective)
+    replay = Replay(grid.trials, replay_objective)
     distinct = []
     for _points, units in SuccessiveHalving().schedule(len(points), UNITS):
         scored = replay.scores(points, 0, units)
@@ -168,7 +168,7 @@ def main() -> None:
           + "; ".join(round_agreement(halving, replay, full)))
     variants = [("with the tie-break", replay),
                 ("with the tie-break, items in index order", Replay(grid.trials, objective(share, "index"))),
-                ("without it (ties in grid order)", Replay(grid.trials, grid_objective, False))]
+                ("without it (ties in grid order)", Replay(grid.trials, replay_objective, False))]
     schedules = [("", SuccessiveHalving()), *((f", {label}", strategy) for label, strategy in schedule_peers)]
     for (label, scores), (schedule_label, strategy) in itertools.product(variants, schedules):
         label += schedule_label
